@@ -1,0 +1,23 @@
+//! chat-types: the vocabulary every other crate and every client shares.
+//!
+//! Owns the id newtypes (`UserId`, `ConversationId`, `Seq`, ...), the public wire frames of
+//! protocol v1 (JSON over WebSocket, and the REST bodies), the stable error codes and the
+//! WebSocket close codes, and the validation rules for client-supplied values.
+//!
+//! Must not depend on anything but serde: no storage, no runtime, no networking. Clients (the
+//! SDK, the load tester, the web client through `docs/protocol.md`) see the product only
+//! through what is defined here.
+
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod rest;
+pub mod wire;
+
+pub use error::{close, ErrorCode, WireError};
+pub use ids::{ClientMsgId, ConversationId, IdError, NodeId, RingEpoch, Seq, UserId};
+pub use limits::{validate_body, validate_password, validate_username, Limits, ValidationError};
+pub use wire::{ClientFrame, ConversationInfo, Message, ServerFrame, UserSummary};
+
+/// The protocol version this build speaks. A client's `hello` must name it.
+pub const PROTOCOL_VERSION: u32 = 1;
