@@ -1,1 +1,105 @@
-fn main() {}
+//! chat-node: one node of the chat cluster.
+//!
+//! Owns the binary: configuration (file, environment, flags), logging, the actix-web HTTP and
+//! WebSocket surface, and the wiring of storage, cluster and actors with an orderly shutdown.
+//! This is the only crate that knows actix-web; it holds no chat logic of its own beyond
+//! translating the public protocol into router calls.
+
+mod app;
+mod auth;
+mod config;
+mod http;
+mod metrics;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::Config;
+
+/// One node of the chat cluster. With no flags: a complete single node on ./data, serving
+/// http://127.0.0.1:8080.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file (see config/example.toml).
+    #[arg(long, env = "CHAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (RocksDB).
+    #[arg(long, env = "CHAT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Client HTTP/WebSocket listen address.
+    #[arg(long, env = "CHAT_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// Node-to-node listen address.
+    #[arg(long, env = "CHAT_PEER_ADDR")]
+    peer_addr: Option<String>,
+    /// Peer address of any cluster member to join.
+    #[arg(long, env = "CHAT_JOIN")]
+    join: Option<String>,
+    /// HTTP address to advertise to others (defaults to --http-addr).
+    #[arg(long, env = "CHAT_ADVERTISE_HTTP_ADDR")]
+    advertise_http_addr: Option<String>,
+    /// Peer address to advertise to others (defaults to --peer-addr).
+    #[arg(long, env = "CHAT_ADVERTISE_PEER_ADDR")]
+    advertise_peer_addr: Option<String>,
+}
+
+fn load(args: Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.data_dir {
+        config.node.data_dir = v;
+    }
+    if let Some(v) = args.http_addr {
+        config.node.http_addr = v;
+    }
+    if let Some(v) = args.peer_addr {
+        config.node.peer_addr = v;
+    }
+    if let Some(v) = args.join {
+        config.cluster.join = Some(v);
+    }
+    if let Some(v) = args.advertise_http_addr {
+        config.node.advertise_http_addr = Some(v);
+    }
+    if let Some(v) = args.advertise_peer_addr {
+        config.node.advertise_peer_addr = Some(v);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chat-node: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&config.node.log_format);
+    match app::run(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("chat-node: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

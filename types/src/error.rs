@@ -47,9 +47,7 @@ impl ErrorCode {
     /// The HTTP status a REST endpoint answers with for this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::MalformedFrame | ErrorCode::UnknownFrame | ErrorCode::InvalidArgument => {
-                400
-            }
+            ErrorCode::MalformedFrame | ErrorCode::UnknownFrame | ErrorCode::InvalidArgument => 400,
             ErrorCode::UnsupportedVersion | ErrorCode::HandshakeRequired => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,

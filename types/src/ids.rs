@@ -178,9 +178,8 @@ impl ClientMsgId {
 
     pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
         let s = s.into();
-        let ok = !s.is_empty()
-            && s.len() <= Self::MAX_LEN
-            && s.bytes().all(|b| b.is_ascii_graphic());
+        let ok =
+            !s.is_empty() && s.len() <= Self::MAX_LEN && s.bytes().all(|b| b.is_ascii_graphic());
         if ok {
             Ok(ClientMsgId(s))
         } else {
@@ -232,7 +231,9 @@ mod tests {
 
     #[test]
     fn malformed_conversation_ids_are_refused() {
-        for s in ["", "dm:", "dm:1", "dm:2:1", "dm:0:1", "dm:a:b", "gr:1:2", "dm:1:2:3"] {
+        for s in [
+            "", "dm:", "dm:1", "dm:2:1", "dm:0:1", "dm:a:b", "gr:1:2", "dm:1:2:3",
+        ] {
             assert!(s.parse::<ConversationId>().is_err(), "{s}");
         }
         assert_eq!(ConversationId::from_key(&[1u8; 3]), None);

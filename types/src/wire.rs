@@ -197,18 +197,24 @@ mod tests {
         let (id, e) = ClientFrame::decode("{nope").expect_err("bad json");
         assert_eq!((id, e.code), (None, ErrorCode::MalformedFrame));
         let (id, e) = ClientFrame::decode(r#"{"type":"fly","id":"7"}"#).expect_err("unknown");
-        assert_eq!((id.as_deref(), e.code), (Some("7"), ErrorCode::UnknownFrame));
-        let (id, e) =
-            ClientFrame::decode(r#"{"type":"send","id":"8","conversation":"dm:1:2"}"#)
-                .expect_err("missing fields");
-        assert_eq!((id.as_deref(), e.code), (Some("8"), ErrorCode::InvalidArgument));
+        assert_eq!(
+            (id.as_deref(), e.code),
+            (Some("7"), ErrorCode::UnknownFrame)
+        );
+        let (id, e) = ClientFrame::decode(r#"{"type":"send","id":"8","conversation":"dm:1:2"}"#)
+            .expect_err("missing fields");
+        assert_eq!(
+            (id.as_deref(), e.code),
+            (Some("8"), ErrorCode::InvalidArgument)
+        );
         let (_, e) = ClientFrame::decode("[1,2]").expect_err("not an object");
         assert_eq!(e.code, ErrorCode::MalformedFrame);
     }
 
     #[test]
     fn send_frame_round_trips() {
-        let text = r#"{"type":"send","id":"1","conversation":"dm:1:2","client_msg_id":"c1","body":"hi"}"#;
+        let text =
+            r#"{"type":"send","id":"1","conversation":"dm:1:2","client_msg_id":"c1","body":"hi"}"#;
         let frame = ClientFrame::decode(text).expect("valid");
         assert_eq!(
             frame,

@@ -1,0 +1,101 @@
+//! The connection actor: one per WebSocket, on the node that holds the socket. It owns the
+//! socket's bounded outbound queue; a client that does not read fills it and is closed with
+//! a resumable close code instead of slowing anyone else down.
+
+use chat_types::{close, Message, NodeId, ServerFrame, UserId};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// A connection anywhere in the cluster: the node that holds it and its id there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConnRef {
+    pub node: NodeId,
+    pub conn: u64,
+}
+
+/// What the socket writer receives.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(ServerFrame),
+    Close { code: u16, reason: String },
+}
+
+pub enum ConnectionMsg {
+    /// A new message for this connection's user.
+    Push(Message),
+    /// Close the socket with this code.
+    Close { code: u16, reason: String },
+}
+
+pub struct ConnectionActor;
+
+pub struct ConnectionArgs {
+    pub user: UserId,
+    pub out: mpsc::Sender<Outbound>,
+}
+
+pub struct ConnectionState {
+    user: UserId,
+    out: mpsc::Sender<Outbound>,
+    closing: bool,
+}
+
+impl Actor for ConnectionActor {
+    type Msg = ConnectionMsg;
+    type State = ConnectionState;
+    type Arguments = ConnectionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ConnectionArgs,
+    ) -> Result<ConnectionState, ActorProcessingErr> {
+        Ok(ConnectionState {
+            user: args.user,
+            out: args.out,
+            closing: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: ConnectionMsg,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.closing {
+            return Ok(());
+        }
+        match msg {
+            ConnectionMsg::Push(message) => {
+                match state
+                    .out
+                    .try_send(Outbound::Frame(ServerFrame::Message { message }))
+                {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::info!(user = %state.user, "slow consumer; closing its connection");
+                        state.closing = true;
+                        // The writer also watches for a full queue; this close is best effort.
+                        let out = state.out.clone();
+                        tokio::spawn(async move {
+                            let _ = out
+                                .send(Outbound::Close {
+                                    code: close::SLOW_CONSUMER,
+                                    reason: "outbound queue full; reconnect and resume".into(),
+                                })
+                                .await;
+                        });
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => myself.stop(None),
+                }
+            }
+            ConnectionMsg::Close { code, reason } => {
+                state.closing = true;
+                let _ = state.out.try_send(Outbound::Close { code, reason });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Actor messages between nodes: `[PEER_WIRE_VERSION] ++ MessagePack with field names`.
+//! Decoding is explicit and total: bad bytes are an error, never a panic.
+
+use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::connection::ConnRef;
+use crate::error::ActorError;
+
+pub const PEER_WIRE_VERSION: u8 = 1;
+
+/// A request to another node's router. `epoch` is the sender's ring epoch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActorRequest {
+    pub epoch: RingEpoch,
+    pub body: ActorRequestBody,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ActorRequestBody {
+    /// To the conversation's owner.
+    Append {
+        conversation: ConversationId,
+        sender: UserId,
+        client_msg_id: ClientMsgId,
+        body: String,
+        origin: Option<ConnRef>,
+    },
+    /// To the conversation's owner.
+    History {
+        conversation: ConversationId,
+        after: Option<Seq>,
+        before: Option<Seq>,
+        limit: u32,
+    },
+    /// To the user's home node.
+    Attach { user: UserId, conn: ConnRef },
+    /// To the user's home node.
+    Detach { user: UserId, conn: ConnRef },
+    /// To the user's home node: push to every connection of the user but `origin`.
+    Deliver {
+        user: UserId,
+        message: Message,
+        origin: Option<ConnRef>,
+    },
+    /// To the node holding the connections.
+    Push { conns: Vec<u64>, message: Message },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ActorReply {
+    Appended { message: Message, duplicate: bool },
+    History { head: Seq, messages: Vec<Message> },
+    Done,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ActorError> {
+    let mut out = vec![PEER_WIRE_VERSION];
+    rmp_serde::encode::write_named(&mut out, v)
+        .map_err(|e| ActorError::BadPayload(e.to_string()))?;
+    Ok(out)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ActorError> {
+    match bytes.split_first() {
+        Some((&PEER_WIRE_VERSION, rest)) => {
+            rmp_serde::from_slice(rest).map_err(|e| ActorError::BadPayload(e.to_string()))
+        }
+        Some((v, _)) => Err(ActorError::BadPayload(format!(
+            "actor wire version {v} is not supported"
+        ))),
+        None => Err(ActorError::BadPayload("empty actor payload".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_types::NodeId;
+
+    #[test]
+    fn requests_round_trip_and_junk_is_an_error() {
+        let req = ActorRequest {
+            epoch: RingEpoch(4),
+            body: ActorRequestBody::Attach {
+                user: UserId(3),
+                conn: ConnRef {
+                    node: NodeId(1),
+                    conn: 9,
+                },
+            },
+        };
+        let bytes = encode(&req).expect("encode");
+        let back: ActorRequest = decode(&bytes).expect("decode");
+        assert_eq!(back.epoch, RingEpoch(4));
+        assert!(matches!(
+            back.body,
+            ActorRequestBody::Attach {
+                user: UserId(3),
+                ..
+            }
+        ));
+        assert!(decode::<ActorRequest>(&[]).is_err());
+        assert!(decode::<ActorRequest>(&[2, 0]).is_err());
+        assert!(decode::<ActorRequest>(&[1, 0xc1, 0xff]).is_err());
+        let reply: Result<ActorReply, ActorError> = Err(ActorError::Forbidden);
+        let back: Result<ActorReply, ActorError> =
+            decode(&encode(&reply).expect("encode")).expect("decode");
+        assert!(matches!(back, Err(ActorError::Forbidden)));
+    }
+}

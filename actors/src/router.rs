@@ -1,0 +1,559 @@
+//! The per-node router: finds the node that owns each conversation and user through the
+//! ring, runs the local actors, and speaks to other nodes' routers over the peer transport.
+//!
+//! Every request that crosses nodes carries the sender's ring epoch. A node that does not own
+//! the target under its own ring answers `NotOwner { owner, epoch }`; the caller waits until
+//! its own ring has reached that epoch, then retries where its ring now points. A node that
+//! receives a request from a newer epoch than its own first waits (briefly) to catch up, so
+//! two nodes never both act as owner of one conversation under rings they both know.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chat_cluster::ring::Ring;
+use chat_cluster::transport::{Channel, PeerError, TransportError};
+use chat_cluster::Metadata;
+use chat_storage::ConversationLog;
+use chat_types::{ClientMsgId, ConversationId, Message, NodeId, RingEpoch, Seq, UserId};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorRef};
+use tokio::sync::mpsc;
+
+use crate::connection::{ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound};
+use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
+use crate::error::ActorError;
+use crate::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
+use crate::session::{SessionActor, SessionArgs, SessionMsg};
+
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const EPOCH_WAIT: Duration = Duration::from_secs(3);
+const MAX_HOPS: usize = 5;
+
+/// Counts for `/metrics` and cluster status.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouterStats {
+    pub connections: usize,
+    pub conversations: usize,
+    pub sessions: usize,
+}
+
+pub struct Router {
+    node_id: NodeId,
+    meta: Arc<Metadata>,
+    log: Arc<dyn ConversationLog>,
+    me: Weak<Router>,
+    conversations: Mutex<HashMap<ConversationId, ActorRef<ConversationMsg>>>,
+    sessions: Mutex<HashMap<UserId, ActorRef<SessionMsg>>>,
+    connections: Mutex<HashMap<u64, (UserId, ActorRef<ConnectionMsg>)>>,
+    next_conn: AtomicU64,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn transport_error(e: TransportError) -> ActorError {
+    ActorError::Unavailable(e.to_string())
+}
+
+/// What a routed request is addressed to.
+#[derive(Clone, Copy)]
+enum Target {
+    Conversation(ConversationId),
+    User(UserId),
+}
+
+impl Target {
+    fn owner(&self, ring: &Ring) -> Option<NodeId> {
+        match self {
+            Target::Conversation(c) => ring.owner_of_conversation(c),
+            Target::User(u) => ring.home_of_user(*u),
+        }
+    }
+}
+
+impl Router {
+    pub fn new(meta: Arc<Metadata>, log: Arc<dyn ConversationLog>) -> Arc<Router> {
+        let router = Arc::new_cyclic(|me| Router {
+            node_id: meta.node_id(),
+            meta,
+            log,
+            me: me.clone(),
+            conversations: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        });
+        router.spawn_reattach_on_ring_change();
+        router
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            connections: lock(&self.connections).len(),
+            conversations: lock(&self.conversations).len(),
+            sessions: lock(&self.sessions).len(),
+        }
+    }
+
+    // ----- the client-facing operations -------------------------------------------------
+
+    /// Appends a message to a conversation at its owner. Returns the stored message and
+    /// whether it was a retry of an earlier send.
+    pub async fn append(
+        &self,
+        sender: UserId,
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: String,
+        origin: Option<ConnRef>,
+    ) -> Result<(Message, bool), ActorError> {
+        if !conversation.is_member(sender) {
+            return Err(ActorError::Forbidden);
+        }
+        let body = ActorRequestBody::Append {
+            conversation,
+            sender,
+            client_msg_id,
+            body,
+            origin,
+        };
+        match self.route(Target::Conversation(conversation), body).await? {
+            ActorReply::Appended { message, duplicate } => Ok((message, duplicate)),
+            _ => Err(ActorError::BadPayload("unexpected reply to append".into())),
+        }
+    }
+
+    /// A page of a conversation's history, read at its owner, for a member.
+    pub async fn history(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        after: Option<Seq>,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Seq, Vec<Message>), ActorError> {
+        if !conversation.is_member(user) {
+            return Err(ActorError::Forbidden);
+        }
+        let body = ActorRequestBody::History {
+            conversation,
+            after,
+            before,
+            limit,
+        };
+        match self.route(Target::Conversation(conversation), body).await? {
+            ActorReply::History { head, messages } => Ok((head, messages)),
+            _ => Err(ActorError::BadPayload("unexpected reply to history".into())),
+        }
+    }
+
+    /// Registers a new local connection of `user` whose frames go to `out`, and attaches it
+    /// to the user's session on the user's home node.
+    pub async fn connect(
+        &self,
+        user: UserId,
+        out: mpsc::Sender<Outbound>,
+    ) -> Result<ConnRef, ActorError> {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (actor, _) = Actor::spawn(None, ConnectionActor, ConnectionArgs { user, out })
+            .await
+            .map_err(|e| ActorError::Unavailable(e.to_string()))?;
+        lock(&self.connections).insert(conn, (user, actor));
+        let conn = ConnRef {
+            node: self.node_id,
+            conn,
+        };
+        if let Err(e) = self
+            .route(Target::User(user), ActorRequestBody::Attach { user, conn })
+            .await
+        {
+            self.forget_connection(conn.conn);
+            return Err(e);
+        }
+        Ok(conn)
+    }
+
+    /// Removes a local connection and detaches it from the user's session.
+    pub async fn disconnect(&self, user: UserId, conn: ConnRef) {
+        self.forget_connection(conn.conn);
+        if let Err(e) = self
+            .route(Target::User(user), ActorRequestBody::Detach { user, conn })
+            .await
+        {
+            tracing::debug!(%user, error = %e, "detach failed; the session drops it on the next push");
+        }
+    }
+
+    /// Closes every local connection with `code` (graceful shutdown).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for (_, (_, actor)) in lock(&self.connections).iter() {
+            let _ = actor.send_message(ConnectionMsg::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    fn forget_connection(&self, conn: u64) {
+        if let Some((_, actor)) = lock(&self.connections).remove(&conn) {
+            actor.stop(None);
+        }
+    }
+
+    // ----- used by the actors ------------------------------------------------------------
+
+    /// Hands a new message to `user`'s session on the user's home node.
+    pub(crate) async fn deliver(
+        &self,
+        user: UserId,
+        message: Message,
+        origin: Option<ConnRef>,
+    ) -> Result<(), ActorError> {
+        let body = ActorRequestBody::Deliver {
+            user,
+            message,
+            origin,
+        };
+        self.route(Target::User(user), body).await.map(|_| ())
+    }
+
+    /// Pushes a message to connections held by `node`.
+    pub(crate) async fn push(
+        &self,
+        node: NodeId,
+        conns: Vec<u64>,
+        message: Message,
+    ) -> Result<(), ActorError> {
+        if node == self.node_id {
+            self.push_local(&conns, message);
+            return Ok(());
+        }
+        let addr = self
+            .meta
+            .node_info(node)
+            .ok_or_else(|| ActorError::Unavailable(format!("node {node} is not a member")))?
+            .peer_addr;
+        let req = ActorRequest {
+            epoch: self.meta.ring().epoch(),
+            body: ActorRequestBody::Push { conns, message },
+        };
+        let bytes = self
+            .meta
+            .transport()
+            .request(&addr, Channel::Actor, encode(&req)?, PEER_TIMEOUT)
+            .await
+            .map_err(transport_error)?;
+        decode::<Result<ActorReply, ActorError>>(&bytes)?.map(|_| ())
+    }
+
+    /// Whether `node` has left the cluster (its connections are gone with it).
+    pub(crate) fn is_gone(&self, node: NodeId) -> bool {
+        self.meta.node_info(node).is_none()
+    }
+
+    fn push_local(&self, conns: &[u64], message: Message) {
+        let map = lock(&self.connections);
+        for c in conns {
+            if let Some((_, actor)) = map.get(c) {
+                let _ = actor.send_message(ConnectionMsg::Push(message.clone()));
+            }
+        }
+    }
+
+    // ----- routing -----------------------------------------------------------------------
+
+    /// Sends `body` to the owner of `target`, following `NotOwner` answers.
+    async fn route(
+        &self,
+        target: Target,
+        body: ActorRequestBody,
+    ) -> Result<ActorReply, ActorError> {
+        let mut last = ActorError::Unavailable("no owner in the ring".into());
+        for _ in 0..MAX_HOPS {
+            let ring = self.meta.ring();
+            let Some(owner) = target.owner(&ring) else {
+                self.wait_for_epoch(RingEpoch(ring.epoch().0 + 1)).await;
+                continue;
+            };
+            let result = if owner == self.node_id {
+                self.serve(ring.epoch(), body.clone()).await
+            } else {
+                self.remote(owner, ring.epoch(), body.clone()).await
+            };
+            match result {
+                Err(ActorError::NotOwner { owner: _, epoch }) => {
+                    self.wait_for_epoch(epoch.max(RingEpoch(ring.epoch().0 + 1)))
+                        .await;
+                    last = ActorError::Unavailable("ownership is moving; retry".into());
+                }
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    async fn remote(
+        &self,
+        owner: NodeId,
+        epoch: RingEpoch,
+        body: ActorRequestBody,
+    ) -> Result<ActorReply, ActorError> {
+        let addr = self
+            .meta
+            .node_info(owner)
+            .ok_or_else(|| ActorError::Unavailable(format!("node {owner} has no address")))?
+            .peer_addr;
+        let bytes = self
+            .meta
+            .transport()
+            .request(
+                &addr,
+                Channel::Actor,
+                encode(&ActorRequest { epoch, body })?,
+                PEER_TIMEOUT,
+            )
+            .await
+            .map_err(transport_error)?;
+        decode::<Result<ActorReply, ActorError>>(&bytes)?
+    }
+
+    /// Waits until the local ring reaches `epoch`, for at most [`EPOCH_WAIT`].
+    async fn wait_for_epoch(&self, epoch: RingEpoch) {
+        let mut watch = self.meta.ring_watch();
+        let _ = tokio::time::timeout(EPOCH_WAIT, watch.wait_for(|r| r.epoch() >= epoch)).await;
+    }
+
+    /// Serves a request from a peer's router.
+    pub async fn handle_peer(&self, payload: &[u8]) -> Result<Vec<u8>, PeerError> {
+        let reply = match decode::<ActorRequest>(payload) {
+            Ok(req) => {
+                if req.epoch > self.meta.ring().epoch() {
+                    self.wait_for_epoch(req.epoch).await;
+                }
+                let epoch = self.meta.ring().epoch();
+                self.serve(epoch, req.body).await
+            }
+            Err(e) => Err(e),
+        };
+        encode(&reply).map_err(|e| PeerError::Handler(e.to_string()))
+    }
+
+    /// Serves a request locally, if this node owns its target under the current ring.
+    async fn serve(
+        &self,
+        _epoch: RingEpoch,
+        body: ActorRequestBody,
+    ) -> Result<ActorReply, ActorError> {
+        let ring = self.meta.ring();
+        let target = match &body {
+            ActorRequestBody::Append { conversation, .. }
+            | ActorRequestBody::History { conversation, .. } => {
+                Some(Target::Conversation(*conversation))
+            }
+            ActorRequestBody::Attach { user, .. }
+            | ActorRequestBody::Detach { user, .. }
+            | ActorRequestBody::Deliver { user, .. } => Some(Target::User(*user)),
+            ActorRequestBody::Push { .. } => None,
+        };
+        if let Some(target) = target {
+            let owner = target.owner(&ring);
+            if owner != Some(self.node_id) {
+                return Err(ActorError::NotOwner {
+                    owner: owner.unwrap_or(self.node_id),
+                    epoch: ring.epoch(),
+                });
+            }
+        }
+        match body {
+            ActorRequestBody::Append {
+                conversation,
+                sender,
+                client_msg_id,
+                body,
+                origin,
+            } => {
+                let actor = self.conversation_actor(conversation).await?;
+                call(&actor, |reply| ConversationMsg::Append {
+                    sender,
+                    client_msg_id,
+                    body,
+                    origin,
+                    reply,
+                })
+                .await?
+                .map(|(message, duplicate)| ActorReply::Appended { message, duplicate })
+            }
+            ActorRequestBody::History {
+                conversation,
+                after,
+                before,
+                limit,
+            } => {
+                let actor = self.conversation_actor(conversation).await?;
+                call(&actor, |reply| ConversationMsg::History {
+                    after,
+                    before,
+                    limit,
+                    reply,
+                })
+                .await?
+                .map(|(head, messages)| ActorReply::History { head, messages })
+            }
+            ActorRequestBody::Attach { user, conn } => {
+                self.session_actor(user)
+                    .await?
+                    .send_message(SessionMsg::Attach(conn))
+                    .map_err(stopped)?;
+                Ok(ActorReply::Done)
+            }
+            ActorRequestBody::Detach { user, conn } => {
+                self.session_actor(user)
+                    .await?
+                    .send_message(SessionMsg::Detach(conn))
+                    .map_err(stopped)?;
+                Ok(ActorReply::Done)
+            }
+            ActorRequestBody::Deliver {
+                user,
+                message,
+                origin,
+            } => {
+                self.session_actor(user)
+                    .await?
+                    .send_message(SessionMsg::Deliver { message, origin })
+                    .map_err(stopped)?;
+                Ok(ActorReply::Done)
+            }
+            ActorRequestBody::Push { conns, message } => {
+                self.push_local(&conns, message);
+                Ok(ActorReply::Done)
+            }
+        }
+    }
+
+    async fn conversation_actor(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<ActorRef<ConversationMsg>, ActorError> {
+        if let Some(a) = lock(&self.conversations).get(&conversation) {
+            return Ok(a.clone());
+        }
+        let args = ConversationArgs {
+            conversation,
+            log: self.log.clone(),
+            router: self.me.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, ConversationActor, args)
+            .await
+            .map_err(|e| ActorError::Unavailable(e.to_string()))?;
+        // Two requests may race to spawn: the first one in the map wins, the other stops.
+        let mut map = lock(&self.conversations);
+        if let Some(existing) = map.get(&conversation) {
+            actor.stop(None);
+            return Ok(existing.clone());
+        }
+        map.insert(conversation, actor.clone());
+        Ok(actor)
+    }
+
+    async fn session_actor(&self, user: UserId) -> Result<ActorRef<SessionMsg>, ActorError> {
+        if let Some(a) = lock(&self.sessions).get(&user) {
+            return Ok(a.clone());
+        }
+        let args = SessionArgs {
+            user,
+            router: self.me.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, SessionActor, args)
+            .await
+            .map_err(|e| ActorError::Unavailable(e.to_string()))?;
+        let mut map = lock(&self.sessions);
+        if let Some(existing) = map.get(&user) {
+            actor.stop(None);
+            return Ok(existing.clone());
+        }
+        map.insert(user, actor.clone());
+        Ok(actor)
+    }
+
+    /// When the ring changes, a user's home may move: attach every local connection to its
+    /// user's (possibly new) home, and drop actors this node no longer owns.
+    fn spawn_reattach_on_ring_change(&self) {
+        let me = self.me.clone();
+        let mut watch = self.meta.ring_watch();
+        tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                let Some(router) = me.upgrade() else { return };
+                let ring = router.meta.ring();
+                router.drop_unowned(&ring);
+                let conns: Vec<(u64, UserId)> = lock(&router.connections)
+                    .iter()
+                    .map(|(c, (u, _))| (*c, *u))
+                    .collect();
+                for (conn, user) in conns {
+                    let conn = ConnRef {
+                        node: router.node_id,
+                        conn,
+                    };
+                    let _ = router
+                        .route(Target::User(user), ActorRequestBody::Attach { user, conn })
+                        .await;
+                }
+            }
+        });
+    }
+
+    fn drop_unowned(&self, ring: &Ring) {
+        lock(&self.conversations).retain(|c, actor| {
+            let keep = ring.owner_of_conversation(c) == Some(self.node_id);
+            if !keep {
+                actor.stop(None);
+            }
+            keep
+        });
+        lock(&self.sessions).retain(|u, actor| {
+            let keep = ring.home_of_user(*u) == Some(self.node_id);
+            if !keep {
+                actor.stop(None);
+            }
+            keep
+        });
+    }
+}
+
+fn stopped<T>(_: ractor::MessagingErr<T>) -> ActorError {
+    ActorError::Unavailable("actor stopped".into())
+}
+
+async fn call<M, R>(
+    actor: &ActorRef<M>,
+    build: impl FnOnce(ractor::RpcReplyPort<R>) -> M,
+) -> Result<R, ActorError>
+where
+    M: ractor::Message,
+    R: Send + 'static,
+{
+    match actor.call(build, Some(CALL_TIMEOUT)).await {
+        Ok(CallResult::Success(r)) => Ok(r),
+        Ok(CallResult::Timeout) => Err(ActorError::Unavailable("actor timed out".into())),
+        Ok(CallResult::SenderError) | Err(_) => {
+            Err(stopped::<()>(ractor::MessagingErr::SendErr(())))
+        }
+    }
+}

@@ -1,0 +1,1093 @@
+//! The WebSocket half of the protocol: one [`Connection`] per socket.
+//!
+//! A background reader task owns the read half of the socket. It decodes each text frame and
+//! routes it (see `routing.rs`): replies to the request waiting on their id, `message` pushes to
+//! the push channel read by [`Connection::next_message`], and everything else, including the
+//! close code, to the raw-event channel read by [`Connection::next_raw_frame`]. When the socket
+//! closes, every waiting request fails with [`ClientError::Closed`] carrying the server's close
+//! code, and so does every later request.
+//!
+//! All methods take `&self`, so one connection can be shared (`Arc<Connection>`) between a
+//! task that sends and a task that reads pushes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use chat_types::{
+    ClientFrame, ClientMsgId, ConversationId, ConversationInfo, Limits, Message, NodeId, Seq,
+    ServerFrame, UserId, PROTOCOL_VERSION,
+};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+
+use crate::error::ClientError;
+use crate::routing::{Pending, Routed};
+
+/// How long a request waits for its reply unless configured otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a [`Connection`] behaves.
+#[derive(Clone, Debug)]
+pub struct ConnectionConfig {
+    /// How long a request (and the connect, and each write) waits before
+    /// [`ClientError::Timeout`].
+    pub request_timeout: Duration,
+    /// `None`: pushes queue without bound until read. `Some(n)`: at most `n` are queued, and
+    /// then the reader stops reading the socket until [`Connection::next_message`] makes room,
+    /// which is how a slow consumer looks to the server (replies wait behind the pushes too).
+    pub push_buffer: Option<usize>,
+    /// Send a `ping` every half of the welcome's `heartbeat_ms`, so that an idle connection is
+    /// not closed as dead. Turn off in tests that count frames or test the server's timeout.
+    pub heartbeat: bool,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            push_buffer: None,
+            heartbeat: true,
+        }
+    }
+}
+
+/// What the server announced in `welcome`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcome {
+    pub version: u32,
+    pub user_id: UserId,
+    pub username: String,
+    /// The node this connection is on.
+    pub node_id: NodeId,
+    pub limits: Limits,
+    /// Send something at least this often, or be closed as dead.
+    pub heartbeat_ms: u64,
+}
+
+/// The server's acknowledgement of a `send`: the message is stored under `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub conversation: ConversationId,
+    pub client_msg_id: ClientMsgId,
+    pub seq: Seq,
+    pub ts_ms: u64,
+    /// True when this client message id was already stored: `seq` is the original one.
+    pub duplicate: bool,
+}
+
+/// A page of history read over the WebSocket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub conversation: ConversationId,
+    /// The conversation's last seq when the page was read.
+    pub head: Seq,
+    /// Ascending by seq.
+    pub messages: Vec<Message>,
+}
+
+/// How and why the connection closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// The close code of the server's close frame; `None` when the socket ended without one
+    /// (or the frame had no code).
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl CloseInfo {
+    pub(crate) fn to_error(&self) -> ClientError {
+        ClientError::Closed {
+            code: self.code,
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// Something the server sent that no request was waiting for and that is not a push.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawEvent {
+    /// A frame that answered no waiting request: typically an `error` for a malformed or raw
+    /// frame, or a reply that arrived after its request timed out.
+    Frame(ServerFrame),
+    /// A text frame that is not a server frame this build knows.
+    Undecodable { text: String, error: String },
+    /// A binary frame (protocol v1 sends none unless MessagePack was negotiated).
+    Binary(Vec<u8>),
+    /// The connection closed; always the last event.
+    Closed { code: Option<u16>, reason: String },
+}
+
+/// One WebSocket connection to a node, after (or, for tests, before) the handshake.
+pub struct Connection {
+    inner: Arc<Inner>,
+    pushes: AsyncMutex<PushRx>,
+    raw: AsyncMutex<mpsc::UnboundedReceiver<RawEvent>>,
+    closed: watch::Receiver<Option<CloseInfo>>,
+    config: ConnectionConfig,
+    tasks: StdMutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("closed", &*self.closed.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Connection {
+    /// Connects to `ws_url` (see `HttpApi::ws_url`) and performs the hello/welcome handshake
+    /// with the default configuration.
+    pub async fn connect(ws_url: &str) -> Result<(Connection, Welcome), ClientError> {
+        Connection::connect_with(ws_url, ConnectionConfig::default()).await
+    }
+
+    /// [`Connection::connect`] with a configuration.
+    pub async fn connect_with(
+        ws_url: &str,
+        config: ConnectionConfig,
+    ) -> Result<(Connection, Welcome), ClientError> {
+        let conn = Connection::connect_without_hello(ws_url, config).await?;
+        let welcome = conn.hello(PROTOCOL_VERSION).await?;
+        Ok((conn, welcome))
+    }
+
+    /// Opens the socket without sending `hello`, for tests of the handshake: follow with
+    /// [`Connection::hello`] or raw frames. A token the server refuses before the upgrade is
+    /// [`ClientError::Server`] when the 401 carries an error body, [`ClientError::Http`]
+    /// otherwise.
+    pub async fn connect_without_hello(
+        ws_url: &str,
+        config: ConnectionConfig,
+    ) -> Result<Connection, ClientError> {
+        let (stream, _response) =
+            tokio::time::timeout(config.request_timeout, connect_async(ws_url))
+                .await
+                .map_err(|_| ClientError::Timeout)?
+                .map_err(upgrade_error)?;
+        let (sink, stream) = stream.split();
+        let inner = Arc::new(Inner {
+            sink: AsyncMutex::new(sink),
+            pending: StdMutex::new(Pending::default()),
+            next_id: AtomicU64::new(1),
+        });
+        let (push_tx, push_rx) = match config.push_buffer {
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (PushTx::Unbounded(tx), PushRx::Unbounded(rx))
+            }
+            Some(n) => {
+                let (tx, rx) = mpsc::channel(n.max(1));
+                (PushTx::Bounded(tx), PushRx::Bounded(rx))
+            }
+        };
+        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let reader = tokio::spawn(read_loop(
+            stream,
+            Arc::clone(&inner),
+            push_tx,
+            raw_tx,
+            closed_tx,
+        ));
+        Ok(Connection {
+            inner,
+            pushes: AsyncMutex::new(push_rx),
+            raw: AsyncMutex::new(raw_rx),
+            closed: closed_rx,
+            config,
+            tasks: StdMutex::new(vec![reader]),
+        })
+    }
+
+    /// Sends `hello` naming `version` and waits for `welcome`. [`Connection::connect`] does
+    /// this; call it directly only after [`Connection::connect_without_hello`].
+    pub async fn hello(&self, version: u32) -> Result<Welcome, ClientError> {
+        let reply = self
+            .inner
+            .request(
+                |id| ClientFrame::Hello {
+                    id: Some(id),
+                    version,
+                },
+                true,
+                self.config.request_timeout,
+            )
+            .await?;
+        let ServerFrame::Welcome {
+            version,
+            user_id,
+            username,
+            node_id,
+            limits,
+            heartbeat_ms,
+            ..
+        } = reply
+        else {
+            return Err(unexpected("welcome", &reply));
+        };
+        if self.config.heartbeat && heartbeat_ms > 0 {
+            let every = Duration::from_millis((heartbeat_ms / 2).max(1));
+            let task = tokio::spawn(heartbeat_loop(
+                Arc::clone(&self.inner),
+                every,
+                self.config.request_timeout,
+            ));
+            lock(&self.tasks).push(task);
+        }
+        Ok(Welcome {
+            version,
+            user_id,
+            username,
+            node_id,
+            limits,
+            heartbeat_ms,
+        })
+    }
+
+    /// Changes the timeout of the requests made from now on.
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.config.request_timeout = timeout;
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.request(|id| ClientFrame::Ping { id }).await? {
+            ServerFrame::Pong { .. } => Ok(()),
+            other => Err(unexpected("pong", &other)),
+        }
+    }
+
+    /// Opens (or finds) the direct conversation with the user named `username`.
+    pub async fn open_direct_by_username(
+        &self,
+        username: &str,
+    ) -> Result<ConversationInfo, ClientError> {
+        let username = username.to_owned();
+        self.open_direct(|id| ClientFrame::OpenDirect {
+            id,
+            username: Some(username),
+            user_id: None,
+        })
+        .await
+    }
+
+    /// Opens (or finds) the direct conversation with `user` (oneself: notes to self).
+    pub async fn open_direct_by_id(&self, user: UserId) -> Result<ConversationInfo, ClientError> {
+        self.open_direct(|id| ClientFrame::OpenDirect {
+            id,
+            username: None,
+            user_id: Some(user),
+        })
+        .await
+    }
+
+    /// Appends a message. Sending again with the same `client_msg_id` is safe: the ack then
+    /// has `duplicate` set and the original seq.
+    pub async fn send(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: impl Into<String>,
+    ) -> Result<Ack, ClientError> {
+        let body = body.into();
+        let reply = self
+            .request(|id| ClientFrame::Send {
+                id,
+                conversation,
+                client_msg_id,
+                body,
+            })
+            .await?;
+        match reply {
+            ServerFrame::Ack {
+                conversation,
+                client_msg_id,
+                seq,
+                ts_ms,
+                duplicate,
+                ..
+            } => Ok(Ack {
+                conversation,
+                client_msg_id,
+                seq,
+                ts_ms,
+                duplicate,
+            }),
+            other => Err(unexpected("ack", &other)),
+        }
+    }
+
+    /// A page of history: ascending from `after`, or the latest below `before`, or with
+    /// neither the latest page; at most `limit` (the server caps it).
+    pub async fn history(
+        &self,
+        conversation: ConversationId,
+        after: Option<Seq>,
+        before: Option<Seq>,
+        limit: Option<u32>,
+    ) -> Result<HistoryPage, ClientError> {
+        let reply = self
+            .request(|id| ClientFrame::History {
+                id,
+                conversation,
+                after,
+                before,
+                limit,
+            })
+            .await?;
+        match reply {
+            ServerFrame::History {
+                conversation,
+                head,
+                messages,
+                ..
+            } => Ok(HistoryPage {
+                conversation,
+                head,
+                messages,
+            }),
+            other => Err(unexpected("history", &other)),
+        }
+    }
+
+    /// The next pushed message, or `None` if none arrives within `timeout` (a zero timeout
+    /// returns one already received, if any). Once the connection has closed and every
+    /// received push was read: [`ClientError::Closed`].
+    pub async fn next_message(&self, timeout: Duration) -> Result<Option<Message>, ClientError> {
+        let next =
+            tokio::time::timeout(timeout, async { self.pushes.lock().await.recv().await }).await;
+        match next {
+            Err(_) => Ok(None),
+            Ok(Some(message)) => Ok(Some(message)),
+            Ok(None) => Err(self.inner.closed_error(None)),
+        }
+    }
+
+    /// The next [`RawEvent`], or `None` if none arrives within `timeout`. The last event is
+    /// [`RawEvent::Closed`]; after it: [`ClientError::Closed`].
+    pub async fn next_raw_frame(&self, timeout: Duration) -> Result<Option<RawEvent>, ClientError> {
+        let next =
+            tokio::time::timeout(timeout, async { self.raw.lock().await.recv().await }).await;
+        match next {
+            Err(_) => Ok(None),
+            Ok(Some(event)) => Ok(Some(event)),
+            Ok(None) => Err(self.inner.closed_error(None)),
+        }
+    }
+
+    /// Sends `text` as one text frame, as is: for tests of malformed and oversized frames.
+    /// The server's answer, if any, comes through [`Connection::next_raw_frame`] (unless the
+    /// text named the id of a waiting request). When the server closes the socket while a
+    /// large frame is still being written, this fails; the close code is then in
+    /// [`Connection::next_raw_frame`] or [`Connection::wait_closed`].
+    pub async fn send_raw_text(&self, text: String) -> Result<(), ClientError> {
+        self.inner
+            .send(WsMessage::Text(text), self.config.request_timeout)
+            .await
+    }
+
+    /// Sends `frame` without waiting for a reply: the reply goes to
+    /// [`Connection::next_raw_frame`], so a test can choose the request id.
+    pub async fn send_frame(&self, frame: &ClientFrame) -> Result<(), ClientError> {
+        self.send_raw_text(encode(frame)?).await
+    }
+
+    /// Closes the connection (code 1000) and waits for the server's close frame.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        if self.close_status().is_some() {
+            return Ok(());
+        }
+        let frame = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        // A failure here means the socket is already closing; wait for that instead.
+        let _ = self
+            .inner
+            .send(WsMessage::Close(Some(frame)), self.config.request_timeout)
+            .await;
+        self.wait_closed(self.config.request_timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Waits until the connection has closed (by either side) and says how.
+    pub async fn wait_closed(&self, timeout: Duration) -> Result<CloseInfo, ClientError> {
+        let mut closed = self.closed.clone();
+        let waited = tokio::time::timeout(timeout, closed.wait_for(Option::is_some)).await;
+        match waited {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Ok(info)) => Ok(info.clone().unwrap_or_else(|| CloseInfo {
+                code: None,
+                reason: "closed".into(),
+            })),
+            // The reader task is gone without saying how (the runtime is shutting down).
+            Ok(Err(_)) => Err(self.inner.closed_error(None)),
+        }
+    }
+
+    /// How the connection closed, or `None` while it is open.
+    pub fn close_status(&self) -> Option<CloseInfo> {
+        self.closed.borrow().clone()
+    }
+
+    async fn open_direct(
+        &self,
+        make: impl FnOnce(String) -> ClientFrame,
+    ) -> Result<ConversationInfo, ClientError> {
+        match self.request(make).await? {
+            ServerFrame::Conversation { info, .. } => Ok(info),
+            other => Err(unexpected("conversation", &other)),
+        }
+    }
+
+    async fn request(
+        &self,
+        make: impl FnOnce(String) -> ClientFrame,
+    ) -> Result<ServerFrame, ClientError> {
+        self.inner
+            .request(make, false, self.config.request_timeout)
+            .await
+    }
+}
+
+/// What the reader task, the heartbeat and the connection's methods share.
+struct Inner {
+    sink: AsyncMutex<SplitSink<WsStream, WsMessage>>,
+    pending: StdMutex<Pending>,
+    next_id: AtomicU64,
+}
+
+impl Inner {
+    /// Sends the frame `make` builds around a fresh request id and waits for its reply. An
+    /// `error` reply becomes [`ClientError::Server`].
+    async fn request(
+        &self,
+        make: impl FnOnce(String) -> ClientFrame,
+        is_hello: bool,
+        timeout: Duration,
+    ) -> Result<ServerFrame, ClientError> {
+        let id = format!("r{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        let text = encode(&make(id.clone()))?;
+        let rx = lock(&self.pending).register(&id, is_hello)?;
+        // Stops waiting for the reply however this future ends: reply, error, timeout, drop.
+        let _waiting = Waiting {
+            pending: &self.pending,
+            id,
+        };
+        let reply = tokio::time::timeout(timeout, async {
+            self.send(WsMessage::Text(text), timeout).await?;
+            rx.await.unwrap_or_else(|_| Err(self.closed_error(None)))
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)??;
+        match reply {
+            ServerFrame::Error { error, .. } => Err(ClientError::Server(error)),
+            frame => Ok(frame),
+        }
+    }
+
+    async fn send(&self, message: WsMessage, timeout: Duration) -> Result<(), ClientError> {
+        let sent = tokio::time::timeout(timeout, async {
+            self.sink.lock().await.send(message).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)?;
+        sent.map_err(|e| self.closed_error(Some(e)))
+    }
+
+    /// The error for a connection that cannot carry a request: how it closed if the reader
+    /// has seen that, else the transport error `cause`.
+    fn closed_error(&self, cause: Option<WsError>) -> ClientError {
+        if let Some(info) = lock(&self.pending).closed() {
+            return info.to_error();
+        }
+        match cause {
+            Some(e) => ClientError::Ws(e.to_string()),
+            None => ClientError::Closed {
+                code: None,
+                reason: "connection task ended".into(),
+            },
+        }
+    }
+}
+
+/// Removes a request from the pending map when its future ends.
+struct Waiting<'a> {
+    pending: &'a StdMutex<Pending>,
+    id: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).cancel(&self.id);
+    }
+}
+
+enum PushTx {
+    Unbounded(mpsc::UnboundedSender<Message>),
+    Bounded(mpsc::Sender<Message>),
+}
+
+impl PushTx {
+    async fn send(&self, message: Message) {
+        // The receiver lives in the Connection, whose drop also ends this task: a send
+        // error only happens during that teardown and loses nothing anyone could read.
+        let _ = match self {
+            PushTx::Unbounded(tx) => tx.send(message).map_err(drop),
+            PushTx::Bounded(tx) => tx.send(message).await.map_err(drop),
+        };
+    }
+}
+
+enum PushRx {
+    Unbounded(mpsc::UnboundedReceiver<Message>),
+    Bounded(mpsc::Receiver<Message>),
+}
+
+impl PushRx {
+    async fn recv(&mut self) -> Option<Message> {
+        match self {
+            PushRx::Unbounded(rx) => rx.recv().await,
+            PushRx::Bounded(rx) => rx.recv().await,
+        }
+    }
+}
+
+async fn read_loop(
+    mut stream: SplitStream<WsStream>,
+    inner: Arc<Inner>,
+    pushes: PushTx,
+    raw: mpsc::UnboundedSender<RawEvent>,
+    closed: watch::Sender<Option<CloseInfo>>,
+) {
+    let mut close: Option<CloseInfo> = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(WsMessage::Text(text)) => match serde_json::from_str::<ServerFrame>(&text) {
+                Ok(frame) => {
+                    let routed = lock(&inner.pending).route(frame);
+                    match routed {
+                        Routed::Delivered => {}
+                        Routed::Push(message) => pushes.send(message).await,
+                        Routed::Unsolicited(frame) => {
+                            let _ = raw.send(RawEvent::Frame(frame));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "undecodable server frame");
+                    let _ = raw.send(RawEvent::Undecodable {
+                        text,
+                        error: e.to_string(),
+                    });
+                }
+            },
+            Ok(WsMessage::Binary(bytes)) => {
+                let _ = raw.send(RawEvent::Binary(bytes));
+            }
+            Ok(WsMessage::Close(frame)) => {
+                // tungstenite answers the close itself; the stream ends after it.
+                close.get_or_insert(CloseInfo {
+                    code: frame.as_ref().map(|f| u16::from(f.code)),
+                    reason: frame.map(|f| f.reason.into_owned()).unwrap_or_default(),
+                });
+            }
+            Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_)) => {}
+            Err(e) => {
+                close.get_or_insert(CloseInfo {
+                    code: None,
+                    reason: e.to_string(),
+                });
+                break;
+            }
+        }
+    }
+    let info = close.unwrap_or_else(|| CloseInfo {
+        code: None,
+        reason: "the connection ended without a close frame".into(),
+    });
+    tracing::debug!(code = ?info.code, "connection closed");
+    // Fail the waiting requests before the push channel closes, so that a reader of pushes
+    // that sees the end also finds the close code.
+    lock(&inner.pending).close(info.clone());
+    let _ = raw.send(RawEvent::Closed {
+        code: info.code,
+        reason: info.reason.clone(),
+    });
+    closed.send_replace(Some(info));
+}
+
+async fn heartbeat_loop(inner: Arc<Inner>, every: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let ping = inner
+            .request(|id| ClientFrame::Ping { id }, false, timeout)
+            .await;
+        if let Err(ClientError::Closed { .. }) = ping {
+            return;
+        }
+    }
+}
+
+fn encode(frame: &ClientFrame) -> Result<String, ClientError> {
+    serde_json::to_string(frame)
+        .map_err(|e| ClientError::Protocol(format!("cannot encode a client frame: {e}")))
+}
+
+fn upgrade_error(e: WsError) -> ClientError {
+    match e {
+        WsError::Http(response) => {
+            let status = response.status();
+            let wire = response
+                .body()
+                .as_deref()
+                .and_then(|body| serde_json::from_slice(body).ok());
+            match wire {
+                Some(wire) => ClientError::Server(wire),
+                None => ClientError::Http(format!("websocket upgrade refused with HTTP {status}")),
+            }
+        }
+        other => ClientError::Ws(other.to_string()),
+    }
+}
+
+fn unexpected(wanted: &str, got: &ServerFrame) -> ClientError {
+    ClientError::Protocol(format!(
+        "expected a {wanted} frame, got {}",
+        frame_kind(got)
+    ))
+}
+
+fn frame_kind(frame: &ServerFrame) -> &'static str {
+    match frame {
+        ServerFrame::Welcome { .. } => "welcome",
+        ServerFrame::Pong { .. } => "pong",
+        ServerFrame::Conversation { .. } => "conversation",
+        ServerFrame::Ack { .. } => "ack",
+        ServerFrame::History { .. } => "history",
+        ServerFrame::Message { .. } => "message",
+        ServerFrame::Error { .. } => "error",
+    }
+}
+
+/// Locks a std mutex; a panic elsewhere while holding it leaves state that is still valid
+/// (every critical section is a few map operations), so poisoning is ignored.
+fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection against a scripted in-process WebSocket server: no chat server needed.
+    #![allow(clippy::unwrap_used)]
+
+    use std::future::Future;
+
+    use chat_types::{close, ErrorCode, WireError};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::accept_async;
+
+    use super::*;
+
+    type ServerWs = WebSocketStream<TcpStream>;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// Serves one WebSocket connection with `script`; returns the URL to connect to.
+    async fn fake_server<F, Fut>(script: F) -> String
+    where
+        F: FnOnce(ServerWs) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = accept_async(tcp).await.unwrap();
+            script(ws).await;
+        });
+        format!("ws://{addr}/v1/ws?token=t")
+    }
+
+    async fn must_recv(ws: &mut ServerWs) -> ClientFrame {
+        loop {
+            match ws.next().await.unwrap().unwrap() {
+                WsMessage::Text(text) => return ClientFrame::decode(&text).unwrap(),
+                WsMessage::Close(_) => panic!("client closed"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn must_send(ws: &mut ServerWs, frame: ServerFrame) {
+        ws.send(WsMessage::Text(serde_json::to_string(&frame).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    fn welcome(id: Option<String>) -> ServerFrame {
+        ServerFrame::Welcome {
+            id,
+            version: PROTOCOL_VERSION,
+            user_id: UserId(1),
+            username: "alice".into(),
+            node_id: NodeId(7),
+            limits: Limits::default(),
+            heartbeat_ms: 60_000,
+        }
+    }
+
+    /// Answers the hello without echoing its id, as a server may.
+    async fn must_handshake(ws: &mut ServerWs) {
+        let ClientFrame::Hello { version, .. } = must_recv(ws).await else {
+            panic!("expected hello first");
+        };
+        assert_eq!(version, PROTOCOL_VERSION);
+        must_send(ws, welcome(None)).await;
+    }
+
+    fn conv() -> ConversationId {
+        ConversationId::direct(UserId(1), UserId(2))
+    }
+
+    fn message(seq: u64) -> Message {
+        Message {
+            conversation: conv(),
+            seq: Seq(seq),
+            sender: UserId(2),
+            client_msg_id: ClientMsgId::new(format!("m{seq}")).unwrap(),
+            body: "hi".into(),
+            ts_ms: 5,
+        }
+    }
+
+    fn quiet() -> ConnectionConfig {
+        ConnectionConfig {
+            request_timeout: Duration::from_secs(5),
+            push_buffer: None,
+            heartbeat: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_are_matched_by_id_whatever_their_order_and_pushes_queue() {
+        let url = fake_server(|mut ws| async move {
+            must_handshake(&mut ws).await;
+            let first = must_recv(&mut ws).await;
+            let second = must_recv(&mut ws).await;
+            // Answer in reverse order with a push in between.
+            for frame in [second, first] {
+                match frame {
+                    ClientFrame::Ping { id } => must_send(&mut ws, ServerFrame::Pong { id }).await,
+                    ClientFrame::Send {
+                        id,
+                        conversation,
+                        client_msg_id,
+                        ..
+                    } => {
+                        must_send(
+                            &mut ws,
+                            ServerFrame::Message {
+                                message: message(1),
+                            },
+                        )
+                        .await;
+                        let ack = ServerFrame::Ack {
+                            id,
+                            conversation,
+                            client_msg_id,
+                            seq: Seq(1),
+                            ts_ms: 5,
+                            duplicate: false,
+                        };
+                        must_send(&mut ws, ack).await;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // Keep the socket open until the client is done.
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (conn, welcome) = Connection::connect_with(&url, quiet()).await.unwrap();
+        assert_eq!(welcome.username, "alice");
+        assert_eq!(welcome.node_id, NodeId(7));
+        let cmid = ClientMsgId::new("c1").unwrap();
+        let (pong, ack) = tokio::join!(conn.ping(), conn.send(conv(), cmid.clone(), "hi"));
+        pong.unwrap();
+        let ack = ack.unwrap();
+        assert_eq!(
+            (ack.seq, ack.client_msg_id, ack.duplicate),
+            (Seq(1), cmid, false)
+        );
+        assert_eq!(conn.next_message(WAIT).await.unwrap(), Some(message(1)));
+        assert_eq!(conn.next_message(Duration::ZERO).await.unwrap(), None);
+        assert_eq!(conn.next_raw_frame(Duration::ZERO).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn error_frames_fail_their_request_or_surface_as_raw_events() {
+        let url = fake_server(|mut ws| async move {
+            must_handshake(&mut ws).await;
+            let ClientFrame::OpenDirect { id, .. } = must_recv(&mut ws).await else {
+                panic!("expected open_direct");
+            };
+            let refused = WireError::new(ErrorCode::NotFound, "no such user");
+            must_send(
+                &mut ws,
+                ServerFrame::Error {
+                    id: Some(id),
+                    error: refused,
+                },
+            )
+            .await;
+            // The raw text the client sent: answer with an id-less error, then garbage.
+            let Some(Ok(WsMessage::Text(_))) = ws.next().await else {
+                panic!("expected the raw text");
+            };
+            let malformed = WireError::new(ErrorCode::MalformedFrame, "not JSON");
+            must_send(
+                &mut ws,
+                ServerFrame::Error {
+                    id: None,
+                    error: malformed,
+                },
+            )
+            .await;
+            ws.send(WsMessage::Text("{\"type\":\"typing\"}".into()))
+                .await
+                .unwrap();
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (conn, _) = Connection::connect_with(&url, quiet()).await.unwrap();
+        let err = conn.open_direct_by_username("nobody").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound));
+        conn.send_raw_text("{nope".into()).await.unwrap();
+        match conn.next_raw_frame(WAIT).await.unwrap() {
+            Some(RawEvent::Frame(ServerFrame::Error { id: None, error })) => {
+                assert_eq!(error.code, ErrorCode::MalformedFrame)
+            }
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+        assert!(matches!(
+            conn.next_raw_frame(WAIT).await.unwrap(),
+            Some(RawEvent::Undecodable { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_server_close_fails_waiting_requests_with_its_code() {
+        let url = fake_server(|mut ws| async move {
+            must_handshake(&mut ws).await;
+            must_send(
+                &mut ws,
+                ServerFrame::Message {
+                    message: message(1),
+                },
+            )
+            .await;
+            let ClientFrame::Ping { .. } = must_recv(&mut ws).await else {
+                panic!("expected ping");
+            };
+            let frame = CloseFrame {
+                code: CloseCode::from(close::TOO_BIG),
+                reason: "frame too large".into(),
+            };
+            ws.send(WsMessage::Close(Some(frame))).await.unwrap();
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (conn, _) = Connection::connect_with(&url, quiet()).await.unwrap();
+        let err = conn.ping().await.unwrap_err();
+        assert_eq!(err.close_code(), Some(close::TOO_BIG));
+        assert_eq!(
+            conn.next_raw_frame(WAIT).await.unwrap(),
+            Some(RawEvent::Closed {
+                code: Some(close::TOO_BIG),
+                reason: "frame too large".into()
+            })
+        );
+        // Pushes received before the close are still read, then the close shows.
+        assert_eq!(conn.next_message(WAIT).await.unwrap(), Some(message(1)));
+        let err = conn.next_message(WAIT).await.unwrap_err();
+        assert_eq!(err.close_code(), Some(close::TOO_BIG));
+        assert_eq!(
+            conn.ping().await.unwrap_err().close_code(),
+            Some(close::TOO_BIG)
+        );
+        assert_eq!(
+            conn.close_status().and_then(|c| c.code),
+            Some(close::TOO_BIG)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_request_times_out_and_its_late_reply_is_raw() {
+        let url = fake_server(|mut ws| async move {
+            must_handshake(&mut ws).await;
+            let ClientFrame::Ping { id } = must_recv(&mut ws).await else {
+                panic!("expected ping");
+            };
+            // Answer only after the client gave up.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            must_send(&mut ws, ServerFrame::Pong { id }).await;
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (mut conn, _) = Connection::connect_with(&url, quiet()).await.unwrap();
+        conn.set_request_timeout(Duration::from_millis(100));
+        assert_eq!(conn.ping().await.unwrap_err(), ClientError::Timeout);
+        assert!(matches!(
+            conn.next_raw_frame(WAIT).await.unwrap(),
+            Some(RawEvent::Frame(ServerFrame::Pong { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn close_completes_the_closing_handshake() {
+        let url = fake_server(|mut ws| async move {
+            must_handshake(&mut ws).await;
+            // tungstenite answers the client's close while we read.
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let (conn, _) = Connection::connect_with(&url, quiet()).await.unwrap();
+        conn.close().await.unwrap();
+        assert_eq!(
+            conn.close_status().and_then(|c| c.code),
+            Some(close::NORMAL)
+        );
+        assert!(matches!(conn.ping().await, Err(ClientError::Closed { .. })));
+    }
+
+    #[tokio::test]
+    async fn heartbeat_pings_an_idle_connection() {
+        let url = fake_server(|mut ws| async move {
+            let ClientFrame::Hello { .. } = must_recv(&mut ws).await else {
+                panic!("expected hello first");
+            };
+            let mut w = welcome(None);
+            if let ServerFrame::Welcome { heartbeat_ms, .. } = &mut w {
+                *heartbeat_ms = 100;
+            }
+            must_send(&mut ws, w).await;
+            let ClientFrame::Ping { id } = must_recv(&mut ws).await else {
+                panic!("expected a heartbeat ping");
+            };
+            must_send(&mut ws, ServerFrame::Pong { id }).await;
+            // Prove the heartbeat got through by pushing a message.
+            must_send(
+                &mut ws,
+                ServerFrame::Message {
+                    message: message(1),
+                },
+            )
+            .await;
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        let config = ConnectionConfig {
+            heartbeat: true,
+            ..quiet()
+        };
+        let (conn, welcome) = Connection::connect_with(&url, config).await.unwrap();
+        assert_eq!(welcome.heartbeat_ms, 100);
+        assert_eq!(conn.next_message(WAIT).await.unwrap(), Some(message(1)));
+        // The pong answered the heartbeat's own request, so it is not raw.
+        assert_eq!(
+            conn.next_raw_frame(Duration::from_millis(50))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_shows_the_servers_1009_even_if_the_write_fails() {
+        use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let limits = WebSocketConfig {
+                max_frame_size: Some(64 << 10),
+                max_message_size: Some(64 << 10),
+                ..WebSocketConfig::default()
+            };
+            let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(limits))
+                .await
+                .unwrap();
+            must_handshake(&mut ws).await;
+            // The frame header names a length over the limit: refuse without reading it.
+            assert!(ws.next().await.unwrap().is_err());
+            let frame = CloseFrame {
+                code: CloseCode::from(close::TOO_BIG),
+                reason: "frame too large".into(),
+            };
+            let _ = ws.send(WsMessage::Close(Some(frame))).await;
+        });
+        let url = format!("ws://{addr}/v1/ws?token=t");
+        let (conn, _) = Connection::connect_with(&url, quiet()).await.unwrap();
+        // Whether the write completes depends on socket buffers; the close code must show.
+        let _ = conn.send_raw_text("x".repeat(8 << 20)).await;
+        let info = conn.wait_closed(WAIT).await.unwrap();
+        assert_eq!(info.code, Some(close::TOO_BIG), "{info:?}");
+        loop {
+            match conn.next_raw_frame(WAIT).await.unwrap() {
+                Some(RawEvent::Closed { code, .. }) => {
+                    assert_eq!(code, Some(close::TOO_BIG));
+                    break;
+                }
+                Some(_) => {}
+                None => panic!("no close event"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_carries_the_server_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let body = serde_json::to_string(&WireError::new(ErrorCode::Unauthorized, "bad token"))
+                .unwrap();
+            let response = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            // Read the request first so that the client is not reset mid-write.
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+            tcp.write_all(response.as_bytes()).await.unwrap();
+            tcp.shutdown().await.unwrap();
+        });
+        let err = Connection::connect(&format!("ws://{addr}/v1/ws?token=bad"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err:?}");
+    }
+}

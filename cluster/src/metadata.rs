@@ -1,0 +1,441 @@
+//! The node's handle on the cluster: its Raft node for metadata, membership and join, the
+//! current ring, and writes forwarded to the leader.
+//!
+//! A write may arrive at any node; a follower forwards it to the leader over the peer
+//! transport (`Cluster` channel) so that clients never need to know who leads. A new node
+//! joins by naming any member: the request is forwarded to the leader, which adds the node as
+//! a learner, then promotes it to voter while the cluster has fewer than [`MAX_VOTERS`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_storage::Store;
+use chat_types::{NodeId, RingEpoch};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::error::ClusterError;
+use crate::meta::{MetaCommand, MetaResponse, MetaState, NodeInfo};
+use crate::raft::network::{serve_raft_rpc, PeerNetworkFactory};
+use crate::raft::{open_stores, MetaRaft, SharedMeta};
+use crate::ring::{Ring, DEFAULT_VNODES};
+use crate::transport::{Channel, PeerError, Transport};
+
+/// Voters kept in the metadata group; further nodes are learners.
+pub const MAX_VOTERS: usize = 3;
+const CLUSTER_RPC_VERSION: u8 = 1;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How this node takes part in the cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    pub node_id: NodeId,
+    /// What other nodes and clients are told about this node.
+    pub advertise: NodeInfo,
+    /// Peer address of any member, for a node that is not yet part of a cluster.
+    pub join: Option<String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum ClusterRequest {
+    Join { node_id: u64, info: NodeInfo },
+    Write(MetaCommand),
+}
+
+#[derive(Serialize, Deserialize)]
+enum ClusterReply {
+    Joined,
+    Written(MetaResponse),
+    Failed { retry: bool, detail: String },
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ClusterError> {
+    let mut out = vec![CLUSTER_RPC_VERSION];
+    rmp_serde::encode::write_named(&mut out, v)
+        .map_err(|e| ClusterError::BadPayload(e.to_string()))?;
+    Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ClusterError> {
+    match bytes.split_first() {
+        Some((&CLUSTER_RPC_VERSION, rest)) => {
+            rmp_serde::from_slice(rest).map_err(|e| ClusterError::BadPayload(e.to_string()))
+        }
+        _ => Err(ClusterError::BadPayload(
+            "unknown cluster rpc version".into(),
+        )),
+    }
+}
+
+/// The node's view of, and voice in, the cluster.
+pub struct Metadata {
+    node_id: NodeId,
+    raft: MetaRaft,
+    shared: SharedMeta,
+    transport: Transport,
+    ring: watch::Receiver<Arc<Ring>>,
+    nodes: watch::Receiver<Arc<Vec<(NodeId, NodeInfo)>>>,
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metadata {
+    /// Opens the Raft stores, starts the Raft node, and bootstraps or joins a cluster when
+    /// this node is not part of one yet. Returns before a join completes; see [`Self::is_ready`].
+    pub async fn start(
+        store: Store,
+        settings: ClusterSettings,
+        transport: Transport,
+    ) -> Result<Arc<Metadata>, ClusterError> {
+        let (log_store, state_machine) = open_stores(store)?;
+        let shared = state_machine.shared();
+        let config = Config {
+            cluster_name: "chat".into(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_timeout_min_ms,
+            election_timeout_max: settings.election_timeout_max_ms,
+            ..Default::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| ClusterError::Raft(e.to_string()))?,
+        );
+        let raft = MetaRaft::new(
+            settings.node_id.0,
+            config,
+            PeerNetworkFactory::new(transport.clone()),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+
+        let (ring_tx, ring_rx) =
+            watch::channel(Arc::new(Ring::new([], RingEpoch(0), DEFAULT_VNODES)));
+        let (nodes_tx, nodes_rx) = watch::channel(Arc::new(Vec::new()));
+        spawn_membership_watch(raft.clone(), ring_tx, nodes_tx);
+
+        let meta = Arc::new(Metadata {
+            node_id: settings.node_id,
+            raft,
+            shared,
+            transport,
+            ring: ring_rx,
+            nodes: nodes_rx,
+        });
+
+        let initialized = meta
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if !initialized {
+            match &settings.join {
+                None => {
+                    let mut members = std::collections::BTreeMap::new();
+                    members.insert(settings.node_id.0, settings.advertise.clone());
+                    meta.raft
+                        .initialize(members)
+                        .await
+                        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                    tracing::info!(node = %settings.node_id, "bootstrapped a new cluster");
+                }
+                Some(seed) => {
+                    let meta = meta.clone();
+                    let seed = seed.clone();
+                    let info = settings.advertise.clone();
+                    tokio::spawn(async move { meta.join_until_done(&seed, info).await });
+                }
+            }
+        }
+        Ok(meta)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The current ring. Cheap: a shared pointer.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.borrow().clone()
+    }
+
+    /// Changes whenever the membership (and so the ring) changes.
+    pub fn ring_watch(&self) -> watch::Receiver<Arc<Ring>> {
+        self.ring.clone()
+    }
+
+    /// Addresses of a member node.
+    pub fn node_info(&self, id: NodeId) -> Option<NodeInfo> {
+        self.nodes
+            .borrow()
+            .iter()
+            .find(|(n, _)| *n == id)
+            .map(|(_, info)| info.clone())
+    }
+
+    /// All member nodes with their addresses.
+    pub fn nodes(&self) -> Arc<Vec<(NodeId, NodeInfo)>> {
+        self.nodes.borrow().clone()
+    }
+
+    /// Reads the local copy of the replicated metadata.
+    pub fn read<R>(&self, f: impl FnOnce(&MetaState) -> R) -> R {
+        self.shared.read(f)
+    }
+
+    /// Member of the cluster, with a known leader: ready to serve.
+    pub fn is_ready(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader.is_some() && self.ring().members().contains(&self.node_id)
+    }
+
+    /// The current leader's id, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader.map(NodeId)
+    }
+
+    /// Voter ids of the current membership.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .map(NodeId)
+            .collect()
+    }
+
+    /// Proposes a metadata change through Raft, forwarding to the leader when needed, and
+    /// returns the state machine's answer once it is committed and applied locally.
+    pub async fn write(&self, cmd: MetaCommand) -> Result<MetaResponse, ClusterError> {
+        let mut last_err = ClusterError::NoLeader;
+        for attempt in 0..20u64 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 * attempt.min(6))).await;
+            }
+            match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => return Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                    let Some(node) = fwd.leader_node else {
+                        last_err = ClusterError::NoLeader;
+                        continue;
+                    };
+                    match self
+                        .forward(&node.peer_addr, &ClusterRequest::Write(cmd.clone()))
+                        .await
+                    {
+                        Ok(ClusterReply::Written(resp)) => return Ok(resp),
+                        Ok(ClusterReply::Failed {
+                            retry: true,
+                            detail,
+                        }) => {
+                            last_err = ClusterError::Raft(detail);
+                        }
+                        Ok(ClusterReply::Failed {
+                            retry: false,
+                            detail,
+                        }) => return Err(ClusterError::Raft(detail)),
+                        Ok(ClusterReply::Joined) => {
+                            return Err(ClusterError::BadPayload("unexpected join reply".into()))
+                        }
+                        Err(e) => last_err = e,
+                    }
+                }
+                Err(RaftError::Fatal(e)) => return Err(ClusterError::Raft(e.to_string())),
+                Err(e) => last_err = ClusterError::Raft(e.to_string()),
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        req: &ClusterRequest,
+    ) -> Result<ClusterReply, ClusterError> {
+        let bytes = self
+            .transport
+            .request(addr, Channel::Cluster, encode(req)?, FORWARD_TIMEOUT)
+            .await?;
+        decode(&bytes)
+    }
+
+    async fn join_until_done(&self, seed: &str, info: NodeInfo) {
+        let req = ClusterRequest::Join {
+            node_id: self.node_id.0,
+            info,
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.forward(seed, &req).await {
+                Ok(ClusterReply::Joined) => {
+                    tracing::info!(%seed, node = %self.node_id, "joined the cluster");
+                    return;
+                }
+                Ok(ClusterReply::Failed { detail, .. }) => {
+                    tracing::warn!(%seed, %detail, "join refused; retrying")
+                }
+                Ok(_) => tracing::warn!(%seed, "unexpected join reply; retrying"),
+                Err(e) => tracing::warn!(%seed, error = %e, "join failed; retrying"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Adds a node: as a learner, then as a voter while voters are fewer than [`MAX_VOTERS`].
+    /// Runs on the leader; elsewhere it forwards.
+    async fn admit(&self, node_id: u64, info: NodeInfo) -> ClusterReply {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.node_id.0) {
+            let Some(leader) = m.current_leader else {
+                return ClusterReply::Failed {
+                    retry: true,
+                    detail: "no leader yet".into(),
+                };
+            };
+            let Some(addr) = m
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.peer_addr.clone())
+            else {
+                return ClusterReply::Failed {
+                    retry: true,
+                    detail: "leader address unknown".into(),
+                };
+            };
+            return match self
+                .forward(&addr, &ClusterRequest::Join { node_id, info })
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e) => ClusterReply::Failed {
+                    retry: true,
+                    detail: e.to_string(),
+                },
+            };
+        }
+        let already = m
+            .membership_config
+            .membership()
+            .get_node(&node_id)
+            .is_some();
+        if !already {
+            if let Err(e) = self.raft.add_learner(node_id, info, true).await {
+                return ClusterReply::Failed {
+                    retry: true,
+                    detail: e.to_string(),
+                };
+            }
+        }
+        let voters: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters.len() < MAX_VOTERS && !voters.contains(&node_id) {
+            let add = ChangeMembers::AddVoterIds(BTreeSet::from([node_id]));
+            if let Err(e) = self.raft.change_membership(add, false).await {
+                return ClusterReply::Failed {
+                    retry: true,
+                    detail: e.to_string(),
+                };
+            }
+        }
+        ClusterReply::Joined
+    }
+
+    /// Serves a request on the `Raft` or `Cluster` channel from a peer.
+    pub async fn handle_peer(
+        &self,
+        channel: Channel,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, PeerError> {
+        match channel {
+            Channel::Raft => serve_raft_rpc(&self.raft, payload).await,
+            Channel::Cluster => {
+                let req: ClusterRequest =
+                    decode(payload).map_err(|e| PeerError::BadPayload(e.to_string()))?;
+                let reply = match req {
+                    ClusterRequest::Join { node_id, info } => self.admit(node_id, info).await,
+                    ClusterRequest::Write(cmd) => match self.raft.client_write(cmd).await {
+                        Ok(resp) => ClusterReply::Written(resp.data),
+                        Err(e) => ClusterReply::Failed {
+                            retry: !matches!(e, RaftError::Fatal(_)),
+                            detail: e.to_string(),
+                        },
+                    },
+                };
+                encode(&reply).map_err(|e| PeerError::Handler(e.to_string()))
+            }
+            Channel::Actor => Err(PeerError::Handler(
+                "actor messages are not served here".into(),
+            )),
+        }
+    }
+
+    /// Whether this node currently leads the metadata group.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Stops the Raft node.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+/// Rebuilds the ring whenever the applied membership changes. The epoch is the log index of
+/// the membership entry, which every node agrees on.
+fn spawn_membership_watch(
+    raft: MetaRaft,
+    ring_tx: watch::Sender<Arc<Ring>>,
+    nodes_tx: watch::Sender<Arc<Vec<(NodeId, NodeInfo)>>>,
+) {
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        let mut last_epoch = None;
+        loop {
+            let membership = metrics.borrow_and_update().membership_config.clone();
+            let epoch = RingEpoch(membership.log_id().map(|l| l.index).unwrap_or(0));
+            if last_epoch != Some(epoch) {
+                last_epoch = Some(epoch);
+                let nodes: Vec<(NodeId, NodeInfo)> = membership
+                    .membership()
+                    .nodes()
+                    .map(|(id, info)| (NodeId(*id), info.clone()))
+                    .collect();
+                let ring = Ring::new(nodes.iter().map(|(id, _)| *id), epoch, DEFAULT_VNODES);
+                tracing::info!(%epoch, members = nodes.len(), "ring changed");
+                let _ = nodes_tx.send(Arc::new(nodes));
+                let _ = ring_tx.send(Arc::new(ring));
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}

@@ -1,0 +1,167 @@
+//! Wiring: opens storage, starts the cluster and the actors, serves peers and clients, and
+//! shuts all of it down in order.
+
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use chat_actors::Router;
+use chat_cluster::transport::{
+    serve, Channel, PeerError, PeerHandler, PeerHandlerFuture, Transport,
+};
+use chat_cluster::{ClusterSettings, Metadata, NodeInfo};
+use chat_storage::{Durability, RocksConversationLog, Store};
+use chat_types::{close, NodeId};
+use rand::RngCore;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+
+/// Dispatches peer requests by channel.
+struct PeerDispatch {
+    meta: Arc<Metadata>,
+    router: std::sync::OnceLock<Arc<Router>>,
+}
+
+impl PeerHandler for PeerDispatch {
+    fn handle(&self, channel: Channel, payload: Vec<u8>) -> PeerHandlerFuture {
+        let meta = self.meta.clone();
+        let router = self.router.get().cloned();
+        Box::pin(async move {
+            match channel {
+                Channel::Raft | Channel::Cluster => meta.handle_peer(channel, &payload).await,
+                Channel::Actor => match router {
+                    Some(r) => r.handle_peer(&payload).await,
+                    None => Err(PeerError::ShuttingDown),
+                },
+            }
+        })
+    }
+}
+
+/// This node's id: made once, kept in the data directory.
+fn node_id(store: &Store) -> anyhow::Result<NodeId> {
+    if let Some(raw) = store.local_get("node_id")? {
+        let bytes: [u8; 8] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("stored node id is corrupt"))?;
+        return Ok(NodeId(u64::from_be_bytes(bytes)));
+    }
+    // Node ids must be unique in the cluster; 63 random bits make a collision negligible.
+    let id = (rand::rngs::OsRng.next_u64() >> 1).max(1);
+    store.local_put("node_id", &id.to_be_bytes())?;
+    Ok(NodeId(id))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("creating {}", config.node.data_dir.display()))?;
+    let store = Store::open(&config.node.data_dir.join("db"))
+        .with_context(|| format!("opening the database in {}", config.node.data_dir.display()))?;
+    let node_id = node_id(&store)?;
+    let advertise = NodeInfo {
+        http_addr: config
+            .node
+            .advertise_http_addr
+            .clone()
+            .unwrap_or_else(|| config.node.http_addr.clone()),
+        peer_addr: config
+            .node
+            .advertise_peer_addr
+            .clone()
+            .unwrap_or_else(|| config.node.peer_addr.clone()),
+    };
+    tracing::info!(node = %node_id, %advertise, "starting");
+
+    let peer_listener = tokio::net::TcpListener::bind(&config.node.peer_addr)
+        .await
+        .with_context(|| format!("binding the peer address {}", config.node.peer_addr))?;
+    let transport = Transport::default();
+    let settings = ClusterSettings {
+        node_id,
+        advertise,
+        join: config.cluster.join.clone().filter(|j| !j.is_empty()),
+        heartbeat_ms: config.cluster.heartbeat_ms,
+        election_timeout_min_ms: config.cluster.election_timeout_min_ms,
+        election_timeout_max_ms: config.cluster.election_timeout_max_ms,
+    };
+    // The peer listener must answer Raft before the Raft node can be elected or joined, so
+    // it is served first and learns about the router once that exists.
+    let dispatch = Arc::new(PeerDispatch {
+        meta: Metadata::start(store.clone(), settings, transport).await?,
+        router: std::sync::OnceLock::new(),
+    });
+    let peer_server = serve(peer_listener, dispatch.clone());
+    let meta = dispatch.meta.clone();
+
+    let durability = if config.node.fsync {
+        Durability::Fsync
+    } else {
+        Durability::Wal
+    };
+    let log = Arc::new(RocksConversationLog::new(store.clone(), durability));
+    let router = Router::new(meta.clone(), log);
+    let _ = dispatch.router.set(router.clone());
+
+    let state = web::Data::new(AppState {
+        auth: Auth::new(meta.clone(), config.auth.hash_concurrency),
+        config: config.clone(),
+        meta: meta.clone(),
+        router: router.clone(),
+        metrics: Metrics::default(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let json_limit = config.limits.max_frame_bytes as usize;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(json_limit)
+                    .error_handler(http::rest::json_error),
+            )
+            .configure(http::routes)
+    })
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(&config.node.http_addr)
+    .with_context(|| format!("binding the HTTP address {}", config.node.http_addr))?
+    .run();
+    let handle = server.handle();
+    tracing::info!(http = %config.node.http_addr, peer = %config.node.peer_addr, "serving");
+    let server_task = tokio::spawn(server);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    router.close_all(close::GOING_AWAY, "node is shutting down; reconnect");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    handle.stop(true).await;
+    let _ = server_task.await;
+    meta.shutdown().await;
+    peer_server.abort();
+    store.flush().context("flushing the database")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The node's configuration: a TOML file, then `CHAT_*` environment variables, then flags.
+//! `config/example.toml` holds every field with its default; a test parses it.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The root of the node's configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Where RocksDB keeps this node's data (created when missing).
+    pub data_dir: PathBuf,
+    /// Client HTTP and WebSocket listener.
+    pub http_addr: String,
+    /// Node-to-node listener (Raft and actor messages).
+    pub peer_addr: String,
+    /// The HTTP address other nodes and clients are told; defaults to `http_addr`.
+    pub advertise_http_addr: Option<String>,
+    /// The peer address other nodes are told; defaults to `peer_addr`.
+    pub advertise_peer_addr: Option<String>,
+    /// fsync every conversation-log write (`true`) or rely on the WAL (`false`).
+    pub fsync: bool,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./data"),
+            http_addr: "127.0.0.1:8080".into(),
+            peer_addr: "127.0.0.1:9080".into(),
+            advertise_http_addr: None,
+            advertise_peer_addr: None,
+            fsync: false,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Peer address of any member to join; empty to start (or restart) on its own.
+    pub join: Option<String>,
+    /// Raft heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout range.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            join: None,
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1600,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket frame; larger ones close the connection with 1009.
+    pub max_frame_bytes: u32,
+    /// Largest message body in bytes.
+    pub max_body_bytes: u32,
+    /// Most messages in one history page.
+    pub max_history_page: u32,
+    /// Pushes queued for one connection before it is closed as a slow consumer.
+    pub outbound_queue: usize,
+    /// Malformed frames in a row before the connection is closed.
+    pub max_bad_frames: u32,
+    /// Clients must send something this often.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 16 * 1024,
+            max_history_page: 200,
+            outbound_queue: 1024,
+            max_bad_frames: 10,
+            heartbeat_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Password hashes computed at once (each holds ~19 MiB and a core for tens of ms).
+    pub hash_concurrency: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hash_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        for (name, addr) in [
+            ("node.http_addr", &self.node.http_addr),
+            ("node.peer_addr", &self.node.peer_addr),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be host:port with a numeric host, got {addr:?}"
+                )));
+            }
+        }
+        if !matches!(self.node.log_format.as_str(), "text" | "json") {
+            return bad("node.log_format must be \"text\" or \"json\"");
+        }
+        let c = &self.cluster;
+        if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms {
+            return bad("cluster.election_timeout_min_ms must exceed cluster.heartbeat_ms > 0");
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return bad("cluster.election_timeout_max_ms must exceed election_timeout_min_ms");
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024
+            || l.max_body_bytes == 0
+            || l.max_body_bytes >= l.max_frame_bytes
+        {
+            return bad(
+                "limits: need max_frame_bytes >= 1024 and 0 < max_body_bytes < max_frame_bytes",
+            );
+        }
+        if l.max_history_page == 0 || l.outbound_queue == 0 || l.heartbeat_ms < 1000 {
+            return bad(
+                "limits: max_history_page and outbound_queue must be > 0, heartbeat_ms >= 1000",
+            );
+        }
+        if self.auth.hash_concurrency == 0 {
+            return bad("auth.hash_concurrency must be > 0");
+        }
+        Ok(())
+    }
+
+    pub fn wire_limits(&self) -> chat_types::Limits {
+        chat_types::Limits {
+            max_frame_bytes: self.limits.max_frame_bytes,
+            max_body_bytes: self.limits.max_body_bytes,
+            max_history_page: self.limits.max_history_page,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/example.toml");
+        let cfg = Config::from_file(&path).expect("example config parses");
+        cfg.validate().expect("example config is valid");
+        assert_eq!(cfg.node.http_addr, NodeConfig::default().http_addr);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("[node]\nhttp_adr = \"x\"").is_err());
+        let mut cfg = Config::default();
+        cfg.node.http_addr = "localhost".into();
+        assert!(cfg.validate().is_err());
+        let mut cfg = Config::default();
+        cfg.cluster.election_timeout_min_ms = 10;
+        assert!(cfg.validate().is_err());
+        Config::default().validate().expect("defaults are valid");
+    }
+}

@@ -1,0 +1,78 @@
+//! The public HTTP surface: REST under `/v1`, the WebSocket at `/v1/ws`, and the operator
+//! endpoints `/healthz`, `/readyz`, `/metrics`.
+
+pub mod health;
+pub mod rest;
+pub mod ws;
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chat_actors::Router;
+use chat_cluster::Metadata;
+use chat_types::{ErrorCode, WireError};
+
+use crate::auth::{Auth, Principal};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Everything a request handler needs. Shared by all actix workers.
+pub struct AppState {
+    pub config: Config,
+    pub meta: Arc<Metadata>,
+    pub router: Arc<Router>,
+    pub auth: Auth,
+    pub metrics: Metrics,
+    /// The node's main runtime: long-lived work is spawned here, not on an actix worker.
+    pub runtime: tokio::runtime::Handle,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/v1/register", web::post().to(rest::register))
+        .route("/v1/login", web::post().to(rest::login))
+        .route("/v1/logout", web::post().to(rest::logout))
+        .route(
+            "/v1/conversations/{conversation}/messages",
+            web::get().to(rest::history),
+        )
+        .route("/v1/ws", web::get().to(ws::upgrade));
+}
+
+/// A REST error reply: the status from the code, the body a [`WireError`].
+pub fn error_response(state: &AppState, e: WireError) -> HttpResponse {
+    Metrics::inc(&state.metrics.client_errors_total);
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = HttpResponse::build(status);
+    if let Some(ms) = e.retry_after_ms {
+        resp.insert_header(("Retry-After", ms.div_ceil(1000).to_string()));
+    }
+    resp.json(e)
+}
+
+/// The bearer token of a request: `Authorization: Bearer <t>`, or `?token=<t>` (browsers
+/// cannot set headers on a WebSocket).
+pub fn bearer_token(req: &HttpRequest) -> Option<String> {
+    if let Some(h) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = h.strip_prefix("Bearer ") {
+            return Some(t.trim().to_owned());
+        }
+    }
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("token").cloned())
+}
+
+pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Principal, WireError> {
+    let token = bearer_token(req)
+        .ok_or_else(|| WireError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
+    state.auth.authenticate(&token).await
+}

@@ -1,0 +1,398 @@
+//! The WebSocket endpoint: protocol v1 (see `docs/protocol.md`).
+//!
+//! The token is checked before the upgrade (401 with a JSON error otherwise). The socket's
+//! read half stays on the actix worker that accepted it; everything else (requests, pushes,
+//! the connection actor) runs on the node's main runtime, in one task per connection that
+//! handles requests in order, so that one client's sends are stored in the order it sent
+//! them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{
+    CloseCode, CloseReason, Message as WsMessage, MessageStream, ProtocolError, Session,
+};
+use chat_actors::{ConnRef, Outbound};
+use chat_types::{
+    close, validate_body, ClientFrame, ConversationInfo, ErrorCode, ServerFrame, UserId,
+    UserSummary, WireError, PROTOCOL_VERSION,
+};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{authenticate, error_response, AppState};
+use crate::auth::Principal;
+use crate::metrics::Metrics;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_PAGE: u32 = 50;
+
+enum Inbound {
+    Text(String),
+    Binary,
+    Activity,
+    TooBig,
+    Protocol(String),
+    Closed,
+}
+
+pub async fn upgrade(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let principal = match authenticate(&state, &req).await {
+        Ok(p) => p,
+        Err(e) => return Ok(error_response(&state, e)),
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(state.config.limits.max_frame_bytes as usize);
+    let (in_tx, in_rx) = mpsc::channel::<Inbound>(64);
+    actix_web::rt::spawn(read_loop(stream, in_tx, session.clone()));
+    let state = state.into_inner();
+    state
+        .runtime
+        .clone()
+        .spawn(run_connection(state, principal, session, in_rx));
+    Ok(response)
+}
+
+/// Reads frames off the socket and forwards them; runs on the actix worker.
+async fn read_loop(mut stream: MessageStream, tx: mpsc::Sender<Inbound>, mut session: Session) {
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(WsMessage::Text(t)) => Inbound::Text(t.to_string()),
+            Ok(WsMessage::Binary(_)) => Inbound::Binary,
+            Ok(WsMessage::Ping(p)) => {
+                let _ = session.pong(&p).await;
+                Inbound::Activity
+            }
+            Ok(WsMessage::Pong(_)) | Ok(WsMessage::Nop) => Inbound::Activity,
+            Ok(WsMessage::Close(_)) => Inbound::Closed,
+            Ok(WsMessage::Continuation(_)) => {
+                Inbound::Protocol("fragmented messages are not supported".into())
+            }
+            Err(ProtocolError::Overflow) => Inbound::TooBig,
+            Err(e) => Inbound::Protocol(e.to_string()),
+        };
+        let last = matches!(
+            event,
+            Inbound::Closed | Inbound::TooBig | Inbound::Protocol(_)
+        );
+        if tx.send(event).await.is_err() || last {
+            return;
+        }
+    }
+    let _ = tx.send(Inbound::Closed).await;
+}
+
+struct Conn {
+    state: Arc<AppState>,
+    principal: Principal,
+    conn: ConnRef,
+    session: Session,
+    greeted: bool,
+    bad_frames: u32,
+}
+
+enum Next {
+    Continue,
+    Close(u16, String),
+}
+
+async fn run_connection(
+    state: Arc<AppState>,
+    principal: Principal,
+    mut session: Session,
+    mut inbound: mpsc::Receiver<Inbound>,
+) {
+    let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(state.config.limits.outbound_queue);
+    let conn = match state.router.connect(principal.user_id, out_tx).await {
+        Ok(c) => c,
+        Err(e) => {
+            let frame = ServerFrame::Error {
+                id: None,
+                error: e.to_wire(),
+            };
+            let _ = send_frame(&mut session, &frame).await;
+            let _ = session
+                .close(Some(reason(
+                    close::GOING_AWAY,
+                    "cluster unavailable; retry",
+                )))
+                .await;
+            return;
+        }
+    };
+    Metrics::inc(&state.metrics.ws_connections_total);
+    let idle = Duration::from_millis(state.config.limits.heartbeat_ms * 2);
+    let mut c = Conn {
+        state: state.clone(),
+        principal,
+        conn,
+        session,
+        greeted: false,
+        bad_frames: 0,
+    };
+    let mut deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let outcome = loop {
+        tokio::select! {
+            ev = inbound.recv() => {
+                deadline = tokio::time::Instant::now() + idle.max(HANDSHAKE_TIMEOUT);
+                let next = match ev {
+                    None | Some(Inbound::Closed) => break Next::Close(close::NORMAL, String::new()),
+                    Some(Inbound::TooBig) => Next::Close(close::TOO_BIG, "frame exceeds max_frame_bytes".into()),
+                    Some(Inbound::Protocol(m)) => Next::Close(1002, m),
+                    Some(Inbound::Activity) => Next::Continue,
+                    Some(Inbound::Binary) => c.bad_frame(None, WireError::new(ErrorCode::MalformedFrame, "binary frames are not supported; send JSON text")).await,
+                    Some(Inbound::Text(text)) => {
+                        Metrics::inc(&state.metrics.ws_frames_in_total);
+                        c.handle_text(&text).await
+                    }
+                };
+                if let Next::Close(code, why) = next { break Next::Close(code, why); }
+            }
+            out = out_rx.recv() => match out {
+                Some(Outbound::Frame(frame)) => {
+                    if send_frame(&mut c.session, &frame).await.is_err() {
+                        break Next::Close(close::NORMAL, String::new());
+                    }
+                }
+                Some(Outbound::Close { code, reason }) => break Next::Close(code, reason),
+                None => break Next::Close(close::GOING_AWAY, "node is shutting down".into()),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                let why = if c.greeted { "no frame within two heartbeats" } else { "no hello in time" };
+                break Next::Close(if c.greeted { close::GOING_AWAY } else { close::HANDSHAKE }, why.into());
+            }
+        }
+    };
+    if let Next::Close(code, why) = outcome {
+        let _ = c.session.clone().close(Some(reason(code, &why))).await;
+    }
+    state.router.disconnect(c.principal.user_id, c.conn).await;
+}
+
+fn reason(code: u16, why: &str) -> CloseReason {
+    CloseReason {
+        code: CloseCode::from(code),
+        description: if why.is_empty() {
+            None
+        } else {
+            Some(why.to_owned())
+        },
+    }
+}
+
+async fn send_frame(session: &mut Session, frame: &ServerFrame) -> Result<(), actix_ws::Closed> {
+    match serde_json::to_string(frame) {
+        Ok(text) => session.text(text).await,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a server frame");
+            Ok(())
+        }
+    }
+}
+
+impl Conn {
+    async fn reply(&mut self, frame: ServerFrame) -> Next {
+        match send_frame(&mut self.session, &frame).await {
+            Ok(()) => Next::Continue,
+            Err(_) => Next::Close(close::NORMAL, String::new()),
+        }
+    }
+
+    async fn error(&mut self, id: Option<String>, error: WireError) -> Next {
+        Metrics::inc(&self.state.metrics.client_errors_total);
+        self.reply(ServerFrame::Error { id, error }).await
+    }
+
+    /// An error frame for a frame the server could not use; too many in a row close the
+    /// connection.
+    async fn bad_frame(&mut self, id: Option<String>, error: WireError) -> Next {
+        self.bad_frames += 1;
+        if let Next::Close(c, r) = self.error(id, error).await {
+            return Next::Close(c, r);
+        }
+        if self.bad_frames >= self.state.config.limits.max_bad_frames {
+            return Next::Close(close::PROTOCOL_ABUSE, "too many malformed frames".into());
+        }
+        Next::Continue
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Next {
+        let frame = match ClientFrame::decode(text) {
+            Ok(f) => f,
+            Err((id, e)) => return self.bad_frame(id, e).await,
+        };
+        if let ClientFrame::Hello { id, version } = frame {
+            if version != PROTOCOL_VERSION {
+                let e = WireError::new(
+                    ErrorCode::UnsupportedVersion,
+                    format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+                );
+                let _ = self.error(id, e).await;
+                return Next::Close(close::HANDSHAKE, "unsupported protocol version".into());
+            }
+            self.greeted = true;
+            let welcome = ServerFrame::Welcome {
+                id,
+                version: PROTOCOL_VERSION,
+                user_id: self.principal.user_id,
+                username: self.principal.username.clone(),
+                node_id: self.state.meta.node_id(),
+                limits: self.state.config.wire_limits(),
+                heartbeat_ms: self.state.config.limits.heartbeat_ms,
+            };
+            return self.reply(welcome).await;
+        }
+        if !self.greeted {
+            let id = frame.id().map(str::to_owned);
+            return self
+                .bad_frame(
+                    id,
+                    WireError::new(ErrorCode::HandshakeRequired, "send hello first"),
+                )
+                .await;
+        }
+        self.bad_frames = 0;
+        match frame {
+            ClientFrame::Hello { .. } => Next::Continue,
+            ClientFrame::Ping { id } => self.reply(ServerFrame::Pong { id }).await,
+            ClientFrame::OpenDirect {
+                id,
+                username,
+                user_id,
+            } => match self.open_direct(username, user_id).await {
+                Ok(info) => self.reply(ServerFrame::Conversation { id, info }).await,
+                Err(e) => self.error(Some(id), e).await,
+            },
+            ClientFrame::Send {
+                id,
+                conversation,
+                client_msg_id,
+                body,
+            } => {
+                if let Err(e) = validate_body(&body, &self.state.config.wire_limits()) {
+                    let code = if body.is_empty() {
+                        ErrorCode::InvalidArgument
+                    } else {
+                        ErrorCode::TooLarge
+                    };
+                    return self
+                        .error(Some(id), WireError::new(code, e.to_string()))
+                        .await;
+                }
+                let router = self.state.router.clone();
+                let user = self.principal.user_id;
+                let origin = Some(self.conn);
+                match router
+                    .append(user, conversation, client_msg_id, body, origin)
+                    .await
+                {
+                    Ok((message, duplicate)) => {
+                        let m = &self.state.metrics;
+                        Metrics::inc(if duplicate {
+                            &m.messages_deduplicated_total
+                        } else {
+                            &m.messages_appended_total
+                        });
+                        self.reply(ServerFrame::Ack {
+                            id,
+                            conversation,
+                            client_msg_id: message.client_msg_id,
+                            seq: message.seq,
+                            ts_ms: message.ts_ms,
+                            duplicate,
+                        })
+                        .await
+                    }
+                    Err(e) => self.error(Some(id), e.to_wire()).await,
+                }
+            }
+            ClientFrame::History {
+                id,
+                conversation,
+                after,
+                before,
+                limit,
+            } => {
+                let limit = limit
+                    .unwrap_or(DEFAULT_PAGE)
+                    .min(self.state.config.limits.max_history_page);
+                let user = self.principal.user_id;
+                match self
+                    .state
+                    .router
+                    .history(user, conversation, after, before, limit)
+                    .await
+                {
+                    Ok((head, messages)) => {
+                        self.reply(ServerFrame::History {
+                            id,
+                            conversation,
+                            head,
+                            messages,
+                        })
+                        .await
+                    }
+                    Err(e) => self.error(Some(id), e.to_wire()).await,
+                }
+            }
+        }
+    }
+
+    async fn open_direct(
+        &self,
+        username: Option<String>,
+        user_id: Option<UserId>,
+    ) -> Result<ConversationInfo, WireError> {
+        let auth = &self.state.auth;
+        let other = match (username, user_id) {
+            (Some(name), None) => {
+                let name = name.to_ascii_lowercase();
+                auth.wait_for(|s| {
+                    s.user_by_name(&name)
+                        .map(|a| (a.user_id, a.username.clone()))
+                })
+                .await
+            }
+            (None, Some(id)) => {
+                auth.wait_for(|s| s.user(id).map(|a| (a.user_id, a.username.clone())))
+                    .await
+            }
+            _ => {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    "give exactly one of username and user_id",
+                ))
+            }
+        };
+        let (other_id, other_name) =
+            other.ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such user"))?;
+        let me = self.principal.user_id;
+        let conversation = chat_types::ConversationId::direct(me, other_id);
+        let (head, _) = self
+            .state
+            .router
+            .history(me, conversation, None, None, 0)
+            .await
+            .map_err(|e| e.to_wire())?;
+        let mut members = vec![UserSummary {
+            user_id: me,
+            username: self.principal.username.clone(),
+        }];
+        if other_id != me {
+            members.push(UserSummary {
+                user_id: other_id,
+                username: other_name,
+            });
+        }
+        Ok(ConversationInfo {
+            conversation,
+            members,
+            head,
+        })
+    }
+}

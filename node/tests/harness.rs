@@ -1,0 +1,175 @@
+//! Starts real `chat-node` processes on loopback for the multi-process tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_client::HttpApi;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// One node process with its own data directory and ports.
+pub struct NodeProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub http: String,
+    pub peer: String,
+    pub join: Option<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn new(root: &Path, name: &str, join: Option<String>) -> NodeProc {
+        NodeProc {
+            name: name.to_owned(),
+            data_dir: root.join(name),
+            http: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            join,
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("open node log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chat-node"));
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--http-addr")
+            .arg(&self.http)
+            .arg("--peer-addr")
+            .arg(&self.peer)
+            .env("CHAT_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        if let Some(j) = &self.join {
+            cmd.arg("--join").arg(j);
+        }
+        self.child = Some(cmd.spawn().expect("spawn chat-node"));
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn api(&self) -> HttpApi {
+        HttpApi::new(&self.base_url()).expect("api")
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        assert!(status.success(), "{} exited with {status}", self.name);
+                        return;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        panic!("{} did not stop within 15 s of SIGTERM", self.name);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `/readyz` until the node is ready with `members` ring members.
+pub async fn must_be_ready(node: &NodeProc, members: usize) -> serde_json::Value {
+    let client = reqwest_lite::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(v) = client
+            .get_json(&format!("{}/readyz", node.base_url()))
+            .await
+        {
+            if v["ready"] == true && v["members"].as_array().map(|m| m.len()) == Some(members) {
+                return v;
+            }
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{} not ready with {members} members; log:\n{}",
+                node.name,
+                node.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A tiny HTTP GET for JSON endpoints, over a raw TCP stream (no extra client dependency).
+pub mod reqwest_lite {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub struct Client;
+
+    impl Client {
+        pub fn new() -> Client {
+            Client
+        }
+
+        pub async fn get(&self, url: &str) -> std::io::Result<(u16, String)> {
+            let rest = url.strip_prefix("http://").unwrap_or(url);
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let mut s = tokio::net::TcpStream::connect(host).await?;
+            let req = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let status = text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
+            Ok((status, body))
+        }
+
+        pub async fn get_json(&self, url: &str) -> std::io::Result<serde_json::Value> {
+            let (_, body) = self.get(url).await?;
+            serde_json::from_str(&body).map_err(std::io::Error::other)
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Conversation logs: the messages of each conversation in seq order, the head (last seq) and
+//! the client-message-id dedup records.
+//!
+//! One append is one `WriteBatch` holding the message, the new head and the dedup record, so
+//! a crash leaves either all three or none: a retry after a crash finds the dedup record
+//! exactly when the message exists, and never gets a second seq for the same client id.
+//!
+//! The conversation actor is the single writer of its conversation; the log still serialises
+//! appends per conversation (striped locks) so that a second writer in the same process could
+//! never hand out one seq twice.
+
+use std::sync::Mutex;
+
+use chat_types::{ClientMsgId, ConversationId, Message, Seq, UserId};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Durability, Store, CF_DEDUP, CF_HEAD, CF_MSG};
+use crate::error::StorageError;
+use crate::keys::{
+    decode_u64_v1, decode_versioned, dedup_key, encode_u64_v1, encode_versioned, message_key,
+    split_message_key, CONV_LEN,
+};
+
+const MESSAGE_FORMAT: u8 = 1;
+const LOCK_STRIPES: usize = 64;
+
+/// One message to append.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub conversation: ConversationId,
+    pub sender: UserId,
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+    pub ts_ms: u64,
+}
+
+/// What an append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The stored message: the new one, or the original when `duplicate`.
+    pub message: Message,
+    /// True when `(sender, client_msg_id)` was already in this conversation.
+    pub duplicate: bool,
+}
+
+/// The log of every conversation this node holds.
+pub trait ConversationLog: Send + Sync {
+    /// Appends at `head + 1`, or returns the original message for a repeated client id.
+    fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
+    /// The last assigned seq (0 when empty).
+    fn head(&self, conv: &ConversationId) -> Result<Seq, StorageError>;
+    /// Up to `limit` messages with seq > `after`, ascending.
+    fn read_after(
+        &self,
+        conv: &ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StorageError>;
+    /// Up to `limit` messages with seq < `before`, the latest ones, ascending.
+    fn read_before(
+        &self,
+        conv: &ConversationId,
+        before: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StorageError>;
+}
+
+/// The record stored per message; the conversation and seq are in the key.
+#[derive(Serialize, Deserialize)]
+struct StoredMessageV1 {
+    sender: UserId,
+    client_msg_id: ClientMsgId,
+    body: String,
+    ts_ms: u64,
+}
+
+/// [`ConversationLog`] on the node's RocksDB.
+pub struct RocksConversationLog {
+    store: Store,
+    durability: Durability,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for RocksConversationLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksConversationLog")
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+impl RocksConversationLog {
+    pub fn new(store: Store, durability: Durability) -> Self {
+        RocksConversationLog {
+            store,
+            durability,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn stripe(&self, conv: &ConversationId) -> &Mutex<()> {
+        let key = conv.to_key();
+        let h = key
+            .iter()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
+        &self.stripes[h % LOCK_STRIPES]
+    }
+
+    fn decode_message(key: &[u8], value: &[u8]) -> Result<Message, StorageError> {
+        let (conversation, seq) =
+            split_message_key(key).ok_or_else(|| StorageError::corrupt(CF_MSG, key))?;
+        let m: StoredMessageV1 = decode_versioned(CF_MSG, MESSAGE_FORMAT, key, value)?;
+        Ok(Message {
+            conversation,
+            seq,
+            sender: m.sender,
+            client_msg_id: m.client_msg_id,
+            body: m.body,
+            ts_ms: m.ts_ms,
+        })
+    }
+
+    fn get_message(&self, conv: &ConversationId, seq: Seq) -> Result<Message, StorageError> {
+        let key = message_key(conv, seq);
+        let value = self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_MSG)?, key)?
+            .ok_or_else(|| StorageError::corrupt(CF_DEDUP, &key))?;
+        Self::decode_message(&key, &value)
+    }
+}
+
+impl ConversationLog for RocksConversationLog {
+    fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        // A poisoned stripe only means another append panicked; the lock guards no data.
+        let _guard = self
+            .stripe(&req.conversation)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let db = self.store.db();
+        let dkey = dedup_key(&req.conversation, req.sender, req.client_msg_id.as_str());
+        if let Some(v) = db.get_pinned_cf(self.store.cf(CF_DEDUP)?, &dkey)? {
+            let seq = Seq(decode_u64_v1(CF_DEDUP, &dkey, &v)?);
+            return Ok(AppendOutcome {
+                message: self.get_message(&req.conversation, seq)?,
+                duplicate: true,
+            });
+        }
+        let seq = self.head(&req.conversation)?.next();
+        let mkey = message_key(&req.conversation, seq);
+        let record = StoredMessageV1 {
+            sender: req.sender,
+            client_msg_id: req.client_msg_id,
+            body: req.body,
+            ts_ms: req.ts_ms,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.store.cf(CF_MSG)?,
+            mkey,
+            encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
+        );
+        batch.put_cf(
+            self.store.cf(CF_HEAD)?,
+            req.conversation.to_key(),
+            encode_u64_v1(seq.0),
+        );
+        batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(seq.0));
+        db.write_opt(batch, &Store::write_opts(self.durability))?;
+        Ok(AppendOutcome {
+            message: Message {
+                conversation: req.conversation,
+                seq,
+                sender: record.sender,
+                client_msg_id: record.client_msg_id,
+                body: record.body,
+                ts_ms: record.ts_ms,
+            },
+            duplicate: false,
+        })
+    }
+
+    fn head(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
+        let key = conv.to_key();
+        match self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_HEAD)?, key)?
+        {
+            Some(v) => Ok(Seq(decode_u64_v1(CF_HEAD, &key, &v)?)),
+            None => Ok(Seq(0)),
+        }
+    }
+
+    fn read_after(
+        &self,
+        conv: &ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StorageError> {
+        let Some(start) = after.0.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let from = message_key(conv, Seq(start));
+        let prefix = conv.to_key();
+        let mut out = Vec::new();
+        let iter = self.store.db().iterator_cf(
+            self.store.cf(CF_MSG)?,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if k.len() < CONV_LEN || k[..CONV_LEN] != prefix {
+                break;
+            }
+            out.push(Self::decode_message(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn read_before(
+        &self,
+        conv: &ConversationId,
+        before: Seq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StorageError> {
+        if before.0 <= 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let from = message_key(conv, Seq(before.0 - 1));
+        let prefix = conv.to_key();
+        let mut out = Vec::new();
+        let iter = self.store.db().iterator_cf(
+            self.store.cf(CF_MSG)?,
+            IteratorMode::From(&from, Direction::Reverse),
+        );
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            if k.len() < CONV_LEN || k[..CONV_LEN] != prefix {
+                break;
+            }
+            out.push(Self::decode_message(&k, &v)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> AppendRequest {
+        AppendRequest {
+            conversation: conv,
+            sender: UserId(sender),
+            client_msg_id: ClientMsgId::new(cmid).expect("valid id"),
+            body: body.into(),
+            ts_ms: 1,
+        }
+    }
+
+    fn must_open(dir: &std::path::Path) -> RocksConversationLog {
+        RocksConversationLog::new(Store::open(dir).expect("open"), Durability::Wal)
+    }
+
+    #[test]
+    fn appends_get_consecutive_seqs_per_conversation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(1), UserId(3));
+        for i in 1..=3u64 {
+            let out = log
+                .append(req(a, 1, &format!("a{i}"), "x"))
+                .expect("append");
+            assert_eq!(out.message.seq, Seq(i));
+        }
+        let out = log.append(req(b, 3, "b1", "y")).expect("append");
+        assert_eq!(out.message.seq, Seq(1));
+        assert_eq!(log.head(&a).expect("head"), Seq(3));
+        assert_eq!(
+            log.head(&ConversationId::direct(UserId(5), UserId(6)))
+                .expect("head"),
+            Seq(0)
+        );
+    }
+
+    #[test]
+    fn retried_client_id_returns_the_original_and_stores_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        let first = log.append(req(c, 1, "m1", "hello")).expect("append");
+        let again = log.append(req(c, 1, "m1", "hello again")).expect("append");
+        assert!(again.duplicate);
+        assert_eq!(again.message, first.message);
+        assert_eq!(log.head(&c).expect("head"), Seq(1));
+        // The same client id from the other member is a different message.
+        let other = log.append(req(c, 2, "m1", "hi")).expect("append");
+        assert!(!other.duplicate);
+        assert_eq!(other.message.seq, Seq(2));
+    }
+
+    #[test]
+    fn pages_after_and_before_stay_inside_the_conversation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(2), UserId(3));
+        for i in 1..=10 {
+            log.append(req(a, 1, &format!("a{i}"), &format!("m{i}")))
+                .expect("append");
+            log.append(req(b, 2, &format!("b{i}"), "other"))
+                .expect("append");
+        }
+        let seqs = |v: Vec<Message>| v.iter().map(|m| m.seq.0).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(log.read_after(&a, Seq(0), 3).expect("r")),
+            vec![1, 2, 3]
+        );
+        assert_eq!(seqs(log.read_after(&a, Seq(8), 5).expect("r")), vec![9, 10]);
+        assert_eq!(
+            seqs(log.read_after(&a, Seq(10), 5).expect("r")),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            seqs(log.read_before(&a, Seq(11), 3).expect("r")),
+            vec![8, 9, 10]
+        );
+        assert_eq!(seqs(log.read_before(&a, Seq(3), 5).expect("r")), vec![1, 2]);
+        assert_eq!(
+            seqs(log.read_before(&a, Seq(1), 5).expect("r")),
+            Vec::<u64>::new()
+        );
+        let all = log.read_after(&a, Seq(0), 100).expect("r");
+        assert!(all.iter().all(|m| m.conversation == a));
+        assert_eq!(all[4].body, "m5");
+    }
+
+    #[test]
+    fn log_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        {
+            let log = must_open(dir.path());
+            log.append(req(c, 1, "m1", "one")).expect("append");
+            log.append(req(c, 2, "m2", "two")).expect("append");
+        }
+        let log = must_open(dir.path());
+        assert_eq!(log.head(&c).expect("head"), Seq(2));
+        let again = log.append(req(c, 1, "m1", "one")).expect("append");
+        assert!(again.duplicate);
+        assert_eq!(again.message.seq, Seq(1));
+        assert_eq!(
+            log.append(req(c, 1, "m3", "three")).expect("a").message.seq,
+            Seq(3)
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! The storage crate's error type.
+
+/// Everything that can go wrong below the conversation log and the Raft store.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt value in column family {cf} at key {key}")]
+    Corrupt { cf: &'static str, key: String },
+    #[error("value in column family {cf} has unknown format version {version}")]
+    UnknownVersion { cf: &'static str, version: u8 },
+    #[error("encoding a value for {cf}: {detail}")]
+    Encode { cf: &'static str, detail: String },
+    #[error("missing column family {0}")]
+    MissingColumnFamily(&'static str),
+}
+
+impl StorageError {
+    pub(crate) fn corrupt(cf: &'static str, key: &[u8]) -> Self {
+        StorageError::Corrupt {
+            cf,
+            key: key.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
