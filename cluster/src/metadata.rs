@@ -417,12 +417,14 @@ fn spawn_membership_watch(
 ) {
     let mut metrics = raft.metrics();
     tokio::spawn(async move {
-        let mut last_epoch = None;
+        // `None` until the first membership is known; bootstrap writes it at log index 0.
+        let mut last_seen = None;
         loop {
             let membership = metrics.borrow_and_update().membership_config.clone();
-            let epoch = RingEpoch(membership.log_id().map(|l| l.index).unwrap_or(0));
-            if last_epoch != Some(epoch) {
-                last_epoch = Some(epoch);
+            let log_id = *membership.log_id();
+            let epoch = RingEpoch(log_id.map(|l| l.index).unwrap_or(0));
+            if last_seen != Some(log_id) {
+                last_seen = Some(log_id);
                 let nodes: Vec<(NodeId, NodeInfo)> = membership
                     .membership()
                     .nodes()

@@ -2,6 +2,9 @@
 //! what the suite does not cover (restart, snapshot install, state machine answers, corrupt
 //! bytes on disk).
 
+// openraft's StorageError is large by design and is the error type its suite returns.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use chat_cluster::meta::{MetaCommand, MetaResponse, NodeInfo};

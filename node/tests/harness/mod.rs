@@ -111,16 +111,21 @@ impl Drop for NodeProc {
     }
 }
 
-/// Polls `/readyz` until the node is ready with `members` ring members.
+/// Polls `/readyz` until the node is ready with `members` ring members, up to three of
+/// them voters.
 pub async fn must_be_ready(node: &NodeProc, members: usize) -> serde_json::Value {
-    let client = reqwest_lite::Client::new();
+    let client = reqwest_lite::Client;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(v) = client
             .get_json(&format!("{}/readyz", node.base_url()))
             .await
         {
-            if v["ready"] == true && v["members"].as_array().map(|m| m.len()) == Some(members) {
+            let count = |k: &str| v[k].as_array().map(|m| m.len());
+            if v["ready"] == true
+                && count("members") == Some(members)
+                && count("voters") == Some(members.min(3))
+            {
                 return v;
             }
         }
@@ -142,10 +147,6 @@ pub mod reqwest_lite {
     pub struct Client;
 
     impl Client {
-        pub fn new() -> Client {
-            Client
-        }
-
         pub async fn get(&self, url: &str) -> std::io::Result<(u16, String)> {
             let rest = url.strip_prefix("http://").unwrap_or(url);
             let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
