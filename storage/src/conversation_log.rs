@@ -203,24 +203,7 @@ impl ConversationLog for RocksConversationLog {
         let Some(start) = after.0.checked_add(1) else {
             return Ok(Vec::new());
         };
-        let from = message_key(conv, Seq(start));
-        let prefix = conv.to_key();
-        let mut out = Vec::new();
-        let iter = self.store.db().iterator_cf(
-            self.store.cf(CF_MSG)?,
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            if k.len() < CONV_LEN || k[..CONV_LEN] != prefix {
-                break;
-            }
-            out.push(Self::decode_message(&k, &v)?);
-        }
-        Ok(out)
+        self.scan(conv, Seq(start), Direction::Forward, limit)
     }
 
     fn read_before(
@@ -229,27 +212,44 @@ impl ConversationLog for RocksConversationLog {
         before: Seq,
         limit: usize,
     ) -> Result<Vec<Message>, StorageError> {
-        if before.0 <= 1 || limit == 0 {
+        if before.0 <= 1 {
             return Ok(Vec::new());
         }
-        let from = message_key(conv, Seq(before.0 - 1));
+        let mut out = self.scan(conv, Seq(before.0 - 1), Direction::Reverse, limit)?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
+impl RocksConversationLog {
+    /// Up to `limit` messages of `conv` from `from` (inclusive) in `direction`.
+    fn scan(
+        &self,
+        conv: &ConversationId,
+        from: Seq,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Message>, StorageError> {
+        let from = message_key(conv, from);
         let prefix = conv.to_key();
         let mut out = Vec::new();
-        let iter = self.store.db().iterator_cf(
-            self.store.cf(CF_MSG)?,
-            IteratorMode::From(&from, Direction::Reverse),
-        );
+        if limit == 0 {
+            return Ok(out);
+        }
+        let iter = self
+            .store
+            .db()
+            .iterator_cf(self.store.cf(CF_MSG)?, IteratorMode::From(&from, direction));
         for item in iter {
-            if out.len() >= limit {
-                break;
-            }
             let (k, v) = item?;
             if k.len() < CONV_LEN || k[..CONV_LEN] != prefix {
                 break;
             }
             out.push(Self::decode_message(&k, &v)?);
+            if out.len() >= limit {
+                break;
+            }
         }
-        out.reverse();
         Ok(out)
     }
 }
