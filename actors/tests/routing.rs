@@ -1,0 +1,215 @@
+//! Two nodes in one process (real RocksDB in temp dirs, real Raft, real loopback transport):
+//! a node that does not own a conversation answers `NotOwner`, and a router sends each
+//! request to the owner whichever node it starts on.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use chat_actors::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
+use chat_actors::{ActorError, Router};
+use chat_cluster::transport::{
+    serve, Channel, PeerError, PeerHandler, PeerHandlerFuture, Transport,
+};
+use chat_cluster::{ClusterSettings, Metadata, NodeInfo};
+use chat_storage::{Durability, RocksConversationLog, Store};
+use chat_types::{ClientMsgId, ConversationId, NodeId, RingEpoch, Seq, UserId};
+
+struct Dispatch {
+    meta: OnceLock<Arc<Metadata>>,
+    router: OnceLock<Arc<Router>>,
+}
+
+impl PeerHandler for Dispatch {
+    fn handle(&self, channel: Channel, payload: Vec<u8>) -> PeerHandlerFuture {
+        let meta = self.meta.get().cloned();
+        let router = self.router.get().cloned();
+        Box::pin(async move {
+            match (channel, meta, router) {
+                (Channel::Actor, _, Some(r)) => r.handle_peer(&payload).await,
+                (Channel::Raft | Channel::Cluster, Some(m), _) => {
+                    m.handle_peer(channel, &payload).await
+                }
+                _ => Err(PeerError::ShuttingDown),
+            }
+        })
+    }
+}
+
+struct TestNode {
+    _dir: tempfile::TempDir,
+    peer: String,
+    meta: Arc<Metadata>,
+    router: Arc<Router>,
+}
+
+async fn must_start(id: u64, join: Option<String>) -> TestNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let peer = listener.local_addr().expect("addr").to_string();
+    let dispatch = Arc::new(Dispatch {
+        meta: OnceLock::new(),
+        router: OnceLock::new(),
+    });
+    serve(listener, dispatch.clone());
+    let settings = ClusterSettings {
+        node_id: NodeId(id),
+        advertise: NodeInfo {
+            http_addr: "127.0.0.1:1".into(),
+            peer_addr: peer.clone(),
+        },
+        join,
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+    };
+    let meta = Metadata::start(store.clone(), settings, Transport::default())
+        .await
+        .expect("start metadata");
+    let _ = dispatch.meta.set(meta.clone());
+    let log = Arc::new(RocksConversationLog::new(store, Durability::Wal));
+    let router = Router::new(meta.clone(), log);
+    let _ = dispatch.router.set(router.clone());
+    TestNode {
+        _dir: dir,
+        peer,
+        meta,
+        router,
+    }
+}
+
+async fn must_see_members(node: &TestNode, n: usize) {
+    let mut watch = node.meta.ring_watch();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        watch.wait_for(|r| r.members().len() == n),
+    )
+    .await
+    .expect("ring reaches the expected size")
+    .expect("ring watch open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
+    let a = must_start(1, None).await;
+    let b = must_start(2, Some(a.peer.clone())).await;
+    must_see_members(&a, 2).await;
+    must_see_members(&b, 2).await;
+    let ring = b.meta.ring();
+    assert_eq!(*ring, *a.meta.ring(), "both nodes build the same ring");
+
+    // A conversation owned by node 1.
+    let conv = (2..200u64)
+        .map(|u| ConversationId::direct(UserId(1), UserId(u)))
+        .find(|c| ring.owner_of_conversation(c) == Some(NodeId(1)))
+        .expect("node 1 owns some conversation");
+
+    // Asked directly, node 2 refuses and names the owner.
+    let req = ActorRequest {
+        epoch: ring.epoch(),
+        body: ActorRequestBody::History {
+            conversation: conv,
+            after: None,
+            before: None,
+            limit: 10,
+        },
+    };
+    let bytes = Transport::default()
+        .request(
+            &b.peer,
+            Channel::Actor,
+            encode(&req).expect("encode"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("node 2 answers");
+    let reply: Result<ActorReply, ActorError> = decode(&bytes).expect("decode");
+    assert_eq!(
+        reply.expect_err("node 2 is not the owner"),
+        ActorError::NotOwner {
+            owner: NodeId(1),
+            epoch: ring.epoch()
+        }
+    );
+
+    // Garbage on the actor channel is an error reply, not a crash.
+    let bytes = Transport::default()
+        .request(
+            &b.peer,
+            Channel::Actor,
+            vec![1, 0xc1, 0xff],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("node 2 answers garbage");
+    let reply: Result<ActorReply, ActorError> = decode(&bytes).expect("decode");
+    assert!(matches!(reply, Err(ActorError::BadPayload(_))));
+
+    // Through node 2's router the append lands at node 1, the single writer.
+    let cmid = ClientMsgId::new("x1").expect("id");
+    let (m, dup) = b
+        .router
+        .append(UserId(1), conv, cmid.clone(), "via node 2".into(), None)
+        .await
+        .expect("append routed to the owner");
+    assert_eq!((m.seq, dup), (Seq(1), false));
+    let (m, dup) = a
+        .router
+        .append(UserId(1), conv, cmid, "again via node 1".into(), None)
+        .await
+        .expect("retry at the owner");
+    assert_eq!((m.seq, dup, m.body.as_str()), (Seq(1), true, "via node 2"));
+    assert_eq!(
+        b.router.stats().conversations,
+        0,
+        "no conversation actor on the non-owner"
+    );
+    assert_eq!(a.router.stats().conversations, 1);
+    let (head, page) = b
+        .router
+        .history(UserId(1), conv, None, None, 10)
+        .await
+        .expect("history via node 2");
+    assert_eq!((head, page.len()), (Seq(1), 1));
+
+    // A request from a newer epoch than the node has seen waits, then is judged by the
+    // node's ring: still not the owner.
+    let req = ActorRequest {
+        epoch: RingEpoch(ring.epoch().0 + 100),
+        ..req
+    };
+    let bytes = Transport::default()
+        .request(
+            &b.peer,
+            Channel::Actor,
+            encode(&req).expect("encode"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("node 2 answers after waiting");
+    let reply: Result<ActorReply, ActorError> = decode(&bytes).expect("decode");
+    assert!(matches!(
+        reply,
+        Err(ActorError::NotOwner {
+            owner: NodeId(1),
+            ..
+        })
+    ));
+    // Non-members are refused before any routing.
+    let err = b
+        .router
+        .append(
+            UserId(99),
+            conv,
+            ClientMsgId::new("x2").expect("id"),
+            "no".into(),
+            None,
+        )
+        .await
+        .expect_err("not a member");
+    assert_eq!(err, ActorError::Forbidden);
+    a.meta.shutdown().await;
+    b.meta.shutdown().await;
+}
