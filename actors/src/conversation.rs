@@ -1,13 +1,18 @@
 //! The conversation actor: one per conversation, on its owner node, the single writer of the
-//! conversation's log. It checks membership, lets the log deduplicate by client message id
-//! and assign the next seq in one batch, answers the sender, then hands the message to an
-//! ordered fan-out queue so that a slow recipient never delays the next append.
+//! conversation's log. Before it serves anything it catches up from the nodes that may hold
+//! the log (see `replication`). Then, per send, it checks membership, lets the log
+//! deduplicate by client message id and assign the next seq in one batch, replicates to a
+//! majority of the replica set, answers the sender, and hands the message to an ordered
+//! fan-out queue so that a slow recipient never delays the next append.
+//!
+//! A retried send (same client message id) is replicated again before its answer: the first
+//! attempt may have stored the message here and failed before reaching a quorum.
 
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chat_storage::{AppendRequest, ConversationLog};
-use chat_types::{ClientMsgId, ConversationId, Message, Seq, UserId};
+use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
@@ -42,7 +47,27 @@ pub struct ConversationArgs {
 pub struct ConversationState {
     conversation: ConversationId,
     log: Arc<dyn ConversationLog>,
+    router: Weak<Router>,
+    /// The ring epoch this actor caught up at; `None` until it has.
+    synced_at: Option<RingEpoch>,
     fanout: mpsc::UnboundedSender<(Message, Option<ConnRef>)>,
+}
+
+impl ConversationState {
+    /// Catches up when not yet done under the current ring; returns the router and the ring
+    /// to write under.
+    async fn ready(&mut self) -> Result<(Arc<Router>, Arc<chat_cluster::Ring>), ActorError> {
+        let router = self
+            .router
+            .upgrade()
+            .ok_or_else(|| ActorError::Unavailable("node is shutting down".into()))?;
+        let ring = router.ring();
+        if self.synced_at != Some(ring.epoch()) {
+            router.catch_up(self.conversation, &ring).await?;
+            self.synced_at = Some(ring.epoch());
+        }
+        Ok((router, ring))
+    }
 }
 
 fn now_ms() -> u64 {
@@ -63,7 +88,7 @@ impl Actor for ConversationActor {
         args: ConversationArgs,
     ) -> Result<ConversationState, ActorProcessingErr> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Option<ConnRef>)>();
-        let router = args.router;
+        let router = args.router.clone();
         let members = args.conversation.direct_members();
         // Deliveries leave in seq order: one at a time, each to every member's home node.
         tokio::spawn(async move {
@@ -87,6 +112,8 @@ impl Actor for ConversationActor {
         Ok(ConversationState {
             conversation: args.conversation,
             log: args.log,
+            router: args.router,
+            synced_at: None,
             fanout: tx,
         })
     }
@@ -109,25 +136,50 @@ impl Actor for ConversationActor {
                     let _ = reply.send(Err(ActorError::Forbidden));
                     return Ok(());
                 }
+                let (router, ring) = match state.ready().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return Ok(());
+                    }
+                };
                 let req = AppendRequest {
                     conversation: state.conversation,
                     sender,
                     client_msg_id,
                     body,
                     ts_ms: now_ms(),
+                    epoch: ring.epoch(),
                 };
-                match state.log.append(req) {
-                    Ok(outcome) => {
-                        if !outcome.duplicate {
-                            let _ = state.fanout.send((outcome.message.clone(), origin));
-                        }
-                        let _ = reply.send(Ok((outcome.message, outcome.duplicate)));
-                    }
+                let outcome = match state.log.append(req) {
+                    Ok(o) => o,
                     Err(e) => {
                         tracing::error!(conv = %state.conversation, error = %e, "append failed");
-                        let _ = reply.send(Err(ActorError::Storage));
+                        // A fence newer than our ring: another owner took over; catch up anew.
+                        state.synced_at = None;
+                        let _ = reply.send(Err(ActorError::Unavailable(
+                            "the conversation is moving; retry".into(),
+                        )));
+                        return Ok(());
                     }
+                };
+                let replicated = router
+                    .replicate_quorum(state.conversation, &ring, vec![outcome.message.clone()])
+                    .await;
+                if let Err(e) = replicated {
+                    tracing::warn!(conv = %state.conversation, seq = %outcome.message.seq, error = %e, "no replica quorum; not acknowledged");
+                    if matches!(e, ActorError::StaleEpoch { .. }) {
+                        state.synced_at = None;
+                    }
+                    let _ = reply.send(Err(ActorError::Unavailable(format!(
+                        "not stored on a majority of replicas; retry with the same client_msg_id ({e})"
+                    ))));
+                    return Ok(());
                 }
+                if !outcome.duplicate {
+                    let _ = state.fanout.send((outcome.message.clone(), origin));
+                }
+                let _ = reply.send(Ok((outcome.message, outcome.duplicate)));
             }
             ConversationMsg::History {
                 after,

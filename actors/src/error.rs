@@ -16,6 +16,12 @@ pub enum ActorError {
     Unavailable(String),
     #[error("storage failure")]
     Storage,
+    /// A replica refused a write from an older ring epoch: a newer owner has taken over.
+    #[error("stale epoch; the conversation is fenced at epoch {fence}")]
+    StaleEpoch { fence: RingEpoch },
+    /// A replica is missing messages before the ones sent to it; it holds up to `head`.
+    #[error("replica is behind at seq {head}")]
+    Gap { head: chat_types::Seq },
     #[error("bad payload: {0}")]
     BadPayload(String),
 }
@@ -25,7 +31,10 @@ impl ActorError {
         let code = match self {
             ActorError::Forbidden => ErrorCode::Forbidden,
             ActorError::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            ActorError::NotOwner { .. } | ActorError::Unavailable(_) => ErrorCode::Unavailable,
+            ActorError::NotOwner { .. }
+            | ActorError::Unavailable(_)
+            | ActorError::StaleEpoch { .. }
+            | ActorError::Gap { .. } => ErrorCode::Unavailable,
             ActorError::Storage | ActorError::BadPayload(_) => ErrorCode::Internal,
         };
         WireError::new(code, self.to_string())

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod conversation;
 pub mod error;
 pub mod peer_wire;
+pub mod replication;
 pub mod router;
 pub mod session;
 

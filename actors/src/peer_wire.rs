@@ -45,12 +45,33 @@ pub enum ActorRequestBody {
     },
     /// To the node holding the connections.
     Push { conns: Vec<u64>, message: Message },
+    /// From a conversation's owner to one of its replicas: store these (consecutive)
+    /// messages at their seqs. Refused from an older epoch than the replica has seen, and
+    /// answered `Gap` when the replica lacks messages before the first one.
+    Replicate {
+        conversation: ConversationId,
+        epoch: RingEpoch,
+        messages: Vec<Message>,
+    },
+    /// From a new owner to a node that may hold the conversation: refuse older epochs from
+    /// now on and tell me your head.
+    Seal {
+        conversation: ConversationId,
+        epoch: RingEpoch,
+    },
+    /// From a new owner catching up: messages after `after`, whatever the ring says.
+    Fetch {
+        conversation: ConversationId,
+        after: Seq,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ActorReply {
     Appended { message: Message, duplicate: bool },
     History { head: Seq, messages: Vec<Message> },
+    Head(Seq),
     Done,
 }
 

@@ -31,6 +31,7 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const EPOCH_WAIT: Duration = Duration::from_secs(3);
 const MAX_HOPS: usize = 5;
+const RING_HISTORY: usize = 16;
 
 /// Counts for `/metrics` and cluster status.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,10 +42,13 @@ pub struct RouterStats {
 }
 
 pub struct Router {
-    node_id: NodeId,
-    meta: Arc<Metadata>,
-    log: Arc<dyn ConversationLog>,
-    me: Weak<Router>,
+    pub(crate) node_id: NodeId,
+    pub(crate) meta: Arc<Metadata>,
+    pub(crate) log: Arc<dyn ConversationLog>,
+    pub(crate) me: Weak<Router>,
+    /// Rings seen since this process started, oldest first (bounded): where a conversation's
+    /// log may still be when ownership moves.
+    pub(crate) rings: Mutex<Vec<Arc<Ring>>>,
     conversations: Mutex<HashMap<ConversationId, ActorRef<ConversationMsg>>>,
     sessions: Mutex<HashMap<UserId, ActorRef<SessionMsg>>>,
     connections: Mutex<HashMap<u64, (UserId, ActorRef<ConnectionMsg>)>>,
@@ -59,7 +63,7 @@ impl std::fmt::Debug for Router {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -87,6 +91,7 @@ impl Router {
     pub fn new(meta: Arc<Metadata>, log: Arc<dyn ConversationLog>) -> Arc<Router> {
         let router = Arc::new_cyclic(|me| Router {
             node_id: meta.node_id(),
+            rings: Mutex::new(vec![meta.ring()]),
             meta,
             log,
             me: me.clone(),
@@ -308,7 +313,7 @@ impl Router {
         Err(last)
     }
 
-    async fn remote(
+    pub(crate) async fn remote(
         &self,
         owner: NodeId,
         epoch: RingEpoch,
@@ -369,7 +374,10 @@ impl Router {
             ActorRequestBody::Attach { user, .. }
             | ActorRequestBody::Detach { user, .. }
             | ActorRequestBody::Deliver { user, .. } => Some(Target::User(*user)),
-            ActorRequestBody::Push { .. } => None,
+            ActorRequestBody::Push { .. }
+            | ActorRequestBody::Replicate { .. }
+            | ActorRequestBody::Seal { .. }
+            | ActorRequestBody::Fetch { .. } => None,
         };
         if let Some(target) = target {
             let owner = target.owner(&ring);
@@ -444,6 +452,20 @@ impl Router {
                 self.push_local(&conns, message);
                 Ok(ActorReply::Done)
             }
+            ActorRequestBody::Replicate {
+                conversation,
+                epoch,
+                messages,
+            } => self.serve_replicate(conversation, epoch, messages),
+            ActorRequestBody::Seal {
+                conversation,
+                epoch,
+            } => self.serve_seal(conversation, epoch),
+            ActorRequestBody::Fetch {
+                conversation,
+                after,
+                limit,
+            } => self.serve_fetch(conversation, after, limit),
         }
     }
 
@@ -501,6 +523,12 @@ impl Router {
             while watch.changed().await.is_ok() {
                 let Some(router) = me.upgrade() else { return };
                 let ring = router.meta.ring();
+                {
+                    let mut rings = lock(&router.rings);
+                    rings.push(ring.clone());
+                    let excess = rings.len().saturating_sub(RING_HISTORY);
+                    rings.drain(..excess);
+                }
                 router.drop_unowned(&ring);
                 let conns: Vec<(u64, UserId)> = lock(&router.connections)
                     .iter()
@@ -519,14 +547,13 @@ impl Router {
         });
     }
 
+    /// Stops every conversation actor (each one that is still owned here restarts on its
+    /// next request and first catches up under the new ring, which may have new replicas)
+    /// and the sessions of users whose home moved away.
     fn drop_unowned(&self, ring: &Ring) {
-        lock(&self.conversations).retain(|c, actor| {
-            let keep = ring.owner_of_conversation(c) == Some(self.node_id);
-            if !keep {
-                actor.stop(None);
-            }
-            keep
-        });
+        for (_, actor) in lock(&self.conversations).drain() {
+            actor.stop(None);
+        }
         lock(&self.sessions).retain(|u, actor| {
             let keep = ring.home_of_user(*u) == Some(self.node_id);
             if !keep {

@@ -46,11 +46,13 @@ pub struct ClusterSettings {
 enum ClusterRequest {
     Join { node_id: u64, info: NodeInfo },
     Write(MetaCommand),
+    Remove { node_id: u64 },
 }
 
 #[derive(Serialize, Deserialize)]
 enum ClusterReply {
     Joined,
+    Removed,
     Written(MetaResponse),
     Failed { retry: bool, detail: String },
 }
@@ -252,8 +254,8 @@ impl Metadata {
                             retry: false,
                             detail,
                         }) => return Err(ClusterError::Raft(detail)),
-                        Ok(ClusterReply::Joined) => {
-                            return Err(ClusterError::BadPayload("unexpected join reply".into()))
+                        Ok(ClusterReply::Joined | ClusterReply::Removed) => {
+                            return Err(ClusterError::BadPayload("unexpected reply".into()))
                         }
                         Err(e) => last_err = e,
                     }
@@ -300,39 +302,114 @@ impl Metadata {
         }
     }
 
+    /// Runs `req` on the leader: `None` when this node leads (the caller does the work),
+    /// otherwise the leader's reply.
+    async fn on_leader(&self, req: &ClusterRequest) -> Option<ClusterReply> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.node_id.0) {
+            return None;
+        }
+        let Some(leader) = m.current_leader else {
+            return Some(ClusterReply::Failed {
+                retry: true,
+                detail: "no leader yet".into(),
+            });
+        };
+        let Some(addr) = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.peer_addr.clone())
+        else {
+            return Some(ClusterReply::Failed {
+                retry: true,
+                detail: "leader address unknown".into(),
+            });
+        };
+        Some(match self.forward(&addr, req).await {
+            Ok(reply) => reply,
+            Err(e) => ClusterReply::Failed {
+                retry: true,
+                detail: e.to_string(),
+            },
+        })
+    }
+
+    /// Removes a node from the cluster (a dead one, or one that has drained). When it was a
+    /// voter and learners exist, a learner is promoted first so the group keeps
+    /// [`MAX_VOTERS`]. Idempotent: removing a non-member succeeds.
+    pub async fn remove_node(&self, node: NodeId) -> Result<(), ClusterError> {
+        let mut last = ClusterError::NoLeader;
+        for attempt in 0..20u64 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * attempt.min(5))).await;
+            }
+            match self.remove_on_leader(node.0).await {
+                ClusterReply::Removed => return Ok(()),
+                ClusterReply::Failed {
+                    retry: true,
+                    detail,
+                } => last = ClusterError::Raft(detail),
+                ClusterReply::Failed { detail, .. } => return Err(ClusterError::Raft(detail)),
+                _ => {
+                    return Err(ClusterError::BadPayload(
+                        "unexpected reply to remove".into(),
+                    ))
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn remove_on_leader(&self, node_id: u64) -> ClusterReply {
+        if let Some(reply) = self.on_leader(&ClusterRequest::Remove { node_id }).await {
+            return reply;
+        }
+        let failed = |e: &dyn std::fmt::Display| ClusterReply::Failed {
+            retry: true,
+            detail: e.to_string(),
+        };
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&node_id).is_none() {
+            return ClusterReply::Removed;
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&node_id) {
+            let learner = membership.learner_ids().find(|l| *l != node_id);
+            if let Some(l) = learner {
+                let add = ChangeMembers::AddVoterIds(BTreeSet::from([l]));
+                if let Err(e) = self.raft.change_membership(add, false).await {
+                    return failed(&e);
+                }
+            }
+            let remove = ChangeMembers::RemoveVoters(BTreeSet::from([node_id]));
+            if let Err(e) = self.raft.change_membership(remove, false).await {
+                return failed(&e);
+            }
+        } else {
+            let remove = ChangeMembers::RemoveNodes(BTreeSet::from([node_id]));
+            if let Err(e) = self.raft.change_membership(remove, false).await {
+                return failed(&e);
+            }
+        }
+        tracing::info!(node = node_id, "removed from the cluster");
+        ClusterReply::Removed
+    }
+
     /// Adds a node: as a learner, then as a voter while voters are fewer than [`MAX_VOTERS`].
     /// Runs on the leader; elsewhere it forwards.
     async fn admit(&self, node_id: u64, info: NodeInfo) -> ClusterReply {
-        let m = self.raft.metrics().borrow().clone();
-        if m.current_leader != Some(self.node_id.0) {
-            let Some(leader) = m.current_leader else {
-                return ClusterReply::Failed {
-                    retry: true,
-                    detail: "no leader yet".into(),
-                };
-            };
-            let Some(addr) = m
-                .membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.peer_addr.clone())
-            else {
-                return ClusterReply::Failed {
-                    retry: true,
-                    detail: "leader address unknown".into(),
-                };
-            };
-            return match self
-                .forward(&addr, &ClusterRequest::Join { node_id, info })
-                .await
-            {
-                Ok(reply) => reply,
-                Err(e) => ClusterReply::Failed {
-                    retry: true,
-                    detail: e.to_string(),
-                },
-            };
+        if let Some(reply) = self
+            .on_leader(&ClusterRequest::Join {
+                node_id,
+                info: info.clone(),
+            })
+            .await
+        {
+            return reply;
         }
+        let m = self.raft.metrics().borrow().clone();
         let already = m
             .membership_config
             .membership()
@@ -379,6 +456,7 @@ impl Metadata {
                     decode(payload).map_err(|e| PeerError::BadPayload(e.to_string()))?;
                 let reply = match req {
                     ClusterRequest::Join { node_id, info } => self.admit(node_id, info).await,
+                    ClusterRequest::Remove { node_id } => self.remove_on_leader(node_id).await,
                     ClusterRequest::Write(cmd) => match self.raft.client_write(cmd).await {
                         Ok(resp) => ClusterReply::Written(resp.data),
                         Err(e) => ClusterReply::Failed {

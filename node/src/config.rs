@@ -106,6 +106,12 @@ impl Default for LimitsConfig {
 pub struct AuthConfig {
     /// Password hashes computed at once (each holds ~19 MiB and a core for tens of ms).
     pub hash_concurrency: usize,
+    /// File holding the operator token for `/v1/admin` (the `CHAT_ADMIN_TOKEN` environment
+    /// variable takes precedence). Without either, the admin API is disabled.
+    pub admin_token_file: Option<PathBuf>,
+    /// The operator token, read from the environment or `admin_token_file` at start.
+    #[serde(skip)]
+    pub admin_token: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -114,6 +120,8 @@ impl Default for AuthConfig {
             hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            admin_token_file: None,
+            admin_token: None,
         }
     }
 }
@@ -144,6 +152,24 @@ impl Config {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// Reads the operator token from `CHAT_ADMIN_TOKEN` or `auth.admin_token_file`.
+    pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
+        if let Ok(t) = std::env::var("CHAT_ADMIN_TOKEN") {
+            if !t.trim().is_empty() {
+                self.auth.admin_token = Some(t.trim().to_owned());
+                return Ok(());
+            }
+        }
+        if let Some(path) = &self.auth.admin_token_file {
+            let t = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            self.auth.admin_token = Some(t.trim().to_owned());
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -181,6 +207,9 @@ impl Config {
             return bad(
                 "limits: max_history_page and outbound_queue must be > 0, heartbeat_ms >= 1000",
             );
+        }
+        if self.auth.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return bad("the admin token must be at least 16 characters");
         }
         if self.auth.hash_concurrency == 0 {
             return bad("auth.hash_concurrency must be > 0");

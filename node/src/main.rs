@@ -5,6 +5,7 @@
 //! This is the only crate that knows actix-web; it holds no chat logic of its own beyond
 //! translating the public protocol into router calls.
 
+mod admin_cli;
 mod app;
 mod auth;
 mod config;
@@ -13,7 +14,7 @@ mod metrics;
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
@@ -22,6 +23,8 @@ use crate::config::Config;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (see config/example.toml).
     #[arg(long, env = "CHAT_CONFIG")]
     config: Option<PathBuf>,
@@ -43,6 +46,25 @@ struct Args {
     /// Peer address to advertise to others (defaults to --peer-addr).
     #[arg(long, env = "CHAT_ADVERTISE_PEER_ADDR")]
     advertise_peer_addr: Option<String>,
+}
+
+/// Operator commands; they talk to a running node and need `CHAT_ADMIN_TOKEN`.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Members, voters, leader and ring epoch of the cluster.
+    Status {
+        /// Any node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        node: String,
+    },
+    /// Removes a node (dead, or done draining) from the cluster.
+    Remove {
+        /// The id of the node to remove (see `status`).
+        id: u64,
+        /// Any node's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        node: String,
+    },
 }
 
 fn load(args: Args) -> anyhow::Result<Config> {
@@ -68,6 +90,7 @@ fn load(args: Args) -> anyhow::Result<Config> {
     if let Some(v) = args.advertise_peer_addr {
         config.node.advertise_peer_addr = Some(v);
     }
+    config.load_secrets()?;
     config.validate()?;
     Ok(config)
 }
@@ -85,7 +108,20 @@ fn init_logging(format: &str) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(cmd) = args.command.take() {
+        let result = match cmd {
+            Command::Status { node } => admin_cli::status(&node),
+            Command::Remove { id, node } => admin_cli::remove(&node, id),
+        };
+        return match result {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("chat-node: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match load(args) {
         Ok(c) => c,
         Err(e) => {

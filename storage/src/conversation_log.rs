@@ -8,14 +8,20 @@
 //! The conversation actor is the single writer of its conversation; the log still serialises
 //! appends per conversation (striped locks) so that a second writer in the same process could
 //! never hand out one seq twice.
+//!
+//! Replication and fencing: each conversation's log also lives on replica nodes, which apply
+//! the owner's messages at the owner's seqs (`apply_replicated`). Every write carries the ring
+//! epoch of its owner, and each log keeps a fence: the newest epoch it has seen. A write from
+//! an older epoch is refused (`StaleEpoch`), so once a new owner has sealed a majority of
+//! replicas at its epoch (`seal`), an old owner can no longer reach a quorum.
 
 use std::sync::Mutex;
 
-use chat_types::{ClientMsgId, ConversationId, Message, Seq, UserId};
+use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Durability, Store, CF_DEDUP, CF_HEAD, CF_MSG};
+use crate::db::{Durability, Store, CF_DEDUP, CF_FENCE, CF_HEAD, CF_MSG};
 use crate::error::StorageError;
 use crate::keys::{
     decode_u64_v1, decode_versioned, dedup_key, encode_u64_v1, encode_versioned, message_key,
@@ -33,6 +39,8 @@ pub struct AppendRequest {
     pub client_msg_id: ClientMsgId,
     pub body: String,
     pub ts_ms: u64,
+    /// The ring epoch under which the writer owns the conversation.
+    pub epoch: RingEpoch,
 }
 
 /// What an append did.
@@ -50,6 +58,13 @@ pub trait ConversationLog: Send + Sync {
     fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
     /// The last assigned seq (0 when empty).
     fn head(&self, conv: &ConversationId) -> Result<Seq, StorageError>;
+    /// Stores messages assigned by the owner at `epoch`, at their own seqs. Messages already
+    /// present are skipped (a message already stored at a seq wins). Returns the new head.
+    fn apply_replicated(&self, epoch: RingEpoch, messages: &[Message])
+        -> Result<Seq, StorageError>;
+    /// Raises the fence to `epoch` (refusing an older one) and returns the head: after this,
+    /// writes from older epochs are refused.
+    fn seal(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<Seq, StorageError>;
     /// Up to `limit` messages with seq > `after`, ascending.
     fn read_after(
         &self,
@@ -148,6 +163,7 @@ impl ConversationLog for RocksConversationLog {
                 duplicate: true,
             });
         }
+        self.check_fence(&req.conversation, req.epoch)?;
         let seq = self.head(&req.conversation)?.next();
         let mkey = message_key(&req.conversation, seq);
         let record = StoredMessageV1 {
@@ -168,6 +184,11 @@ impl ConversationLog for RocksConversationLog {
             encode_u64_v1(seq.0),
         );
         batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(seq.0));
+        batch.put_cf(
+            self.store.cf(CF_FENCE)?,
+            req.conversation.to_key(),
+            encode_u64_v1(req.epoch.0),
+        );
         db.write_opt(batch, &Store::write_opts(self.durability))?;
         Ok(AppendOutcome {
             message: Message {
@@ -192,6 +213,66 @@ impl ConversationLog for RocksConversationLog {
             Some(v) => Ok(Seq(decode_u64_v1(CF_HEAD, &key, &v)?)),
             None => Ok(Seq(0)),
         }
+    }
+
+    fn apply_replicated(
+        &self,
+        epoch: RingEpoch,
+        messages: &[Message],
+    ) -> Result<Seq, StorageError> {
+        let Some(first) = messages.first() else {
+            return Ok(Seq(0));
+        };
+        let conv = first.conversation;
+        let _guard = self.stripe(&conv).lock().unwrap_or_else(|p| p.into_inner());
+        self.check_fence(&conv, epoch)?;
+        let db = self.store.db();
+        let mut head = self.head(&conv)?;
+        let mut batch = WriteBatch::default();
+        for m in messages.iter().filter(|m| m.conversation == conv) {
+            let mkey = message_key(&conv, m.seq);
+            if db.get_pinned_cf(self.store.cf(CF_MSG)?, mkey)?.is_some() {
+                continue;
+            }
+            let record = StoredMessageV1 {
+                sender: m.sender,
+                client_msg_id: m.client_msg_id.clone(),
+                body: m.body.clone(),
+                ts_ms: m.ts_ms,
+            };
+            batch.put_cf(
+                self.store.cf(CF_MSG)?,
+                mkey,
+                encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
+            );
+            let dkey = dedup_key(&conv, m.sender, m.client_msg_id.as_str());
+            batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(m.seq.0));
+            head = head.max(m.seq);
+        }
+        batch.put_cf(
+            self.store.cf(CF_HEAD)?,
+            conv.to_key(),
+            encode_u64_v1(head.0),
+        );
+        batch.put_cf(
+            self.store.cf(CF_FENCE)?,
+            conv.to_key(),
+            encode_u64_v1(epoch.0),
+        );
+        db.write_opt(batch, &Store::write_opts(self.durability))?;
+        Ok(head)
+    }
+
+    fn seal(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<Seq, StorageError> {
+        let _guard = self.stripe(conv).lock().unwrap_or_else(|p| p.into_inner());
+        self.check_fence(conv, epoch)?;
+        self.store.db().put_cf_opt(
+            self.store.cf(CF_FENCE)?,
+            conv.to_key(),
+            encode_u64_v1(epoch.0),
+            &Store::write_opts(self.durability),
+        )?;
+        self.head(conv)
     }
 
     fn read_after(
@@ -222,6 +303,30 @@ impl ConversationLog for RocksConversationLog {
 }
 
 impl RocksConversationLog {
+    /// The newest owner epoch this log has seen for `conv` (0 when none).
+    pub fn fence(&self, conv: &ConversationId) -> Result<RingEpoch, StorageError> {
+        let key = conv.to_key();
+        match self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_FENCE)?, key)?
+        {
+            Some(v) => Ok(RingEpoch(decode_u64_v1(CF_FENCE, &key, &v)?)),
+            None => Ok(RingEpoch(0)),
+        }
+    }
+
+    fn check_fence(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<(), StorageError> {
+        let fence = self.fence(conv)?;
+        if epoch < fence {
+            return Err(StorageError::StaleEpoch {
+                epoch: epoch.0,
+                fence: fence.0,
+            });
+        }
+        Ok(())
+    }
+
     /// Up to `limit` messages of `conv` from `from` (inclusive) in `direction`.
     fn scan(
         &self,
@@ -265,6 +370,7 @@ mod tests {
             client_msg_id: ClientMsgId::new(cmid).expect("valid id"),
             body: body.into(),
             ts_ms: 1,
+            epoch: RingEpoch(1),
         }
     }
 
@@ -344,6 +450,63 @@ mod tests {
         let all = log.read_after(&a, Seq(0), 100).expect("r");
         assert!(all.iter().all(|m| m.conversation == a));
         assert_eq!(all[4].body, "m5");
+    }
+
+    #[test]
+    fn replicas_apply_the_owners_seqs_idempotently() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let owner_dir = tempfile::tempdir().expect("tempdir");
+        let owner = must_open(owner_dir.path());
+        let replica = must_open(dir.path());
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        let msgs: Vec<Message> = (1..=4)
+            .map(|i| {
+                owner
+                    .append(req(c, 1, &format!("m{i}"), "x"))
+                    .expect("append")
+                    .message
+            })
+            .collect();
+        // Out of order and repeated: the replica ends with the owner's seqs, once each.
+        assert_eq!(
+            replica
+                .apply_replicated(RingEpoch(1), &msgs[2..])
+                .expect("apply"),
+            Seq(4)
+        );
+        replica
+            .apply_replicated(RingEpoch(1), &msgs)
+            .expect("apply");
+        replica
+            .apply_replicated(RingEpoch(1), &msgs[..1])
+            .expect("apply again");
+        assert_eq!(replica.read_after(&c, Seq(0), 10).expect("read"), msgs);
+        // The dedup records came along: a retry at the replica (a new owner) finds them.
+        let again = replica.append(req(c, 1, "m3", "x")).expect("append");
+        assert_eq!((again.message.seq, again.duplicate), (Seq(3), true));
+    }
+
+    #[test]
+    fn a_sealed_log_refuses_writes_from_older_epochs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        log.append(req(c, 1, "m1", "x")).expect("append at epoch 1");
+        assert_eq!(log.seal(&c, RingEpoch(5)).expect("seal"), Seq(1));
+        assert!(matches!(
+            log.append(req(c, 1, "m2", "x")),
+            Err(StorageError::StaleEpoch { epoch: 1, fence: 5 })
+        ));
+        let stale = Message {
+            seq: Seq(2),
+            ..log.read_after(&c, Seq(0), 1).expect("read")[0].clone()
+        };
+        assert!(log.apply_replicated(RingEpoch(4), &[stale]).is_err());
+        assert!(log.seal(&c, RingEpoch(4)).is_err());
+        let mut newer = req(c, 1, "m2", "x");
+        newer.epoch = RingEpoch(5);
+        assert_eq!(log.append(newer).expect("append").message.seq, Seq(2));
+        assert_eq!(log.head(&c).expect("head"), Seq(2));
     }
 
     #[test]

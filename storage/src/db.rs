@@ -15,6 +15,8 @@ pub const CF_MSG: &str = "conv_seq_message";
 pub const CF_HEAD: &str = "conv_head";
 /// `conv(17) ++ sender(8) ++ client_msg_id` -> versioned seq.
 pub const CF_DEDUP: &str = "conv_sender_cmid_seq";
+/// `conv(17)` -> versioned ring epoch: the newest owner epoch this replica has seen.
+pub const CF_FENCE: &str = "conv_fence";
 /// `index(8)` -> Raft log entry bytes.
 pub const CF_RAFT_LOG: &str = "raftidx_entry";
 /// name -> Raft hard state (vote, committed, last purged).
@@ -28,6 +30,7 @@ const ALL_CFS: &[&str] = &[
     CF_MSG,
     CF_HEAD,
     CF_DEDUP,
+    CF_FENCE,
     CF_RAFT_LOG,
     CF_RAFT_META,
     CF_META,

@@ -11,6 +11,10 @@ pub enum StorageError {
     UnknownVersion { cf: &'static str, version: u8 },
     #[error("encoding a value for {cf}: {detail}")]
     Encode { cf: &'static str, detail: String },
+    /// A write from an owner whose ring epoch is older than one this log has already seen:
+    /// a newer owner has taken over, so the write must not land.
+    #[error("stale epoch {epoch}: this conversation is fenced at epoch {fence}")]
+    StaleEpoch { epoch: u64, fence: u64 },
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
 }

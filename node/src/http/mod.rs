@@ -1,6 +1,7 @@
 //! The public HTTP surface: REST under `/v1`, the WebSocket at `/v1/ws`, and the operator
 //! endpoints `/healthz`, `/readyz`, `/metrics`.
 
+pub mod admin;
 pub mod health;
 pub mod rest;
 pub mod ws;
@@ -39,7 +40,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/conversations/{conversation}/messages",
             web::get().to(rest::history),
         )
-        .route("/v1/ws", web::get().to(ws::upgrade));
+        .route("/v1/ws", web::get().to(ws::upgrade))
+        .route("/v1/admin/cluster", web::get().to(admin::cluster))
+        .route(
+            "/v1/admin/nodes/{id}/remove",
+            web::post().to(admin::remove_node),
+        );
 }
 
 /// A REST error reply: the status from the code, the body a [`WireError`].

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use chat_client::HttpApi;
 
+/// The operator token every test node is started with.
+pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789";
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind an ephemeral port")
@@ -52,6 +55,7 @@ impl NodeProc {
             .arg("--peer-addr")
             .arg(&self.peer)
             .env("CHAT_LOG", "info,openraft=warn")
+            .env("CHAT_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
@@ -93,6 +97,32 @@ impl NodeProc {
                 }
             }
         }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs `chat-node <args> --node <this node>` (an operator command) and returns its
+    /// stdout, panicking when it fails.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_chat-node"))
+            .args(args)
+            .arg("--node")
+            .arg(&self.http)
+            .env("CHAT_ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("run chat-node admin command");
+        assert!(
+            out.status.success(),
+            "chat-node {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn log_tail(&self) -> String {

@@ -1,0 +1,87 @@
+//! `chat-node status` and `chat-node remove`: the operator commands, speaking to any node's
+//! admin API over HTTP with the operator token from `CHAT_ADMIN_TOKEN`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+/// Sends one HTTP/1.1 request and returns the status and the body.
+fn request(node: &str, method: &str, path: &str, token: &str) -> anyhow::Result<(u16, String)> {
+    let host = node
+        .strip_prefix("http://")
+        .unwrap_or(node)
+        .trim_end_matches('/');
+    let mut stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP reply from {host}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("malformed status line from {host}"))?;
+    Ok((status, body.to_owned()))
+}
+
+fn token() -> anyhow::Result<String> {
+    std::env::var("CHAT_ADMIN_TOKEN")
+        .map_err(|_| anyhow!("set CHAT_ADMIN_TOKEN to the cluster's operator token"))
+}
+
+pub fn status(node: &str) -> anyhow::Result<()> {
+    let (code, body) = request(node, "GET", "/v1/admin/cluster", &token()?)?;
+    if code != 200 {
+        bail!("{node} answered {code}: {body}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("decoding the status")?;
+    println!(
+        "leader {}  ring epoch {}  (asked node {})",
+        v["leader"], v["ring_epoch"], v["node_id"]
+    );
+    println!("{:<22} {:<6} {:<24} {:<24}", "node", "role", "http", "peer");
+    for m in v["members"].as_array().into_iter().flatten() {
+        let role = if m["voter"] == true {
+            "voter"
+        } else {
+            "learner"
+        };
+        println!(
+            "{:<22} {:<6} {:<24} {:<24}",
+            m["node_id"],
+            role,
+            m["http_addr"].as_str().unwrap_or("?"),
+            m["peer_addr"].as_str().unwrap_or("?")
+        );
+    }
+    let l = &v["local"];
+    println!(
+        "on {}: {} connections, {} conversation actors, {} session actors",
+        v["node_id"], l["connections"], l["conversation_actors"], l["session_actors"]
+    );
+    Ok(())
+}
+
+pub fn remove(node: &str, id: u64) -> anyhow::Result<()> {
+    let (code, body) = request(
+        node,
+        "POST",
+        &format!("/v1/admin/nodes/{id}/remove"),
+        &token()?,
+    )?;
+    if code != 200 {
+        bail!("{node} answered {code}: {body}");
+    }
+    println!("node {id} removed");
+    Ok(())
+}

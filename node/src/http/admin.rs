@@ -1,0 +1,86 @@
+//! The operator API under `/v1/admin`, guarded by the operator token (`CHAT_ADMIN_TOKEN` or
+//! `auth.admin_token_file`); disabled when none is configured.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chat_types::{ErrorCode, NodeId, WireError};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{bearer_token, error_response, AppState};
+
+fn check_admin(state: &AppState, req: &HttpRequest) -> Result<(), WireError> {
+    let Some(expected) = &state.config.auth.admin_token else {
+        return Err(WireError::new(
+            ErrorCode::Forbidden,
+            "the admin API is disabled: set CHAT_ADMIN_TOKEN or auth.admin_token_file",
+        ));
+    };
+    let given = bearer_token(req).unwrap_or_default();
+    // Compare digests so the time taken does not depend on where the strings differ.
+    if Sha256::digest(given.as_bytes()) == Sha256::digest(expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(WireError::new(ErrorCode::Unauthorized, "wrong admin token"))
+    }
+}
+
+/// Members, voters, leader, ring epoch, and this node's own counts.
+pub async fn cluster(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if let Err(e) = check_admin(&state, &req) {
+        return error_response(&state, e);
+    }
+    let ring = state.meta.ring();
+    let voters = state.meta.voters();
+    let members: Vec<_> = state
+        .meta
+        .nodes()
+        .iter()
+        .map(|(id, info)| {
+            json!({
+                "node_id": id,
+                "http_addr": info.http_addr,
+                "peer_addr": info.peer_addr,
+                "voter": voters.contains(id),
+            })
+        })
+        .collect();
+    let stats = state.router.stats();
+    HttpResponse::Ok().json(json!({
+        "node_id": state.meta.node_id(),
+        "leader": state.meta.leader(),
+        "ring_epoch": ring.epoch(),
+        "members": members,
+        "local": {
+            "connections": stats.connections,
+            "conversation_actors": stats.conversations,
+            "session_actors": stats.sessions,
+        },
+    }))
+}
+
+/// Removes a node (dead, or done draining) from the cluster through Raft.
+pub async fn remove_node(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    if let Err(e) = check_admin(&state, &req) {
+        return error_response(&state, e);
+    }
+    let Ok(id) = path.parse::<u64>() else {
+        return error_response(
+            &state,
+            WireError::new(ErrorCode::InvalidArgument, "node id must be a number"),
+        );
+    };
+    let meta = state.meta.clone();
+    match state
+        .runtime
+        .spawn(async move { meta.remove_node(NodeId(id)).await })
+        .await
+    {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({ "removed": id })),
+        Ok(Err(e)) => error_response(&state, e.to_wire()),
+        Err(e) => error_response(&state, WireError::new(ErrorCode::Internal, e.to_string())),
+    }
+}
