@@ -85,3 +85,12 @@ pub fn remove(node: &str, id: u64) -> anyhow::Result<()> {
     println!("node {id} removed");
     Ok(())
 }
+
+pub fn drain(node: &str) -> anyhow::Result<()> {
+    let (code, body) = request(node, "POST", "/v1/admin/drain", &token()?)?;
+    if code != 200 {
+        bail!("{node} answered {code}: {body}");
+    }
+    println!("{node} drained: it left the cluster and closed its clients; stop it now");
+    Ok(())
+}

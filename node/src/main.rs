@@ -57,6 +57,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         node: String,
     },
+    /// Drains a node: it leaves the cluster, its work moves to the others, its clients are
+    /// told to reconnect elsewhere. Stop the process afterwards.
+    Drain {
+        /// The HTTP address of the node to drain.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        node: String,
+    },
     /// Removes a node (dead, or done draining) from the cluster.
     Remove {
         /// The id of the node to remove (see `status`).
@@ -113,6 +120,7 @@ async fn main() -> std::process::ExitCode {
         let result = match cmd {
             Command::Status { node } => admin_cli::status(&node),
             Command::Remove { id, node } => admin_cli::remove(&node, id),
+            Command::Drain { node } => admin_cli::drain(&node),
         };
         return match result {
             Ok(()) => std::process::ExitCode::SUCCESS,

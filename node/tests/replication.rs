@@ -171,4 +171,31 @@ async fn acked_messages_survive_owner_kill_and_follow_ownership_on_join() {
     let status = n4.admin(&["status"]);
     assert_eq!(status.matches("voter").count(), 3, "{status}");
     assert!(!status.contains(&id3.0.to_string()), "{status}");
+
+    // Draining n1: it leaves the cluster and tells its clients to go elsewhere; nothing is
+    // lost and the log continues on the remaining nodes.
+    let out = n1.admin(&["drain"]);
+    assert!(out.contains("drained"), "{out}");
+    let closed = a1
+        .wait_closed(Duration::from_secs(10))
+        .await
+        .expect("a1 closed");
+    assert_eq!(closed.code, Some(chat_types::close::GOING_AWAY));
+    n1.stop();
+    for n in [&n2, &n4] {
+        must_be_ready(n, 2).await;
+    }
+    let (a2, _) = Connection::connect(&n2.api().ws_url(&alice_token))
+        .await
+        .expect("alice reconnects to n2");
+    let ack = must_send(&a2, conv, "a13", "m13").await;
+    assert_eq!(ack.seq, Seq(13));
+    let page = a4
+        .history(conv, None, None, Some(100))
+        .await
+        .expect("history via n4");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+        (1..=13).collect::<Vec<_>>()
+    );
 }

@@ -84,3 +84,37 @@ pub async fn remove_node(
         Err(e) => error_response(&state, WireError::new(ErrorCode::Internal, e.to_string())),
     }
 }
+
+/// Drains this node: removes it from the cluster through Raft (its conversations and user
+/// sessions move to the remaining nodes, which catch up from the replicas), then closes its
+/// WebSockets with 1001 so clients reconnect elsewhere. Stop the process afterwards.
+pub async fn drain(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if let Err(e) = check_admin(&state, &req) {
+        return error_response(&state, e);
+    }
+    let meta = state.meta.clone();
+    let me = meta.node_id();
+    if meta.ring().members().len() <= 1 {
+        return error_response(
+            &state,
+            WireError::new(
+                ErrorCode::InvalidArgument,
+                "the last node of a cluster cannot drain: stop it instead",
+            ),
+        );
+    }
+    match state
+        .runtime
+        .spawn(async move { meta.remove_node(me).await })
+        .await
+    {
+        Ok(Ok(())) => {
+            state
+                .router
+                .close_all(chat_types::close::GOING_AWAY, "node is draining; reconnect");
+            HttpResponse::Ok().json(json!({ "drained": me }))
+        }
+        Ok(Err(e)) => error_response(&state, e.to_wire()),
+        Err(e) => error_response(&state, WireError::new(ErrorCode::Internal, e.to_string())),
+    }
+}

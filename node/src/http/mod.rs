@@ -45,7 +45,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/admin/nodes/{id}/remove",
             web::post().to(admin::remove_node),
-        );
+        )
+        .route("/v1/admin/drain", web::post().to(admin::drain));
 }
 
 /// A REST error reply: the status from the code, the body a [`WireError`].
