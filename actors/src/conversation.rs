@@ -151,7 +151,17 @@ impl Actor for ConversationActor {
                     ts_ms: now_ms(),
                     epoch: ring.epoch(),
                 };
-                let outcome = match state.log.append(req) {
+                // The write may fsync: it runs on the blocking pool, where concurrent appends of
+                // different conversations share RocksDB's group commit.
+                let log = state.log.clone();
+                let written = tokio::task::spawn_blocking(move || log.append(req))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(chat_storage::StorageError::Io(format!(
+                            "append task failed: {e}"
+                        )))
+                    });
+                let outcome = match written {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::error!(conv = %state.conversation, error = %e, "append failed");

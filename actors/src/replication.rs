@@ -45,6 +45,16 @@ fn storage_error(e: StorageError) -> ActorError {
     }
 }
 
+/// Runs a log write (which may fsync) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, ActorError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StorageError::Io(format!("log task failed: {e}"))))
+        .map_err(storage_error)
+}
+
 /// The replica set of `conv` under `ring`, owner first.
 pub fn replicas(ring: &Ring, conv: &ConversationId) -> Vec<NodeId> {
     ring.successors(&conversation_key(conv), REPLICATION_FACTOR)
@@ -191,7 +201,8 @@ impl Router {
         sources.remove(&self.node_id);
         sources.retain(|n| members.contains(n));
 
-        self.log.seal(&conv, epoch).map_err(storage_error)?;
+        let log = self.log.clone();
+        blocking(move || log.seal(&conv, epoch)).await?;
         let mut heads: Vec<(NodeId, Seq)> = Vec::new();
         for node in sources {
             heads.push((node, self.seal_with_retry(node, conv, epoch).await?));
@@ -213,10 +224,8 @@ impl Router {
                 if page.is_empty() {
                     break;
                 }
-                local = self
-                    .log
-                    .apply_replicated(epoch, &page)
-                    .map_err(storage_error)?;
+                let log = self.log.clone();
+                local = blocking(move || log.apply_replicated(epoch, &page)).await?;
             }
         }
         let head = self.log.head(&conv).map_err(storage_error)?;
@@ -274,7 +283,7 @@ impl Router {
 
     // ----- the replica side --------------------------------------------------------------
 
-    pub(crate) fn serve_replicate(
+    pub(crate) async fn serve_replicate(
         &self,
         conv: ConversationId,
         epoch: RingEpoch,
@@ -291,22 +300,20 @@ impl Router {
                 return Err(ActorError::Gap { head });
             }
         }
-        let head = self
-            .log
-            .apply_replicated(epoch, &messages)
-            .map_err(storage_error)?;
+        let log = self.log.clone();
+        let head = blocking(move || log.apply_replicated(epoch, &messages)).await?;
         Ok(ActorReply::Head(head))
     }
 
-    pub(crate) fn serve_seal(
+    pub(crate) async fn serve_seal(
         &self,
         conv: ConversationId,
         epoch: RingEpoch,
     ) -> Result<ActorReply, ActorError> {
-        self.log
-            .seal(&conv, epoch)
+        let log = self.log.clone();
+        blocking(move || log.seal(&conv, epoch))
+            .await
             .map(ActorReply::Head)
-            .map_err(storage_error)
     }
 
     pub(crate) fn serve_fetch(

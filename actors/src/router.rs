@@ -456,11 +456,11 @@ impl Router {
                 conversation,
                 epoch,
                 messages,
-            } => self.serve_replicate(conversation, epoch, messages),
+            } => self.serve_replicate(conversation, epoch, messages).await,
             ActorRequestBody::Seal {
                 conversation,
                 epoch,
-            } => self.serve_seal(conversation, epoch),
+            } => self.serve_seal(conversation, epoch).await,
             ActorRequestBody::Fetch {
                 conversation,
                 after,

@@ -15,6 +15,8 @@ pub enum StorageError {
     /// a newer owner has taken over, so the write must not land.
     #[error("stale epoch {epoch}: this conversation is fenced at epoch {fence}")]
     StaleEpoch { epoch: u64, fence: u64 },
+    #[error("storage task failed: {0}")]
+    Io(String),
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
 }
