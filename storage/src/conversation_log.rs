@@ -21,8 +21,9 @@ use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Durability, Store, CF_DEDUP, CF_FENCE, CF_HEAD, CF_MSG};
+use crate::db::{Durability, Store, CF_DEDUP, CF_HEAD, CF_MSG};
 use crate::error::StorageError;
+use crate::fence;
 use crate::keys::{
     decode_u64_v1, decode_versioned, dedup_key, encode_u64_v1, encode_versioned, message_key,
     split_message_key, CONV_LEN,
@@ -184,11 +185,12 @@ impl ConversationLog for RocksConversationLog {
             encode_u64_v1(seq.0),
         );
         batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(seq.0));
-        batch.put_cf(
-            self.store.cf(CF_FENCE)?,
-            req.conversation.to_key(),
-            encode_u64_v1(req.epoch.0),
-        );
+        fence::put(
+            &self.store,
+            &mut batch,
+            &req.conversation.to_key(),
+            req.epoch,
+        )?;
         db.write_opt(batch, &Store::write_opts(self.durability))?;
         Ok(AppendOutcome {
             message: Message {
@@ -254,11 +256,7 @@ impl ConversationLog for RocksConversationLog {
             conv.to_key(),
             encode_u64_v1(head.0),
         );
-        batch.put_cf(
-            self.store.cf(CF_FENCE)?,
-            conv.to_key(),
-            encode_u64_v1(epoch.0),
-        );
+        fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
         db.write_opt(batch, &Store::write_opts(self.durability))?;
         Ok(head)
     }
@@ -266,12 +264,11 @@ impl ConversationLog for RocksConversationLog {
     fn seal(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<Seq, StorageError> {
         let _guard = self.stripe(conv).lock().unwrap_or_else(|p| p.into_inner());
         self.check_fence(conv, epoch)?;
-        self.store.db().put_cf_opt(
-            self.store.cf(CF_FENCE)?,
-            conv.to_key(),
-            encode_u64_v1(epoch.0),
-            &Store::write_opts(self.durability),
-        )?;
+        let mut batch = WriteBatch::default();
+        fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
+        self.store
+            .db()
+            .write_opt(batch, &Store::write_opts(self.durability))?;
         self.head(conv)
     }
 
@@ -305,26 +302,11 @@ impl ConversationLog for RocksConversationLog {
 impl RocksConversationLog {
     /// The newest owner epoch this log has seen for `conv` (0 when none).
     pub fn fence(&self, conv: &ConversationId) -> Result<RingEpoch, StorageError> {
-        let key = conv.to_key();
-        match self
-            .store
-            .db()
-            .get_pinned_cf(self.store.cf(CF_FENCE)?, key)?
-        {
-            Some(v) => Ok(RingEpoch(decode_u64_v1(CF_FENCE, &key, &v)?)),
-            None => Ok(RingEpoch(0)),
-        }
+        fence::read(&self.store, &conv.to_key())
     }
 
     fn check_fence(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<(), StorageError> {
-        let fence = self.fence(conv)?;
-        if epoch < fence {
-            return Err(StorageError::StaleEpoch {
-                epoch: epoch.0,
-                fence: fence.0,
-            });
-        }
-        Ok(())
+        fence::check(&self.store, &conv.to_key(), epoch)
     }
 
     /// Up to `limit` messages of `conv` from `from` (inclusive) in `direction`.

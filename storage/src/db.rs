@@ -17,6 +17,12 @@ pub const CF_HEAD: &str = "conv_head";
 pub const CF_DEDUP: &str = "conv_sender_cmid_seq";
 /// `conv(17)` -> versioned ring epoch: the newest owner epoch this replica has seen.
 pub const CF_FENCE: &str = "conv_fence";
+/// `user(8) ++ event_seq(8)` -> versioned user event.
+pub const CF_EVENTS: &str = "user_seq_event";
+/// `user(8)` -> versioned last event seq.
+pub const CF_EVENT_HEAD: &str = "user_eventhead";
+/// `user(8) ++ conv(17) ++ seq(8)` -> versioned event seq: one event per message per user.
+pub const CF_EVENT_DEDUP: &str = "user_conv_seq_eventseq";
 /// `index(8)` -> Raft log entry bytes.
 pub const CF_RAFT_LOG: &str = "raftidx_entry";
 /// name -> Raft hard state (vote, committed, last purged).
@@ -31,6 +37,9 @@ const ALL_CFS: &[&str] = &[
     CF_HEAD,
     CF_DEDUP,
     CF_FENCE,
+    CF_EVENTS,
+    CF_EVENT_HEAD,
+    CF_EVENT_DEDUP,
     CF_RAFT_LOG,
     CF_RAFT_META,
     CF_META,

@@ -12,9 +12,12 @@
 pub mod conversation_log;
 pub mod db;
 pub mod error;
+mod fence;
 pub mod keys;
 pub mod raft_kv;
+pub mod user_events;
 
 pub use conversation_log::{AppendOutcome, AppendRequest, ConversationLog, RocksConversationLog};
 pub use db::{Durability, Store};
 pub use error::StorageError;
+pub use user_events::{RocksUserEventLog, UserEventLog};

@@ -9,12 +9,14 @@
 //! through what is defined here.
 
 pub mod error;
+pub mod event;
 pub mod ids;
 pub mod limits;
 pub mod rest;
 pub mod wire;
 
 pub use error::{close, ErrorCode, WireError};
+pub use event::{Event, EventSeq, UserEvent};
 pub use ids::{ClientMsgId, ConversationId, IdError, NodeId, RingEpoch, Seq, UserId};
 pub use limits::{validate_body, validate_password, validate_username, Limits, ValidationError};
 pub use wire::{ClientFrame, ConversationInfo, Message, ServerFrame, UserSummary};

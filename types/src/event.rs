@@ -1,0 +1,42 @@
+//! The per-user event stream: every change a user must learn about, numbered per user.
+//! `event_seq` is the single resume cursor across all of a user's conversations.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::Message;
+
+/// A position in one user's event stream. The first event is 1; 0 means "nothing yet".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct EventSeq(pub u64);
+
+impl EventSeq {
+    pub fn next(self) -> EventSeq {
+        EventSeq(self.0 + 1)
+    }
+}
+
+impl fmt::Display for EventSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What happened. New kinds are only added, never renamed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum UserEvent {
+    /// A new message in one of the user's conversations (the user's own included).
+    Message { message: Message },
+}
+
+/// One entry of a user's event stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_seq: EventSeq,
+    pub event: UserEvent,
+}
