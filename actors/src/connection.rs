@@ -2,7 +2,7 @@
 //! socket's bounded outbound queue; a client that does not read fills it and is closed with
 //! a resumable close code instead of slowing anyone else down.
 
-use chat_types::{close, Message, NodeId, ServerFrame, UserId};
+use chat_types::{close, Event, EventSeq, NodeId, ServerFrame, UserEvent, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -14,6 +14,30 @@ pub struct ConnRef {
     pub conn: u64,
 }
 
+/// What a user's session sends to one of the user's connections.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PushFrame {
+    /// One event of the user's stream.
+    Event(Event),
+    /// The connection asked to resume from a cursor the stream cannot replay from.
+    Resync { event_head: EventSeq },
+}
+
+impl PushFrame {
+    fn into_server_frame(self) -> ServerFrame {
+        match self {
+            PushFrame::Event(Event {
+                event_seq,
+                event: UserEvent::Message { message },
+            }) => ServerFrame::Message {
+                event_seq: Some(event_seq),
+                message,
+            },
+            PushFrame::Resync { event_head } => ServerFrame::Resync { event_head },
+        }
+    }
+}
+
 /// What the socket writer receives.
 #[derive(Debug)]
 pub enum Outbound {
@@ -22,8 +46,8 @@ pub enum Outbound {
 }
 
 pub enum ConnectionMsg {
-    /// A new message for this connection's user.
-    Push(Message),
+    /// An event (or a resync notice) for this connection's user.
+    Push(PushFrame),
     /// Close the socket with this code.
     Close { code: u16, reason: String },
 }
@@ -68,10 +92,10 @@ impl Actor for ConnectionActor {
             return Ok(());
         }
         match msg {
-            ConnectionMsg::Push(message) => {
+            ConnectionMsg::Push(frame) => {
                 match state
                     .out
-                    .try_send(Outbound::Frame(ServerFrame::Message { message }))
+                    .try_send(Outbound::Frame(frame.into_server_frame()))
                 {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {

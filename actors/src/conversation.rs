@@ -18,7 +18,11 @@ use tokio::sync::mpsc;
 
 use crate::connection::ConnRef;
 use crate::error::ActorError;
+use crate::logs::{Entries, LogRef};
 use crate::router::Router;
+
+/// Tries per member and message before a live delivery is given up (about 30 s).
+const DELIVERY_ATTEMPTS: u32 = 20;
 
 pub enum ConversationMsg {
     Append {
@@ -63,7 +67,9 @@ impl ConversationState {
             .ok_or_else(|| ActorError::Unavailable("node is shutting down".into()))?;
         let ring = router.ring();
         if self.synced_at != Some(ring.epoch()) {
-            router.catch_up(self.conversation, &ring).await?;
+            router
+                .catch_up(LogRef::Conversation(self.conversation), &ring)
+                .await?;
             self.synced_at = Some(ring.epoch());
         }
         Ok((router, ring))
@@ -90,21 +96,31 @@ impl Actor for ConversationActor {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Option<ConnRef>)>();
         let router = args.router.clone();
         let members = args.conversation.direct_members();
-        // Deliveries leave in seq order: one at a time, each to every member's home node.
+        // Deliveries leave in seq order: one at a time, each to every member's home node,
+        // where it becomes an event of the member's stream. A failed delivery is retried
+        // (the event log deduplicates) before the next message goes out.
         tokio::spawn(async move {
             while let Some((message, origin)) = rx.recv().await {
-                let Some(router) = router.upgrade() else {
-                    return;
-                };
                 for member in &members {
-                    if let Err(e) = router.deliver(*member, message.clone(), origin).await {
-                        tracing::warn!(
-                            conv = %message.conversation,
-                            seq = %message.seq,
-                            user = %member,
-                            error = %e,
-                            "live delivery failed; the recipient catches up from history"
-                        );
+                    let mut delay = std::time::Duration::from_millis(50);
+                    for attempt in 1..=DELIVERY_ATTEMPTS {
+                        let Some(router) = router.upgrade() else {
+                            return;
+                        };
+                        match router.deliver(*member, message.clone(), origin).await {
+                            Ok(()) => break,
+                            Err(e) if attempt == DELIVERY_ATTEMPTS => tracing::warn!(
+                                conv = %message.conversation,
+                                seq = %message.seq,
+                                user = %member,
+                                error = %e,
+                                "delivery failed; the member catches up from history"
+                            ),
+                            Err(_) => {
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                            }
+                        }
                     }
                 }
             }
@@ -174,7 +190,11 @@ impl Actor for ConversationActor {
                     }
                 };
                 let replicated = router
-                    .replicate_quorum(state.conversation, &ring, vec![outcome.message.clone()])
+                    .replicate_quorum(
+                        LogRef::Conversation(state.conversation),
+                        &ring,
+                        Entries::Messages(vec![outcome.message.clone()]),
+                    )
                     .await;
                 if let Err(e) = replicated {
                     tracing::warn!(conv = %state.conversation, seq = %outcome.message.seq, error = %e, "no replica quorum; not acknowledged");

@@ -19,9 +19,9 @@ pub enum ActorError {
     /// A replica refused a write from an older ring epoch: a newer owner has taken over.
     #[error("stale epoch; the conversation is fenced at epoch {fence}")]
     StaleEpoch { fence: RingEpoch },
-    /// A replica is missing messages before the ones sent to it; it holds up to `head`.
-    #[error("replica is behind at seq {head}")]
-    Gap { head: chat_types::Seq },
+    /// A replica is missing entries before the ones sent to it; it holds up to `head`.
+    #[error("replica is behind at position {head}")]
+    Gap { head: u64 },
     #[error("bad payload: {0}")]
     BadPayload(String),
 }

@@ -14,11 +14,13 @@
 pub mod connection;
 pub mod conversation;
 pub mod error;
+pub mod logs;
 pub mod peer_wire;
 pub mod replication;
 pub mod router;
 pub mod session;
 
-pub use connection::{ConnRef, Outbound};
+pub use connection::{ConnRef, Outbound, PushFrame};
 pub use error::ActorError;
+pub use logs::LocalLogs;
 pub use router::{Router, RouterStats};

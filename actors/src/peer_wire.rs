@@ -1,11 +1,12 @@
 //! Actor messages between nodes: `[PEER_WIRE_VERSION] ++ MessagePack with field names`.
 //! Decoding is explicit and total: bad bytes are an error, never a panic.
 
-use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
+use chat_types::{ClientMsgId, ConversationId, EventSeq, Message, RingEpoch, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
-use crate::connection::ConnRef;
+use crate::connection::{ConnRef, PushFrame};
 use crate::error::ActorError;
+use crate::logs::{Entries, LogRef};
 
 pub const PEER_WIRE_VERSION: u8 = 1;
 
@@ -33,45 +34,60 @@ pub enum ActorRequestBody {
         before: Option<Seq>,
         limit: u32,
     },
-    /// To the user's home node.
-    Attach { user: UserId, conn: ConnRef },
+    /// To the user's home node: add a connection; when `resume_from` is given, first send
+    /// it every event after that cursor (or a resync notice).
+    Attach {
+        user: UserId,
+        conn: ConnRef,
+        resume_from: Option<EventSeq>,
+    },
     /// To the user's home node.
     Detach { user: UserId, conn: ConnRef },
-    /// To the user's home node: push to every connection of the user but `origin`.
+    /// To the user's home node: record the message as an event of the user (once) and push
+    /// it to every connection of the user but `origin`.
     Deliver {
         user: UserId,
         message: Message,
         origin: Option<ConnRef>,
     },
     /// To the node holding the connections.
-    Push { conns: Vec<u64>, message: Message },
-    /// From a conversation's owner to one of its replicas: store these (consecutive)
-    /// messages at their seqs. Refused from an older epoch than the replica has seen, and
-    /// answered `Gap` when the replica lacks messages before the first one.
+    Push { conns: Vec<u64>, frame: PushFrame },
+    /// From a log's owner to one of its replicas: store these consecutive entries at their
+    /// positions. Refused from an older epoch than the replica has seen, and answered `Gap`
+    /// when the replica lacks entries before the first one.
     Replicate {
-        conversation: ConversationId,
+        log: LogRef,
         epoch: RingEpoch,
-        messages: Vec<Message>,
+        entries: Entries,
     },
-    /// From a new owner to a node that may hold the conversation: refuse older epochs from
-    /// now on and tell me your head.
-    Seal {
-        conversation: ConversationId,
-        epoch: RingEpoch,
-    },
-    /// From a new owner catching up: messages after `after`, whatever the ring says.
-    Fetch {
-        conversation: ConversationId,
-        after: Seq,
-        limit: u32,
-    },
+    /// From a new owner to a node that may hold the log: refuse older epochs from now on and
+    /// tell me your head.
+    Seal { log: LogRef, epoch: RingEpoch },
+    /// From a new owner catching up: entries after `after`, whatever the ring says.
+    Fetch { log: LogRef, after: u64, limit: u32 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ActorReply {
-    Appended { message: Message, duplicate: bool },
-    History { head: Seq, messages: Vec<Message> },
-    Head(Seq),
+    Appended {
+        message: Message,
+        duplicate: bool,
+    },
+    History {
+        head: Seq,
+        messages: Vec<Message>,
+    },
+    /// A replica's head after a seal or a replicate.
+    Head(u64),
+    /// A page of a log for a catching-up owner.
+    Entries {
+        head: u64,
+        entries: Entries,
+    },
+    /// The user's event head when a connection attached.
+    Attached {
+        event_head: EventSeq,
+    },
     Done,
 }
 
@@ -109,6 +125,7 @@ mod tests {
                     node: NodeId(1),
                     conn: 9,
                 },
+                resume_from: Some(EventSeq(4)),
             },
         };
         let bytes = encode(&req).expect("encode");

@@ -1,16 +1,16 @@
-//! Replicated conversation logs: the owner's quorum writes, a new owner's catch-up, and the
-//! replica side of both.
+//! Replicated logs (conversation logs and user event streams): the owner's quorum writes, a
+//! new owner's catch-up, and the replica side of both.
 //!
-//! Each conversation's log lives on its owner and the next distinct nodes of the ring
-//! ([`REPLICATION_FACTOR`] in all, fewer on smaller clusters). The owner stores a message,
+//! Each log lives on its owner and the next distinct nodes of the ring
+//! ([`REPLICATION_FACTOR`] in all, fewer on smaller clusters). The owner stores an entry,
 //! sends it to the other replicas, and acknowledges once a majority of the replica set
 //! (itself included) holds it; slower replicas finish in the background.
 //!
-//! Why a new owner cannot lose an acknowledged message or hand out a seq twice: before it
+//! Why a new owner cannot lose an acknowledged entry or hand out a position twice: before it
 //! serves, it *seals* every node that may hold the log (the replica sets of every ring it has
 //! seen that are still members) at its epoch, which makes those logs refuse the old owner's
 //! writes from then on; then it fetches whatever they hold beyond its own head. An
-//! acknowledged message is on a majority of some earlier replica set, and at least one of
+//! acknowledged entry is on a majority of some earlier replica set, and at least one of
 //! those nodes is still a member (one node lost of three), so the catch-up finds it. If any
 //! such node does not answer, the owner refuses to serve (`unavailable`, retry) rather than
 //! guess: a dead node must be removed from the ring first.
@@ -18,47 +18,19 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chat_cluster::ring::{conversation_key, Ring};
-use chat_storage::StorageError;
-use chat_types::{ConversationId, Message, NodeId, RingEpoch, Seq};
+use chat_cluster::ring::Ring;
+use chat_types::{NodeId, RingEpoch};
 use tokio::task::JoinSet;
 
 use crate::error::ActorError;
+pub use crate::logs::REPLICATION_FACTOR;
+use crate::logs::{Entries, LogRef};
 use crate::peer_wire::{ActorReply, ActorRequestBody};
 use crate::router::{lock, Router};
 
-/// Copies of each conversation log, the owner included.
-pub const REPLICATION_FACTOR: usize = 3;
-/// Messages per catch-up or repair page.
+/// Entries per catch-up or repair page.
 const PAGE: u32 = 500;
 const SEAL_ATTEMPTS: u32 = 10;
-
-fn storage_error(e: StorageError) -> ActorError {
-    match e {
-        StorageError::StaleEpoch { fence, .. } => ActorError::StaleEpoch {
-            fence: RingEpoch(fence),
-        },
-        other => {
-            tracing::error!(error = %other, "conversation log failure");
-            ActorError::Storage
-        }
-    }
-}
-
-/// Runs a log write (which may fsync) on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, ActorError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StorageError::Io(format!("log task failed: {e}"))))
-        .map_err(storage_error)
-}
-
-/// The replica set of `conv` under `ring`, owner first.
-pub fn replicas(ring: &Ring, conv: &ConversationId) -> Vec<NodeId> {
-    ring.successors(&conversation_key(conv), REPLICATION_FACTOR)
-}
 
 impl Router {
     pub(crate) fn ring(&self) -> std::sync::Arc<Ring> {
@@ -80,15 +52,15 @@ impl Router {
         self.remote(node, epoch, body).await
     }
 
-    /// Replicates `messages` (consecutive, of one conversation, already stored here) to the
-    /// other replicas under `ring`, and returns once a majority of the replica set holds them.
+    /// Replicates `entries` (consecutive, already stored here) to the other replicas of `log`
+    /// under `ring`, and returns once a majority of the replica set holds them.
     pub(crate) async fn replicate_quorum(
         &self,
-        conv: ConversationId,
+        log: LogRef,
         ring: &Ring,
-        messages: Vec<Message>,
+        entries: Entries,
     ) -> Result<(), ActorError> {
-        let set = replicas(ring, &conv);
+        let set = log.replicas(ring);
         let majority = set.len() / 2 + 1;
         let mut acks = usize::from(set.contains(&self.node_id));
         let others: Vec<NodeId> = set.into_iter().filter(|n| *n != self.node_id).collect();
@@ -102,8 +74,8 @@ impl Router {
         let mut tasks = JoinSet::new();
         for node in others {
             let me = me.clone();
-            let messages = messages.clone();
-            tasks.spawn(async move { me.replicate_to(node, conv, epoch, messages).await });
+            let entries = entries.clone();
+            tasks.spawn(async move { me.replicate_to(node, log, epoch, entries).await });
         }
         let mut last_err = None;
         while acks < majority {
@@ -125,28 +97,28 @@ impl Router {
         Ok(())
     }
 
-    /// Sends messages to one replica, first filling the replica's gap if it is behind.
+    /// Sends entries to one replica, first filling the replica's gap if it is behind.
     async fn replicate_to(
         &self,
         node: NodeId,
-        conv: ConversationId,
+        log: LogRef,
         epoch: RingEpoch,
-        messages: Vec<Message>,
+        entries: Entries,
     ) -> Result<(), ActorError> {
         let body = ActorRequestBody::Replicate {
-            conversation: conv,
+            log,
             epoch,
-            messages: messages.clone(),
+            entries: entries.clone(),
         };
         match self.direct(node, epoch, body).await {
             Ok(_) => Ok(()),
             Err(ActorError::Gap { head }) => {
-                let upto = messages.first().map(|m| m.seq).unwrap_or(Seq(0));
-                self.push_range(node, conv, epoch, head, upto).await?;
+                let upto = entries.first().unwrap_or(0);
+                self.push_range(node, log, epoch, head, upto).await?;
                 let body = ActorRequestBody::Replicate {
-                    conversation: conv,
+                    log,
                     epoch,
-                    messages,
+                    entries,
                 };
                 self.direct(node, epoch, body).await.map(|_| ())
             }
@@ -154,28 +126,27 @@ impl Router {
         }
     }
 
-    /// Sends the local messages with seq in (`after`, `before`) to `node`, in pages.
+    /// Sends the local entries with position in (`after`, `before`) to `node`, in pages.
     async fn push_range(
         &self,
         node: NodeId,
-        conv: ConversationId,
+        log: LogRef,
         epoch: RingEpoch,
-        mut after: Seq,
-        before: Seq,
+        mut after: u64,
+        before: u64,
     ) -> Result<(), ActorError> {
-        while after.next() < before {
+        while after + 1 < before {
             let page = self
-                .log
-                .read_after(&conv, after, PAGE as usize)
-                .map_err(storage_error)?;
-            let page: Vec<Message> = page.into_iter().filter(|m| m.seq < before).collect();
-            let Some(last) = page.last().map(|m| m.seq) else {
+                .logs
+                .read_after(log, after, PAGE as usize)?
+                .before(before);
+            let Some(last) = page.last() else {
                 break;
             };
             let body = ActorRequestBody::Replicate {
-                conversation: conv,
+                log,
                 epoch,
-                messages: page,
+                entries: page,
             };
             self.direct(node, epoch, body).await?;
             after = last;
@@ -183,53 +154,47 @@ impl Router {
         Ok(())
     }
 
-    /// Makes this node's log of `conv` complete before it serves as owner under `ring`:
+    /// Makes this node's copy of `log` complete before it serves as owner under `ring`:
     /// seals every node that may hold the log, fetches what they hold beyond the local head,
     /// then brings the current replicas up to the same head.
-    pub(crate) async fn catch_up(
-        &self,
-        conv: ConversationId,
-        ring: &Ring,
-    ) -> Result<(), ActorError> {
+    pub(crate) async fn catch_up(&self, log: LogRef, ring: &Ring) -> Result<(), ActorError> {
         let epoch = ring.epoch();
         let members: BTreeSet<NodeId> = ring.members().iter().copied().collect();
         let mut sources: BTreeSet<NodeId> = BTreeSet::new();
         for old in lock(&self.rings).iter() {
-            sources.extend(replicas(old, &conv));
+            sources.extend(log.replicas(old));
         }
-        sources.extend(replicas(ring, &conv));
+        sources.extend(log.replicas(ring));
         sources.remove(&self.node_id);
         sources.retain(|n| members.contains(n));
 
-        let log = self.log.clone();
-        blocking(move || log.seal(&conv, epoch)).await?;
-        let mut heads: Vec<(NodeId, Seq)> = Vec::new();
+        self.logs.seal(log, epoch).await?;
+        let mut heads: Vec<(NodeId, u64)> = Vec::new();
         for node in sources {
-            heads.push((node, self.seal_with_retry(node, conv, epoch).await?));
+            heads.push((node, self.seal_with_retry(node, log, epoch).await?));
         }
         // Fetch from the fullest source first; the others then only add what it lacked.
         heads.sort_by_key(|h| std::cmp::Reverse(h.1));
         for (node, their_head) in &heads {
-            let mut local = self.log.head(&conv).map_err(storage_error)?;
+            let mut local = self.logs.head(log)?;
             while local < *their_head {
                 let body = ActorRequestBody::Fetch {
-                    conversation: conv,
+                    log,
                     after: local,
                     limit: PAGE,
                 };
                 let page = match self.direct(*node, epoch, body).await? {
-                    ActorReply::History { messages, .. } => messages,
+                    ActorReply::Entries { entries, .. } => entries,
                     _ => return Err(ActorError::BadPayload("unexpected reply to fetch".into())),
                 };
-                if page.is_empty() {
+                if page.first().is_none() {
                     break;
                 }
-                let log = self.log.clone();
-                local = blocking(move || log.apply_replicated(epoch, &page)).await?;
+                local = self.logs.apply(log, epoch, page).await?;
             }
         }
-        let head = self.log.head(&conv).map_err(storage_error)?;
-        for node in replicas(ring, &conv) {
+        let head = self.logs.head(log)?;
+        for node in log.replicas(ring) {
             if node == self.node_id {
                 continue;
             }
@@ -237,47 +202,43 @@ impl Router {
                 .iter()
                 .find(|(n, _)| *n == node)
                 .map(|(_, h)| *h)
-                .unwrap_or(Seq(0));
+                .unwrap_or(0);
             if theirs < head {
-                if let Err(e) = self
-                    .push_range(node, conv, epoch, theirs, head.next())
-                    .await
-                {
-                    tracing::warn!(conv = %conv, %node, error = %e, "replica repair failed");
+                if let Err(e) = self.push_range(node, log, epoch, theirs, head + 1).await {
+                    tracing::warn!(%log, %node, error = %e, "replica repair failed");
                 }
             }
         }
-        tracing::debug!(conv = %conv, %epoch, %head, "caught up");
+        tracing::debug!(%log, %epoch, head, "caught up");
         Ok(())
     }
 
     async fn seal_with_retry(
         &self,
         node: NodeId,
-        conv: ConversationId,
+        log: LogRef,
         epoch: RingEpoch,
-    ) -> Result<Seq, ActorError> {
+    ) -> Result<u64, ActorError> {
         let mut delay = Duration::from_millis(50);
         let mut last = ActorError::Unavailable(format!("node {node} did not answer"));
         for _ in 0..SEAL_ATTEMPTS {
-            let body = ActorRequestBody::Seal {
-                conversation: conv,
-                epoch,
-            };
-            match self.direct(node, epoch, body).await {
+            match self
+                .direct(node, epoch, ActorRequestBody::Seal { log, epoch })
+                .await
+            {
                 Ok(ActorReply::Head(h)) => return Ok(h),
                 Ok(_) => return Err(ActorError::BadPayload("unexpected reply to seal".into())),
                 Err(e @ ActorError::StaleEpoch { .. }) => return Err(e),
                 Err(e) => last = e,
             }
             if !self.ring().members().contains(&node) {
-                return Ok(Seq(0));
+                return Ok(0);
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(800));
         }
         Err(ActorError::Unavailable(format!(
-            "cannot take over {conv}: {last}"
+            "cannot take over {log}: {last}"
         )))
     }
 
@@ -285,48 +246,37 @@ impl Router {
 
     pub(crate) async fn serve_replicate(
         &self,
-        conv: ConversationId,
+        log: LogRef,
         epoch: RingEpoch,
-        messages: Vec<Message>,
+        entries: Entries,
     ) -> Result<ActorReply, ActorError> {
-        if messages.iter().any(|m| m.conversation != conv) {
-            return Err(ActorError::BadPayload(
-                "messages of another conversation".into(),
-            ));
-        }
-        let head = self.log.head(&conv).map_err(storage_error)?;
-        if let Some(first) = messages.first() {
-            if first.seq > head.next() {
+        let head = self.logs.head(log)?;
+        if let Some(first) = entries.first() {
+            if first > head + 1 {
                 return Err(ActorError::Gap { head });
             }
         }
-        let log = self.log.clone();
-        let head = blocking(move || log.apply_replicated(epoch, &messages)).await?;
-        Ok(ActorReply::Head(head))
+        Ok(ActorReply::Head(
+            self.logs.apply(log, epoch, entries).await?,
+        ))
     }
 
     pub(crate) async fn serve_seal(
         &self,
-        conv: ConversationId,
+        log: LogRef,
         epoch: RingEpoch,
     ) -> Result<ActorReply, ActorError> {
-        let log = self.log.clone();
-        blocking(move || log.seal(&conv, epoch))
-            .await
-            .map(ActorReply::Head)
+        Ok(ActorReply::Head(self.logs.seal(log, epoch).await?))
     }
 
     pub(crate) fn serve_fetch(
         &self,
-        conv: ConversationId,
-        after: Seq,
+        log: LogRef,
+        after: u64,
         limit: u32,
     ) -> Result<ActorReply, ActorError> {
-        let head = self.log.head(&conv).map_err(storage_error)?;
-        let messages = self
-            .log
-            .read_after(&conv, after, limit.min(PAGE) as usize)
-            .map_err(storage_error)?;
-        Ok(ActorReply::History { head, messages })
+        let head = self.logs.head(log)?;
+        let entries = self.logs.read_after(log, after, limit.min(PAGE) as usize)?;
+        Ok(ActorReply::Entries { head, entries })
     }
 }

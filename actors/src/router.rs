@@ -15,15 +15,17 @@ use std::time::Duration;
 use chat_cluster::ring::Ring;
 use chat_cluster::transport::{Channel, PeerError, TransportError};
 use chat_cluster::Metadata;
-use chat_storage::ConversationLog;
-use chat_types::{ClientMsgId, ConversationId, Message, NodeId, RingEpoch, Seq, UserId};
+use chat_types::{ClientMsgId, ConversationId, EventSeq, Message, NodeId, RingEpoch, Seq, UserId};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 
-use crate::connection::{ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound};
+use crate::connection::{
+    ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound, PushFrame,
+};
 use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
 use crate::error::ActorError;
+use crate::logs::LocalLogs;
 use crate::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
 use crate::session::{SessionActor, SessionArgs, SessionMsg};
 
@@ -44,7 +46,7 @@ pub struct RouterStats {
 pub struct Router {
     pub(crate) node_id: NodeId,
     pub(crate) meta: Arc<Metadata>,
-    pub(crate) log: Arc<dyn ConversationLog>,
+    pub(crate) logs: LocalLogs,
     pub(crate) me: Weak<Router>,
     /// Rings seen since this process started, oldest first (bounded): where a conversation's
     /// log may still be when ownership moves.
@@ -88,12 +90,12 @@ impl Target {
 }
 
 impl Router {
-    pub fn new(meta: Arc<Metadata>, log: Arc<dyn ConversationLog>) -> Arc<Router> {
+    pub fn new(meta: Arc<Metadata>, logs: LocalLogs) -> Arc<Router> {
         let router = Arc::new_cyclic(|me| Router {
             node_id: meta.node_id(),
             rings: Mutex::new(vec![meta.ring()]),
             meta,
-            log,
+            logs,
             me: me.clone(),
             conversations: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -169,12 +171,15 @@ impl Router {
     }
 
     /// Registers a new local connection of `user` whose frames go to `out`, and attaches it
-    /// to the user's session on the user's home node.
+    /// to the user's session on the user's home node. With `resume_from`, the session first
+    /// sends the connection every event after that cursor (or a resync notice). Returns the
+    /// user's event head at the time of attaching.
     pub async fn connect(
         &self,
         user: UserId,
         out: mpsc::Sender<Outbound>,
-    ) -> Result<ConnRef, ActorError> {
+        resume_from: Option<EventSeq>,
+    ) -> Result<(ConnRef, EventSeq), ActorError> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (actor, _) = Actor::spawn(None, ConnectionActor, ConnectionArgs { user, out })
             .await
@@ -184,14 +189,22 @@ impl Router {
             node: self.node_id,
             conn,
         };
-        if let Err(e) = self
-            .route(Target::User(user), ActorRequestBody::Attach { user, conn })
-            .await
-        {
-            self.forget_connection(conn.conn);
-            return Err(e);
+        let body = ActorRequestBody::Attach {
+            user,
+            conn,
+            resume_from,
+        };
+        match self.route(Target::User(user), body).await {
+            Ok(ActorReply::Attached { event_head }) => Ok((conn, event_head)),
+            Ok(_) => {
+                self.forget_connection(conn.conn);
+                Err(ActorError::BadPayload("unexpected reply to attach".into()))
+            }
+            Err(e) => {
+                self.forget_connection(conn.conn);
+                Err(e)
+            }
         }
-        Ok(conn)
     }
 
     /// Removes a local connection and detaches it from the user's session.
@@ -238,15 +251,15 @@ impl Router {
         self.route(Target::User(user), body).await.map(|_| ())
     }
 
-    /// Pushes a message to connections held by `node`.
+    /// Pushes a frame to connections held by `node`.
     pub(crate) async fn push(
         &self,
         node: NodeId,
         conns: Vec<u64>,
-        message: Message,
+        frame: PushFrame,
     ) -> Result<(), ActorError> {
         if node == self.node_id {
-            self.push_local(&conns, message);
+            self.push_local(&conns, frame);
             return Ok(());
         }
         let addr = self
@@ -256,7 +269,7 @@ impl Router {
             .peer_addr;
         let req = ActorRequest {
             epoch: self.meta.ring().epoch(),
-            body: ActorRequestBody::Push { conns, message },
+            body: ActorRequestBody::Push { conns, frame },
         };
         let bytes = self
             .meta
@@ -272,11 +285,11 @@ impl Router {
         self.meta.node_info(node).is_none()
     }
 
-    fn push_local(&self, conns: &[u64], message: Message) {
+    fn push_local(&self, conns: &[u64], frame: PushFrame) {
         let map = lock(&self.connections);
         for c in conns {
             if let Some((_, actor)) = map.get(c) {
-                let _ = actor.send_message(ConnectionMsg::Push(message.clone()));
+                let _ = actor.send_message(ConnectionMsg::Push(frame.clone()));
             }
         }
     }
@@ -423,12 +436,19 @@ impl Router {
                 .await?
                 .map(|(head, messages)| ActorReply::History { head, messages })
             }
-            ActorRequestBody::Attach { user, conn } => {
-                self.session_actor(user)
-                    .await?
-                    .send_message(SessionMsg::Attach(conn))
-                    .map_err(stopped)?;
-                Ok(ActorReply::Done)
+            ActorRequestBody::Attach {
+                user,
+                conn,
+                resume_from,
+            } => {
+                let session = self.session_actor(user).await?;
+                call(&session, |reply| SessionMsg::Attach {
+                    conn,
+                    resume_from,
+                    reply,
+                })
+                .await?
+                .map(|event_head| ActorReply::Attached { event_head })
             }
             ActorRequestBody::Detach { user, conn } => {
                 self.session_actor(user)
@@ -442,30 +462,26 @@ impl Router {
                 message,
                 origin,
             } => {
-                self.session_actor(user)
-                    .await?
-                    .send_message(SessionMsg::Deliver { message, origin })
-                    .map_err(stopped)?;
-                Ok(ActorReply::Done)
+                let session = self.session_actor(user).await?;
+                call(&session, |reply| SessionMsg::Deliver {
+                    message,
+                    origin,
+                    reply,
+                })
+                .await?
+                .map(|()| ActorReply::Done)
             }
-            ActorRequestBody::Push { conns, message } => {
-                self.push_local(&conns, message);
+            ActorRequestBody::Push { conns, frame } => {
+                self.push_local(&conns, frame);
                 Ok(ActorReply::Done)
             }
             ActorRequestBody::Replicate {
-                conversation,
+                log,
                 epoch,
-                messages,
-            } => self.serve_replicate(conversation, epoch, messages).await,
-            ActorRequestBody::Seal {
-                conversation,
-                epoch,
-            } => self.serve_seal(conversation, epoch).await,
-            ActorRequestBody::Fetch {
-                conversation,
-                after,
-                limit,
-            } => self.serve_fetch(conversation, after, limit),
+                entries,
+            } => self.serve_replicate(log, epoch, entries).await,
+            ActorRequestBody::Seal { log, epoch } => self.serve_seal(log, epoch).await,
+            ActorRequestBody::Fetch { log, after, limit } => self.serve_fetch(log, after, limit),
         }
     }
 
@@ -478,7 +494,7 @@ impl Router {
         }
         let args = ConversationArgs {
             conversation,
-            log: self.log.clone(),
+            log: self.logs.conversations.clone(),
             router: self.me.clone(),
         };
         let (actor, _) = Actor::spawn(None, ConversationActor, args)
@@ -500,6 +516,7 @@ impl Router {
         }
         let args = SessionArgs {
             user,
+            events: self.logs.events.clone(),
             router: self.me.clone(),
         };
         let (actor, _) = Actor::spawn(None, SessionActor, args)
@@ -540,7 +557,14 @@ impl Router {
                         conn,
                     };
                     let _ = router
-                        .route(Target::User(user), ActorRequestBody::Attach { user, conn })
+                        .route(
+                            Target::User(user),
+                            ActorRequestBody::Attach {
+                                user,
+                                conn,
+                                resume_from: None,
+                            },
+                        )
                         .await;
                 }
             }

@@ -6,12 +6,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chat_actors::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
-use chat_actors::{ActorError, Router};
+use chat_actors::{ActorError, LocalLogs, Router};
 use chat_cluster::transport::{
     serve, Channel, PeerError, PeerHandler, PeerHandlerFuture, Transport,
 };
 use chat_cluster::{ClusterSettings, Metadata, NodeInfo};
-use chat_storage::{Durability, RocksConversationLog, Store};
+use chat_storage::{Durability, RocksConversationLog, RocksUserEventLog, Store};
 use chat_types::{ClientMsgId, ConversationId, NodeId, RingEpoch, Seq, UserId};
 
 struct Dispatch {
@@ -69,8 +69,11 @@ async fn must_start(id: u64, join: Option<String>) -> TestNode {
         .await
         .expect("start metadata");
     let _ = dispatch.meta.set(meta.clone());
-    let log = Arc::new(RocksConversationLog::new(store, Durability::Wal));
-    let router = Router::new(meta.clone(), log);
+    let logs = LocalLogs {
+        conversations: Arc::new(RocksConversationLog::new(store.clone(), Durability::Wal)),
+        events: Arc::new(RocksUserEventLog::new(store, Durability::Wal)),
+    };
+    let router = Router::new(meta.clone(), logs);
     let _ = dispatch.router.set(router.clone());
     TestNode {
         _dir: dir,

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chat_types::{
-    ClientFrame, ClientMsgId, ConversationId, ConversationInfo, Limits, Message, NodeId, Seq,
-    ServerFrame, UserId, PROTOCOL_VERSION,
+    ClientFrame, ClientMsgId, ConversationId, ConversationInfo, EventSeq, Limits, Message, NodeId,
+    Seq, ServerFrame, UserId, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -49,6 +49,9 @@ pub struct ConnectionConfig {
     /// Send a `ping` every half of the welcome's `heartbeat_ms`, so that an idle connection is
     /// not closed as dead. Turn off in tests that count frames or test the server's timeout.
     pub heartbeat: bool,
+    /// Resume the event stream after this cursor (see [`Connection::last_event_seq`]): the
+    /// server first pushes every event the client missed, or a `resync` raw event.
+    pub resume_from: Option<EventSeq>,
 }
 
 impl Default for ConnectionConfig {
@@ -57,6 +60,7 @@ impl Default for ConnectionConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             push_buffer: None,
             heartbeat: true,
+            resume_from: None,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct Welcome {
     pub limits: Limits,
     /// Send something at least this often, or be closed as dead.
     pub heartbeat_ms: u64,
+    /// The user's latest event seq when this connection attached.
+    pub event_head: EventSeq,
 }
 
 /// The server's acknowledgement of a `send`: the message is stored under `seq`.
@@ -188,6 +194,7 @@ impl Connection {
             sink: AsyncMutex::new(sink),
             pending: StdMutex::new(Pending::default()),
             next_id: AtomicU64::new(1),
+            last_event_seq: AtomicU64::new(0),
         });
         let (push_tx, push_rx) = match config.push_buffer {
             None => {
@@ -221,12 +228,14 @@ impl Connection {
     /// Sends `hello` naming `version` and waits for `welcome`. [`Connection::connect`] does
     /// this; call it directly only after [`Connection::connect_without_hello`].
     pub async fn hello(&self, version: u32) -> Result<Welcome, ClientError> {
+        let resume_from = self.config.resume_from;
         let reply = self
             .inner
             .request(
                 |id| ClientFrame::Hello {
                     id: Some(id),
                     version,
+                    resume_from,
                 },
                 true,
                 self.config.request_timeout,
@@ -239,6 +248,7 @@ impl Connection {
             node_id,
             limits,
             heartbeat_ms,
+            event_head,
             ..
         } = reply
         else {
@@ -260,12 +270,19 @@ impl Connection {
             node_id,
             limits,
             heartbeat_ms,
+            event_head,
         })
     }
 
     /// Changes the timeout of the requests made from now on.
     pub fn set_request_timeout(&mut self, timeout: Duration) {
         self.config.request_timeout = timeout;
+    }
+
+    /// The highest `event_seq` pushed to this connection so far (0 before any): pass it as
+    /// [`ConnectionConfig::resume_from`] when reconnecting.
+    pub fn last_event_seq(&self) -> EventSeq {
+        EventSeq(self.inner.last_event_seq.load(Ordering::Relaxed))
     }
 
     pub async fn ping(&self) -> Result<(), ClientError> {
@@ -474,6 +491,8 @@ struct Inner {
     sink: AsyncMutex<SplitSink<WsStream, WsMessage>>,
     pending: StdMutex<Pending>,
     next_id: AtomicU64,
+    /// The highest `event_seq` received: the cursor to resume from.
+    last_event_seq: AtomicU64,
 }
 
 impl Inner {
@@ -587,7 +606,12 @@ async fn read_loop(
                     let routed = lock(&inner.pending).route(frame);
                     match routed {
                         Routed::Delivered => {}
-                        Routed::Push(message) => pushes.send(message).await,
+                        Routed::Push(message, event_seq) => {
+                            if let Some(e) = event_seq {
+                                inner.last_event_seq.fetch_max(e.0, Ordering::Relaxed);
+                            }
+                            pushes.send(message).await
+                        }
                         Routed::Unsolicited(frame) => {
                             let _ = raw.send(RawEvent::Frame(frame));
                         }
@@ -685,6 +709,7 @@ fn frame_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::Ack { .. } => "ack",
         ServerFrame::History { .. } => "history",
         ServerFrame::Message { .. } => "message",
+        ServerFrame::Resync { .. } => "resync",
         ServerFrame::Error { .. } => "error",
     }
 }
@@ -754,6 +779,7 @@ mod tests {
             node_id: NodeId(7),
             limits: Limits::default(),
             heartbeat_ms: 60_000,
+            event_head: EventSeq(0),
         }
     }
 
@@ -786,6 +812,7 @@ mod tests {
             request_timeout: Duration::from_secs(5),
             push_buffer: None,
             heartbeat: false,
+            resume_from: None,
         }
     }
 
@@ -808,6 +835,7 @@ mod tests {
                         must_send(
                             &mut ws,
                             ServerFrame::Message {
+                                event_seq: None,
                                 message: message(1),
                             },
                         )
@@ -903,6 +931,7 @@ mod tests {
             must_send(
                 &mut ws,
                 ServerFrame::Message {
+                    event_seq: None,
                     message: message(1),
                 },
             )
@@ -1000,6 +1029,7 @@ mod tests {
             must_send(
                 &mut ws,
                 ServerFrame::Message {
+                    event_seq: None,
                     message: message(1),
                 },
             )

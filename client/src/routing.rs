@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use chat_types::EventSeq;
 use chat_types::{Message, ServerFrame};
 use tokio::sync::oneshot;
 
@@ -21,7 +22,7 @@ pub(crate) enum Routed {
     /// Handed to the request that waited for it.
     Delivered,
     /// A push for the user.
-    Push(Message),
+    Push(Message, Option<EventSeq>),
     /// Nobody waited for it.
     Unsolicited(ServerFrame),
 }
@@ -64,7 +65,7 @@ impl Pending {
 
     pub(crate) fn route(&mut self, frame: ServerFrame) -> Routed {
         let id = match &frame {
-            ServerFrame::Message { .. } => None,
+            ServerFrame::Message { .. } | ServerFrame::Resync { .. } => None,
             ServerFrame::Welcome { id, .. } | ServerFrame::Error { id, .. } => {
                 id.clone().or_else(|| self.hello.clone())
             }
@@ -73,8 +74,8 @@ impl Pending {
             | ServerFrame::Ack { id, .. }
             | ServerFrame::History { id, .. } => Some(id.clone()),
         };
-        if let ServerFrame::Message { message } = frame {
-            return Routed::Push(message);
+        if let ServerFrame::Message { message, event_seq } = frame {
+            return Routed::Push(message, event_seq);
         }
         let Some(id) = id else {
             return Routed::Unsolicited(frame);
@@ -153,8 +154,11 @@ mod tests {
         let mut p = Pending::default();
         let _rx = p.register("1", false).unwrap();
         assert!(matches!(
-            p.route(ServerFrame::Message { message: message() }),
-            Routed::Push(_)
+            p.route(ServerFrame::Message {
+                message: message(),
+                event_seq: None
+            }),
+            Routed::Push(..)
         ));
         let err = ServerFrame::Error {
             id: None,

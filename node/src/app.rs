@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use chat_actors::Router;
+use chat_actors::{LocalLogs, Router};
 use chat_cluster::transport::{
     serve, Channel, PeerError, PeerHandler, PeerHandlerFuture, Transport,
 };
 use chat_cluster::{ClusterSettings, Metadata, NodeInfo};
-use chat_storage::{Durability, RocksConversationLog, Store};
+use chat_storage::{Durability, RocksConversationLog, RocksUserEventLog, Store};
 use chat_types::{close, NodeId};
 use rand::RngCore;
 
@@ -103,8 +103,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Durability::Wal
     };
-    let log = Arc::new(RocksConversationLog::new(store.clone(), durability));
-    let router = Router::new(meta.clone(), log);
+    let logs = LocalLogs {
+        conversations: Arc::new(RocksConversationLog::new(store.clone(), durability)),
+        events: Arc::new(RocksUserEventLog::new(store.clone(), durability)),
+    };
+    let router = Router::new(meta.clone(), logs);
     let _ = dispatch.router.set(router.clone());
 
     let state = web::Data::new(AppState {

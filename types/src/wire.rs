@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, WireError};
+use crate::event::EventSeq;
 use crate::ids::{ClientMsgId, ConversationId, NodeId, Seq, UserId};
 use crate::limits::Limits;
 
@@ -18,6 +19,10 @@ pub enum ClientFrame {
         #[serde(default)]
         id: Option<String>,
         version: u32,
+        /// Resume the event stream after this `event_seq` (the last one the client saw): the
+        /// server first sends every event after it, in order, or a `resync` notice.
+        #[serde(default)]
+        resume_from: Option<EventSeq>,
     },
     Ping {
         id: String,
@@ -149,6 +154,9 @@ pub enum ServerFrame {
         limits: Limits,
         /// Send something (a `ping` will do) at least this often, or be closed as dead.
         heartbeat_ms: u64,
+        /// The user's latest event seq when the connection attached.
+        #[serde(default)]
+        event_head: EventSeq,
     },
     Pong {
         id: String,
@@ -177,8 +185,16 @@ pub enum ServerFrame {
     /// A new message in one of the user's conversations (including the user's own sends from
     /// any connection).
     Message {
+        /// The event's position in the user's stream: the resume cursor.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_seq: Option<EventSeq>,
         #[serde(flatten)]
         message: Message,
+    },
+    /// The `resume_from` cursor cannot be replayed (too far behind, or unknown): fetch each
+    /// conversation's history, then continue from `event_head`.
+    Resync {
+        event_head: EventSeq,
     },
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -90,7 +90,10 @@ async fn read_loop(mut stream: MessageStream, tx: mpsc::Sender<Inbound>, mut ses
 struct Conn {
     state: Arc<AppState>,
     principal: Principal,
-    conn: ConnRef,
+    /// Set once `hello` has attached the connection to the user's session.
+    conn: Option<ConnRef>,
+    /// Where the connection actor sends pushes; handed to the router at `hello`.
+    out: mpsc::Sender<Outbound>,
     session: Session,
     greeted: bool,
     bad_frames: u32,
@@ -104,33 +107,19 @@ enum Next {
 async fn run_connection(
     state: Arc<AppState>,
     principal: Principal,
-    mut session: Session,
+    session: Session,
     mut inbound: mpsc::Receiver<Inbound>,
 ) {
+    // The connection joins its user's session when `hello` arrives (it may carry a resume
+    // cursor); until then nothing is pushed to it.
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(state.config.limits.outbound_queue);
-    let conn = match state.router.connect(principal.user_id, out_tx).await {
-        Ok(c) => c,
-        Err(e) => {
-            let frame = ServerFrame::Error {
-                id: None,
-                error: e.to_wire(),
-            };
-            let _ = send_frame(&mut session, &frame).await;
-            let _ = session
-                .close(Some(reason(
-                    close::GOING_AWAY,
-                    "cluster unavailable; retry",
-                )))
-                .await;
-            return;
-        }
-    };
     Metrics::inc(&state.metrics.ws_connections_total);
     let idle = Duration::from_millis(state.config.limits.heartbeat_ms * 2);
     let mut c = Conn {
         state: state.clone(),
         principal,
-        conn,
+        conn: None,
+        out: out_tx,
         session,
         greeted: false,
         bad_frames: 0,
@@ -171,7 +160,9 @@ async fn run_connection(
     if let Next::Close(code, why) = outcome {
         let _ = c.session.clone().close(Some(reason(code, &why))).await;
     }
-    state.router.disconnect(c.principal.user_id, c.conn).await;
+    if let Some(conn) = c.conn {
+        state.router.disconnect(c.principal.user_id, conn).await;
+    }
 }
 
 fn reason(code: u16, why: &str) -> CloseReason {
@@ -226,7 +217,20 @@ impl Conn {
             Ok(f) => f,
             Err((id, e)) => return self.bad_frame(id, e).await,
         };
-        if let ClientFrame::Hello { id, version } = frame {
+        if let ClientFrame::Hello {
+            id,
+            version,
+            resume_from,
+        } = frame
+        {
+            if self.greeted {
+                return self
+                    .bad_frame(
+                        id,
+                        WireError::new(ErrorCode::InvalidArgument, "hello was already sent"),
+                    )
+                    .await;
+            }
             if version != PROTOCOL_VERSION {
                 let e = WireError::new(
                     ErrorCode::UnsupportedVersion,
@@ -235,6 +239,22 @@ impl Conn {
                 let _ = self.error(id, e).await;
                 return Next::Close(close::HANDSHAKE, "unsupported protocol version".into());
             }
+            // Events missed since `resume_from` are queued for this connection before the
+            // welcome is written, and sent right after it.
+            let user = self.principal.user_id;
+            let attached = self
+                .state
+                .router
+                .connect(user, self.out.clone(), resume_from)
+                .await;
+            let (conn, event_head) = match attached {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = self.error(id, e.to_wire()).await;
+                    return Next::Close(close::GOING_AWAY, "cluster unavailable; retry".into());
+                }
+            };
+            self.conn = Some(conn);
             self.greeted = true;
             let welcome = ServerFrame::Welcome {
                 id,
@@ -244,6 +264,7 @@ impl Conn {
                 node_id: self.state.meta.node_id(),
                 limits: self.state.config.wire_limits(),
                 heartbeat_ms: self.state.config.limits.heartbeat_ms,
+                event_head,
             };
             return self.reply(welcome).await;
         }
@@ -286,7 +307,7 @@ impl Conn {
                 }
                 let router = self.state.router.clone();
                 let user = self.principal.user_id;
-                let origin = Some(self.conn);
+                let origin = self.conn;
                 match router
                     .append(user, conversation, client_msg_id, body, origin)
                     .await
