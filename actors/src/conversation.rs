@@ -25,6 +25,8 @@ use crate::router::Router;
 const DELIVERY_ATTEMPTS: u32 = 20;
 
 pub enum ConversationMsg {
+    /// Catch up and deliver what a previous owner left undelivered, without a client request.
+    Wake,
     Append {
         sender: UserId,
         client_msg_id: ClientMsgId,
@@ -71,9 +73,57 @@ impl ConversationState {
                 .catch_up(LogRef::Conversation(self.conversation), &ring)
                 .await?;
             self.synced_at = Some(ring.epoch());
+            self.deliver_again()?;
         }
         Ok((router, ring))
     }
+
+    /// Queues for delivery every stored message beyond the delivery watermark: a previous
+    /// owner may have acknowledged them and died before they reached every member.
+    fn deliver_again(&self) -> Result<(), ActorError> {
+        let storage = crate::logs::storage_error;
+        let mut after = self.log.delivered(&self.conversation).map_err(storage)?;
+        loop {
+            let page = self
+                .log
+                .read_after(&self.conversation, after, 500)
+                .map_err(storage)?;
+            let Some(last) = page.last().map(|m| m.seq) else {
+                return Ok(());
+            };
+            for m in page {
+                let _ = self.fanout.send((m, None));
+            }
+            after = last;
+        }
+    }
+}
+
+/// Delivers one message to one member, retrying for a while; false when it gave up.
+async fn deliver_with_retries(
+    router: &Router,
+    member: UserId,
+    message: &Message,
+    origin: Option<ConnRef>,
+) -> bool {
+    let mut delay = std::time::Duration::from_millis(50);
+    for attempt in 1..=DELIVERY_ATTEMPTS {
+        match router.deliver(member, message.clone(), origin).await {
+            Ok(()) => return true,
+            Err(e) if attempt == DELIVERY_ATTEMPTS => tracing::warn!(
+                conv = %message.conversation,
+                seq = %message.seq,
+                user = %member,
+                error = %e,
+                "delivery failed; the next owner of the conversation delivers it again"
+            ),
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+    false
 }
 
 fn now_ms() -> u64 {
@@ -95,33 +145,34 @@ impl Actor for ConversationActor {
     ) -> Result<ConversationState, ActorProcessingErr> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Option<ConnRef>)>();
         let router = args.router.clone();
-        let members = args.conversation.direct_members();
+        let log = args.log.clone();
+        let conversation = args.conversation;
+        let members = conversation.direct_members();
         // Deliveries leave in seq order: one at a time, each to every member's home node,
         // where it becomes an event of the member's stream. A failed delivery is retried
-        // (the event log deduplicates) before the next message goes out.
+        // (the event log deduplicates) before the next message goes out; once a message has
+        // reached every member, the delivery watermark moves past it.
         tokio::spawn(async move {
+            // After one message could not be delivered the watermark stays below it, so that
+            // the next actor for this conversation delivers it (and what follows) again.
+            let mut stuck = false;
             while let Some((message, origin)) = rx.recv().await {
+                let mut all_delivered = true;
                 for member in &members {
-                    let mut delay = std::time::Duration::from_millis(50);
-                    for attempt in 1..=DELIVERY_ATTEMPTS {
-                        let Some(router) = router.upgrade() else {
-                            return;
-                        };
-                        match router.deliver(*member, message.clone(), origin).await {
-                            Ok(()) => break,
-                            Err(e) if attempt == DELIVERY_ATTEMPTS => tracing::warn!(
-                                conv = %message.conversation,
-                                seq = %message.seq,
-                                user = %member,
-                                error = %e,
-                                "delivery failed; the member catches up from history"
-                            ),
-                            Err(_) => {
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(std::time::Duration::from_secs(2));
-                            }
-                        }
+                    let Some(router) = router.upgrade() else {
+                        return;
+                    };
+                    if !deliver_with_retries(&router, *member, &message, origin).await {
+                        all_delivered = false;
                     }
+                }
+                stuck |= !all_delivered;
+                if !stuck {
+                    let log = log.clone();
+                    let seq = message.seq;
+                    let _ =
+                        tokio::task::spawn_blocking(move || log.set_delivered(&conversation, seq))
+                            .await;
                 }
             }
         });
@@ -210,6 +261,11 @@ impl Actor for ConversationActor {
                     let _ = state.fanout.send((outcome.message.clone(), origin));
                 }
                 let _ = reply.send(Ok((outcome.message, outcome.duplicate)));
+            }
+            ConversationMsg::Wake => {
+                if let Err(e) = state.ready().await {
+                    tracing::warn!(conv = %state.conversation, error = %e, "taking over failed; the next request retries");
+                }
             }
             ConversationMsg::History {
                 after,

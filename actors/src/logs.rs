@@ -168,6 +168,28 @@ impl LocalLogs {
         .await
     }
 
+    /// The delivery watermark of a conversation log (event streams have none: 0).
+    pub fn watermark(&self, log: LogRef) -> Result<u64, ActorError> {
+        match log {
+            LogRef::Conversation(c) => self
+                .conversations
+                .delivered(&c)
+                .map(|s| s.0)
+                .map_err(storage_error),
+            LogRef::User(_) => Ok(0),
+        }
+    }
+
+    pub fn raise_watermark(&self, log: LogRef, watermark: u64) -> Result<(), ActorError> {
+        match log {
+            LogRef::Conversation(c) if watermark > 0 => self
+                .conversations
+                .set_delivered(&c, Seq(watermark))
+                .map_err(storage_error),
+            _ => Ok(()),
+        }
+    }
+
     pub async fn seal(&self, log: LogRef, epoch: RingEpoch) -> Result<u64, ActorError> {
         let me = self.clone();
         blocking(move || match log {

@@ -59,6 +59,9 @@ pub enum ActorRequestBody {
         log: LogRef,
         epoch: RingEpoch,
         entries: Entries,
+        /// The owner's delivery watermark (conversation logs; 0 for event streams), so
+        /// that a replica that becomes owner knows what it must deliver again.
+        watermark: u64,
     },
     /// From a new owner to a node that may hold the log: refuse older epochs from now on and
     /// tell me your head.
@@ -77,8 +80,13 @@ pub enum ActorReply {
         head: Seq,
         messages: Vec<Message>,
     },
-    /// A replica's head after a seal or a replicate.
+    /// A replica's head after a replicate.
     Head(u64),
+    /// A sealed node's head and delivery watermark.
+    Sealed {
+        head: u64,
+        watermark: u64,
+    },
     /// A page of a log for a catching-up owner.
     Entries {
         head: u64,

@@ -71,11 +71,12 @@ impl Router {
             return Err(ActorError::Unavailable("node is shutting down".into()));
         };
         let epoch = ring.epoch();
+        let watermark = self.logs.watermark(log)?;
         let mut tasks = JoinSet::new();
         for node in others {
             let me = me.clone();
             let entries = entries.clone();
-            tasks.spawn(async move { me.replicate_to(node, log, epoch, entries).await });
+            tasks.spawn(async move { me.replicate_to(node, log, epoch, entries, watermark).await });
         }
         let mut last_err = None;
         while acks < majority {
@@ -104,11 +105,13 @@ impl Router {
         log: LogRef,
         epoch: RingEpoch,
         entries: Entries,
+        watermark: u64,
     ) -> Result<(), ActorError> {
         let body = ActorRequestBody::Replicate {
             log,
             epoch,
             entries: entries.clone(),
+            watermark,
         };
         match self.direct(node, epoch, body).await {
             Ok(_) => Ok(()),
@@ -119,6 +122,7 @@ impl Router {
                     log,
                     epoch,
                     entries,
+                    watermark,
                 };
                 self.direct(node, epoch, body).await.map(|_| ())
             }
@@ -147,6 +151,7 @@ impl Router {
                 log,
                 epoch,
                 entries: page,
+                watermark: 0,
             };
             self.direct(node, epoch, body).await?;
             after = last;
@@ -170,8 +175,11 @@ impl Router {
 
         self.logs.seal(log, epoch).await?;
         let mut heads: Vec<(NodeId, u64)> = Vec::new();
+        let mut watermark = self.logs.watermark(log)?;
         for node in sources {
-            heads.push((node, self.seal_with_retry(node, log, epoch).await?));
+            let (head, theirs) = self.seal_with_retry(node, log, epoch).await?;
+            heads.push((node, head));
+            watermark = watermark.max(theirs);
         }
         // Fetch from the fullest source first; the others then only add what it lacked.
         heads.sort_by_key(|h| std::cmp::Reverse(h.1));
@@ -194,6 +202,7 @@ impl Router {
             }
         }
         let head = self.logs.head(log)?;
+        self.logs.raise_watermark(log, watermark.min(head))?;
         for node in log.replicas(ring) {
             if node == self.node_id {
                 continue;
@@ -218,7 +227,7 @@ impl Router {
         node: NodeId,
         log: LogRef,
         epoch: RingEpoch,
-    ) -> Result<u64, ActorError> {
+    ) -> Result<(u64, u64), ActorError> {
         let mut delay = Duration::from_millis(50);
         let mut last = ActorError::Unavailable(format!("node {node} did not answer"));
         for _ in 0..SEAL_ATTEMPTS {
@@ -226,13 +235,13 @@ impl Router {
                 .direct(node, epoch, ActorRequestBody::Seal { log, epoch })
                 .await
             {
-                Ok(ActorReply::Head(h)) => return Ok(h),
+                Ok(ActorReply::Sealed { head, watermark }) => return Ok((head, watermark)),
                 Ok(_) => return Err(ActorError::BadPayload("unexpected reply to seal".into())),
                 Err(e @ ActorError::StaleEpoch { .. }) => return Err(e),
                 Err(e) => last = e,
             }
             if !self.ring().members().contains(&node) {
-                return Ok(0);
+                return Ok((0, 0));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(800));
@@ -249,6 +258,7 @@ impl Router {
         log: LogRef,
         epoch: RingEpoch,
         entries: Entries,
+        watermark: u64,
     ) -> Result<ActorReply, ActorError> {
         let head = self.logs.head(log)?;
         if let Some(first) = entries.first() {
@@ -256,9 +266,9 @@ impl Router {
                 return Err(ActorError::Gap { head });
             }
         }
-        Ok(ActorReply::Head(
-            self.logs.apply(log, epoch, entries).await?,
-        ))
+        let head = self.logs.apply(log, epoch, entries).await?;
+        self.logs.raise_watermark(log, watermark.min(head))?;
+        Ok(ActorReply::Head(head))
     }
 
     pub(crate) async fn serve_seal(
@@ -266,7 +276,11 @@ impl Router {
         log: LogRef,
         epoch: RingEpoch,
     ) -> Result<ActorReply, ActorError> {
-        Ok(ActorReply::Head(self.logs.seal(log, epoch).await?))
+        let head = self.logs.seal(log, epoch).await?;
+        Ok(ActorReply::Sealed {
+            head,
+            watermark: self.logs.watermark(log)?,
+        })
     }
 
     pub(crate) fn serve_fetch(

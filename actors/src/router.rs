@@ -103,6 +103,7 @@ impl Router {
             next_conn: AtomicU64::new(1),
         });
         router.spawn_reattach_on_ring_change();
+        router.wake_undelivered(&router.meta.ring());
         router
     }
 
@@ -479,7 +480,8 @@ impl Router {
                 log,
                 epoch,
                 entries,
-            } => self.serve_replicate(log, epoch, entries).await,
+                watermark,
+            } => self.serve_replicate(log, epoch, entries, watermark).await,
             ActorRequestBody::Seal { log, epoch } => self.serve_seal(log, epoch).await,
             ActorRequestBody::Fetch { log, after, limit } => self.serve_fetch(log, after, limit),
         }
@@ -547,6 +549,7 @@ impl Router {
                     rings.drain(..excess);
                 }
                 router.drop_unowned(&ring);
+                router.wake_undelivered(&ring);
                 let conns: Vec<(u64, UserId)> = lock(&router.connections)
                     .iter()
                     .map(|(c, (u, _))| (*c, *u))
@@ -566,6 +569,39 @@ impl Router {
                             },
                         )
                         .await;
+                }
+            }
+        });
+    }
+
+    /// Starts the actor of every conversation this node owns under `ring` whose log holds
+    /// messages beyond its delivery watermark (after a restart, or when a dead owner's
+    /// conversations move here), so that they reach their members without waiting for the
+    /// next send.
+    fn wake_undelivered(&self, ring: &Ring) {
+        let convs = match self.logs.conversations.undelivered() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot scan for undelivered messages");
+                return;
+            }
+        };
+        let me = self.me.clone();
+        let mine: Vec<ConversationId> = convs
+            .into_iter()
+            .filter(|c| ring.owner_of_conversation(c) == Some(self.node_id))
+            .collect();
+        if mine.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for conv in mine {
+                let Some(router) = me.upgrade() else { return };
+                match router.conversation_actor(conv).await {
+                    Ok(actor) => {
+                        let _ = actor.send_message(ConversationMsg::Wake);
+                    }
+                    Err(e) => tracing::warn!(%conv, error = %e, "cannot start conversation actor"),
                 }
             }
         });

@@ -75,7 +75,7 @@ impl SessionState {
         let events = self.events.clone();
         let user = self.user;
         let epoch = ring.epoch();
-        let (event, _duplicate) =
+        let (event, duplicate) =
             blocking(move || events.append(user, epoch, UserEvent::Message { message }))
                 .await
                 .inspect_err(|e| {
@@ -90,7 +90,12 @@ impl SessionState {
                 Entries::Events(vec![event.clone()]),
             )
             .await?;
-        self.push(&router, PushFrame::Event(event), origin).await;
+        tracing::debug!(user = %self.user, event = %event.event_seq, duplicate, "event appended");
+        // A repeated delivery (a retry, a new conversation owner delivering again) was pushed
+        // the first time; a client that missed it finds it by resuming from its cursor.
+        if !duplicate {
+            self.push(&router, PushFrame::Event(event), origin).await;
+        }
         Ok(())
     }
 
@@ -144,6 +149,7 @@ impl SessionState {
                     .map(PushFrame::Event)
                     .collect()
             };
+            tracing::debug!(user = %self.user, %cursor, %head, "replaying to a resuming connection");
             for frame in frames {
                 router.push(conn.node, vec![conn.conn], frame).await?;
             }

@@ -53,8 +53,16 @@ enum ClusterRequest {
 enum ClusterReply {
     Joined,
     Removed,
-    Written(MetaResponse),
-    Failed { retry: bool, detail: String },
+    /// The answer and the log index of the entry, so the asking node can wait until it has
+    /// applied it too (read-your-writes on the node a client talks to).
+    Written {
+        resp: MetaResponse,
+        index: u64,
+    },
+    Failed {
+        retry: bool,
+        detail: String,
+    },
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ClusterError> {
@@ -243,7 +251,17 @@ impl Metadata {
                         .forward(&node.peer_addr, &ClusterRequest::Write(cmd.clone()))
                         .await
                     {
-                        Ok(ClusterReply::Written(resp)) => return Ok(resp),
+                        Ok(ClusterReply::Written { resp, index }) => {
+                            let waited = self
+                                .raft
+                                .wait(Some(FORWARD_TIMEOUT))
+                                .applied_index_at_least(Some(index), "forwarded write")
+                                .await;
+                            if let Err(e) = waited {
+                                tracing::warn!(error = %e, "forwarded write not applied here yet");
+                            }
+                            return Ok(resp);
+                        }
                         Ok(ClusterReply::Failed {
                             retry: true,
                             detail,
@@ -458,7 +476,10 @@ impl Metadata {
                     ClusterRequest::Join { node_id, info } => self.admit(node_id, info).await,
                     ClusterRequest::Remove { node_id } => self.remove_on_leader(node_id).await,
                     ClusterRequest::Write(cmd) => match self.raft.client_write(cmd).await {
-                        Ok(resp) => ClusterReply::Written(resp.data),
+                        Ok(resp) => ClusterReply::Written {
+                            index: resp.log_id.index,
+                            resp: resp.data,
+                        },
                         Err(e) => ClusterReply::Failed {
                             retry: !matches!(e, RaftError::Fatal(_)),
                             detail: e.to_string(),

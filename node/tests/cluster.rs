@@ -254,12 +254,30 @@ async fn three_nodes_deliver_in_order_dedup_retries_and_keep_history_across_rest
         .expect("send");
     assert_eq!((ack.seq, ack.duplicate), (Seq(7), false));
 
-    // Logout revokes the token everywhere.
+    // Logout revokes the token everywhere: at once on the node that served it, and on the
+    // others as soon as they apply the Raft entry (one heartbeat or so).
     n1.api().logout(&bob_login.token).await.expect("logout");
-    let err = n2
+    let err = n1
         .api()
         .history(&bob_login.token, conv, HistoryQuery::default())
         .await
-        .expect_err("revoked");
+        .expect_err("revoked on the node that logged out");
     assert_eq!(err.code(), Some(chat_types::ErrorCode::Unauthorized));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match n2
+            .api()
+            .history(&bob_login.token, conv, HistoryQuery::default())
+            .await
+        {
+            Err(e) => {
+                assert_eq!(e.code(), Some(chat_types::ErrorCode::Unauthorized));
+                break;
+            }
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Ok(_) => panic!("a revoked token still works on n2 after 3 s"),
+        }
+    }
 }

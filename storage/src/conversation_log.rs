@@ -21,7 +21,7 @@ use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Durability, Store, CF_DEDUP, CF_HEAD, CF_MSG};
+use crate::db::{Durability, Store, CF_DEDUP, CF_DELIVERED, CF_HEAD, CF_MSG};
 use crate::error::StorageError;
 use crate::fence;
 use crate::keys::{
@@ -66,6 +66,13 @@ pub trait ConversationLog: Send + Sync {
     /// Raises the fence to `epoch` (refusing an older one) and returns the head: after this,
     /// writes from older epochs are refused.
     fn seal(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<Seq, StorageError>;
+    /// The delivery watermark: every message up to it has reached every member's event
+    /// stream. A new owner delivers again what lies beyond it (deliveries are idempotent).
+    fn delivered(&self, conv: &ConversationId) -> Result<Seq, StorageError>;
+    /// Raises the delivery watermark (never lowers it).
+    fn set_delivered(&self, conv: &ConversationId, seq: Seq) -> Result<(), StorageError>;
+    /// Conversations held here with messages beyond their delivery watermark.
+    fn undelivered(&self) -> Result<Vec<ConversationId>, StorageError>;
     /// Up to `limit` messages with seq > `after`, ascending.
     fn read_after(
         &self,
@@ -270,6 +277,52 @@ impl ConversationLog for RocksConversationLog {
             .db()
             .write_opt(batch, &Store::write_opts(self.durability))?;
         self.head(conv)
+    }
+
+    fn delivered(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
+        let key = conv.to_key();
+        match self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_DELIVERED)?, key)?
+        {
+            Some(v) => Ok(Seq(decode_u64_v1(CF_DELIVERED, &key, &v)?)),
+            None => Ok(Seq(0)),
+        }
+    }
+
+    fn undelivered(&self) -> Result<Vec<ConversationId>, StorageError> {
+        let mut out = Vec::new();
+        let iter = self
+            .store
+            .db()
+            .iterator_cf(self.store.cf(CF_HEAD)?, IteratorMode::Start);
+        for item in iter {
+            let (k, v) = item?;
+            let Some(conv) = ConversationId::from_key(&k) else {
+                return Err(StorageError::corrupt(CF_HEAD, &k));
+            };
+            let head = Seq(decode_u64_v1(CF_HEAD, &k, &v)?);
+            if self.delivered(&conv)? < head {
+                out.push(conv);
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_delivered(&self, conv: &ConversationId, seq: Seq) -> Result<(), StorageError> {
+        let _guard = self.stripe(conv).lock().unwrap_or_else(|p| p.into_inner());
+        if seq <= self.delivered(conv)? {
+            return Ok(());
+        }
+        // Losing this write only means delivering a few messages again: no fsync.
+        self.store.db().put_cf_opt(
+            self.store.cf(CF_DELIVERED)?,
+            conv.to_key(),
+            encode_u64_v1(seq.0),
+            &Store::write_opts(Durability::Wal),
+        )?;
+        Ok(())
     }
 
     fn read_after(
@@ -489,6 +542,27 @@ mod tests {
         newer.epoch = RingEpoch(5);
         assert_eq!(log.append(newer).expect("append").message.seq, Seq(2));
         assert_eq!(log.head(&c).expect("head"), Seq(2));
+    }
+
+    #[test]
+    fn the_delivery_watermark_only_rises() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        assert_eq!(log.delivered(&c).expect("read"), Seq(0));
+        log.set_delivered(&c, Seq(5)).expect("set");
+        log.set_delivered(&c, Seq(3)).expect("set lower");
+        assert_eq!(log.delivered(&c).expect("read"), Seq(5));
+        let other = ConversationId::direct(UserId(3), UserId(4));
+        log.append(req(c, 1, "m1", "x")).expect("append");
+        log.append(req(other, 3, "m1", "x")).expect("append");
+        log.set_delivered(&other, Seq(1)).expect("set");
+        assert_eq!(
+            log.undelivered().expect("scan"),
+            Vec::<ConversationId>::new()
+        );
+        log.append(req(other, 3, "m2", "x")).expect("append");
+        assert_eq!(log.undelivered().expect("scan"), vec![other]);
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub const CF_MSG: &str = "conv_seq_message";
 pub const CF_HEAD: &str = "conv_head";
 /// `conv(17) ++ sender(8) ++ client_msg_id` -> versioned seq.
 pub const CF_DEDUP: &str = "conv_sender_cmid_seq";
+/// `conv(17)` -> versioned seq: every message up to it has reached all members' streams.
+pub const CF_DELIVERED: &str = "conv_delivered";
 /// `conv(17)` -> versioned ring epoch: the newest owner epoch this replica has seen.
 pub const CF_FENCE: &str = "conv_fence";
 /// `user(8) ++ event_seq(8)` -> versioned user event.
@@ -37,6 +39,7 @@ const ALL_CFS: &[&str] = &[
     CF_HEAD,
     CF_DEDUP,
     CF_FENCE,
+    CF_DELIVERED,
     CF_EVENTS,
     CF_EVENT_HEAD,
     CF_EVENT_DEDUP,

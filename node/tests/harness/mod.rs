@@ -54,7 +54,10 @@ impl NodeProc {
             .arg(&self.http)
             .arg("--peer-addr")
             .arg(&self.peer)
-            .env("CHAT_LOG", "info,openraft=warn")
+            .env(
+                "CHAT_LOG",
+                std::env::var("TEST_CHAT_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .env("CHAT_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
@@ -128,12 +131,15 @@ impl NodeProc {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        lines[lines.len().saturating_sub(150)..].join("\n")
     }
 }
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("----- {} log (tail) -----\n{}", self.name, self.log_tail());
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
