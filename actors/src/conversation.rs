@@ -240,13 +240,19 @@ impl Actor for ConversationActor {
                         return Ok(());
                     }
                 };
-                let replicated = router
-                    .replicate_quorum(
-                        LogRef::Conversation(state.conversation),
-                        &ring,
-                        Entries::Messages(vec![outcome.message.clone()]),
-                    )
-                    .await;
+                let log_ref = LogRef::Conversation(state.conversation);
+                let entries = Entries::Messages(vec![outcome.message.clone()]);
+                let replicated = if router.breakage.ack_before_quorum {
+                    // Deliberately broken (tests only): acknowledge now, replicate later.
+                    let (router, ring) = (router.clone(), ring.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                        let _ = router.replicate_quorum(log_ref, &ring, entries).await;
+                    });
+                    Ok(())
+                } else {
+                    router.replicate_quorum(log_ref, &ring, entries).await
+                };
                 if let Err(e) = replicated {
                     tracing::warn!(conv = %state.conversation, seq = %outcome.message.seq, error = %e, "no replica quorum; not acknowledged");
                     if matches!(e, ActorError::StaleEpoch { .. }) {

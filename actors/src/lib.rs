@@ -23,4 +23,4 @@ pub mod session;
 pub use connection::{ConnRef, Outbound, PushFrame};
 pub use error::ActorError;
 pub use logs::LocalLogs;
-pub use router::{Router, RouterStats};
+pub use router::{Router, RouterBreakage, RouterStats};

@@ -43,8 +43,17 @@ pub struct RouterStats {
     pub sessions: usize,
 }
 
+/// Switches that break a guarantee on purpose, for tests that must see the checks fail.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RouterBreakage {
+    /// Acknowledge a send before any replica holds it (replication follows three seconds later),
+    /// so that losing the owner right after an ack loses the message.
+    pub ack_before_quorum: bool,
+}
+
 pub struct Router {
     pub(crate) node_id: NodeId,
+    pub(crate) breakage: RouterBreakage,
     pub(crate) meta: Arc<Metadata>,
     pub(crate) logs: LocalLogs,
     pub(crate) me: Weak<Router>,
@@ -91,7 +100,17 @@ impl Target {
 
 impl Router {
     pub fn new(meta: Arc<Metadata>, logs: LocalLogs) -> Arc<Router> {
+        Router::with_breakage(meta, logs, RouterBreakage::default())
+    }
+
+    /// [`Router::new`] with guarantees broken on purpose (tests only).
+    pub fn with_breakage(
+        meta: Arc<Metadata>,
+        logs: LocalLogs,
+        breakage: RouterBreakage,
+    ) -> Arc<Router> {
         let router = Arc::new_cyclic(|me| Router {
+            breakage,
             node_id: meta.node_id(),
             rings: Mutex::new(vec![meta.ring()]),
             meta,

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use chat_actors::{LocalLogs, Router};
+use chat_actors::{LocalLogs, Router, RouterBreakage};
 use chat_cluster::transport::{
     serve, Channel, PeerError, PeerHandler, PeerHandlerFuture, Transport,
 };
 use chat_cluster::{ClusterSettings, Metadata, NodeInfo};
-use chat_storage::{Durability, RocksConversationLog, RocksUserEventLog, Store};
+use chat_storage::{Breakage, Durability, RocksConversationLog, RocksUserEventLog, Store};
 use chat_types::{close, NodeId};
 use rand::RngCore;
 
@@ -54,6 +54,31 @@ fn node_id(store: &Store) -> anyhow::Result<NodeId> {
     let id = (rand::rngs::OsRng.next_u64() >> 1).max(1);
     store.local_put("node_id", &id.to_be_bytes())?;
     Ok(NodeId(id))
+}
+
+/// Deliberate-breakage switches for tests that must see the delivery checks fail:
+/// `CHAT_FAILPOINTS=ack_before_quorum,no_fencing,dedup_not_replicated`. Debug builds only; a
+/// release build refuses to break itself and says so.
+fn breakage_from_env() -> (Breakage, RouterBreakage) {
+    let mut log = Breakage::default();
+    let mut router = RouterBreakage::default();
+    let Ok(spec) = std::env::var("CHAT_FAILPOINTS") else {
+        return (log, router);
+    };
+    if !cfg!(debug_assertions) {
+        tracing::warn!("CHAT_FAILPOINTS is ignored in release builds");
+        return (log, router);
+    }
+    for name in spec.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "ack_before_quorum" => router.ack_before_quorum = true,
+            "no_fencing" => log.no_fencing = true,
+            "dedup_not_replicated" => log.dedup_not_replicated = true,
+            other => tracing::warn!(failpoint = other, "unknown failpoint ignored"),
+        }
+        tracing::warn!(failpoint = name, "guarantee deliberately broken");
+    }
+    (log, router)
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -103,11 +128,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         Durability::Wal
     };
+    let (log_breakage, router_breakage) = breakage_from_env();
     let logs = LocalLogs {
-        conversations: Arc::new(RocksConversationLog::new(store.clone(), durability)),
+        conversations: Arc::new(
+            RocksConversationLog::new(store.clone(), durability).with_breakage(log_breakage),
+        ),
         events: Arc::new(RocksUserEventLog::new(store.clone(), durability)),
     };
-    let router = Router::new(meta.clone(), logs);
+    let router = Router::with_breakage(meta.clone(), logs, router_breakage);
     let _ = dispatch.router.set(router.clone());
 
     let state = web::Data::new(AppState {

@@ -98,10 +98,21 @@ struct StoredMessageV1 {
     ts_ms: u64,
 }
 
+/// Switches that break a guarantee on purpose, so that tests can show their checks fail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Breakage {
+    /// Accept writes from any epoch: an old owner can keep writing after a new one took over.
+    pub no_fencing: bool,
+    /// Replicas store messages without their dedup records, so a retry that reaches a new
+    /// owner is stored again.
+    pub dedup_not_replicated: bool,
+}
+
 /// [`ConversationLog`] on the node's RocksDB.
 pub struct RocksConversationLog {
     store: Store,
     durability: Durability,
+    breakage: Breakage,
     stripes: Vec<Mutex<()>>,
 }
 
@@ -118,6 +129,7 @@ impl RocksConversationLog {
         RocksConversationLog {
             store,
             durability,
+            breakage: Breakage::default(),
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
@@ -254,8 +266,10 @@ impl ConversationLog for RocksConversationLog {
                 mkey,
                 encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
             );
-            let dkey = dedup_key(&conv, m.sender, m.client_msg_id.as_str());
-            batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(m.seq.0));
+            if !self.breakage.dedup_not_replicated {
+                let dkey = dedup_key(&conv, m.sender, m.client_msg_id.as_str());
+                batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(m.seq.0));
+            }
             head = head.max(m.seq);
         }
         batch.put_cf(
@@ -359,7 +373,17 @@ impl RocksConversationLog {
     }
 
     fn check_fence(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<(), StorageError> {
+        if self.breakage.no_fencing {
+            return Ok(());
+        }
         fence::check(&self.store, &conv.to_key(), epoch)
+    }
+
+    /// Deliberately breaks a guarantee, for tests that must see the checks fail. Only the
+    /// node's debug builds honour it.
+    pub fn with_breakage(mut self, breakage: Breakage) -> Self {
+        self.breakage = breakage;
+        self
     }
 
     /// Up to `limit` messages of `conv` from `from` (inclusive) in `direction`.

@@ -17,7 +17,9 @@ pub mod keys;
 pub mod raft_kv;
 pub mod user_events;
 
-pub use conversation_log::{AppendOutcome, AppendRequest, ConversationLog, RocksConversationLog};
+pub use conversation_log::{
+    AppendOutcome, AppendRequest, Breakage, ConversationLog, RocksConversationLog,
+};
 pub use db::{Durability, Store};
 pub use error::StorageError;
 pub use user_events::{RocksUserEventLog, UserEventLog};

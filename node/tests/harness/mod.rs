@@ -26,6 +26,8 @@ pub struct NodeProc {
     pub http: String,
     pub peer: String,
     pub join: Option<String>,
+    /// Extra environment for the process (e.g. `CHAT_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -37,6 +39,7 @@ impl NodeProc {
             http: format!("127.0.0.1:{}", free_port()),
             peer: format!("127.0.0.1:{}", free_port()),
             join,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -65,6 +68,7 @@ impl NodeProc {
         if let Some(j) = &self.join {
             cmd.arg("--join").arg(j);
         }
+        cmd.envs(self.env.iter().cloned());
         self.child = Some(cmd.spawn().expect("spawn chat-node"));
     }
 
