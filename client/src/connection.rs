@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chat_types::rest::{ContactsResponse, ProfileUpdate, SettingsUpdate};
 use chat_types::{
-    ClientFrame, ClientMsgId, ConversationId, ConversationInfo, EventSeq, Limits, Message, NodeId,
-    Seq, ServerFrame, UserId, PROTOCOL_VERSION,
+    ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo, EventSeq, Limits,
+    Message, NodeId, Profile, Relation, Seq, ServerFrame, SessionInfo, Settings, UserId,
+    PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -385,6 +387,193 @@ impl Connection {
         }
     }
 
+    /// A user's public profile (`get_profile` by id).
+    pub async fn profile(&self, user: UserId) -> Result<Profile, ClientError> {
+        self.profile_request(Some(user), None).await
+    }
+
+    /// A user's public profile (`get_profile` by username).
+    pub async fn profile_by_username(&self, username: &str) -> Result<Profile, ClientError> {
+        self.profile_request(None, Some(username.to_owned())).await
+    }
+
+    /// One's own profile (`get_profile` naming nobody).
+    pub async fn my_profile(&self) -> Result<Profile, ClientError> {
+        self.profile_request(None, None).await
+    }
+
+    /// Changes one's own profile; fields left `None` keep their value, `avatar: Some(None)`
+    /// clears the avatar. Returns the new profile.
+    pub async fn update_profile(&self, update: ProfileUpdate) -> Result<Profile, ClientError> {
+        let reply = self
+            .request(|id| ClientFrame::UpdateProfile {
+                id,
+                display_name: update.display_name,
+                status_text: update.status_text,
+                avatar: update.avatar,
+            })
+            .await?;
+        match reply {
+            ServerFrame::Profile { profile, .. } => Ok(profile),
+            other => Err(unexpected("profile", &other)),
+        }
+    }
+
+    /// One's own settings.
+    pub async fn settings(&self) -> Result<Settings, ClientError> {
+        self.settings_reply(self.request(|id| ClientFrame::GetSettings { id }).await?)
+    }
+
+    /// Changes one's own settings; fields left `None` keep their value.
+    pub async fn update_settings(&self, update: SettingsUpdate) -> Result<Settings, ClientError> {
+        let reply = self
+            .request(|id| ClientFrame::UpdateSettings {
+                id,
+                dm_policy: update.dm_policy,
+            })
+            .await?;
+        self.settings_reply(reply)
+    }
+
+    /// One's own sessions (logged-in devices).
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
+        match self.request(|id| ClientFrame::ListSessions { id }).await? {
+            ServerFrame::Sessions { sessions, .. } => Ok(sessions),
+            other => Err(unexpected("sessions", &other)),
+        }
+    }
+
+    /// Revokes one of one's own sessions by its `session_id`.
+    pub async fn revoke_session(&self, session_id: &str) -> Result<(), ClientError> {
+        let session_id = session_id.to_owned();
+        match self
+            .request(|id| ClientFrame::RevokeSession { id, session_id })
+            .await?
+        {
+            ServerFrame::SessionRevoked { .. } => Ok(()),
+            other => Err(unexpected("session_revoked", &other)),
+        }
+    }
+
+    /// Contacts and pending requests both ways.
+    pub async fn contacts(&self) -> Result<ContactsResponse, ClientError> {
+        match self.request(|id| ClientFrame::ListContacts { id }).await? {
+            ServerFrame::Contacts {
+                contacts,
+                incoming,
+                outgoing,
+                ..
+            } => Ok(ContactsResponse {
+                contacts,
+                incoming,
+                outgoing,
+            }),
+            other => Err(unexpected("contacts", &other)),
+        }
+    }
+
+    /// The users one blocked.
+    pub async fn blocks(&self) -> Result<Vec<ContactEntry>, ClientError> {
+        match self.request(|id| ClientFrame::ListBlocks { id }).await? {
+            ServerFrame::Blocks { blocked, .. } => Ok(blocked),
+            other => Err(unexpected("blocks", &other)),
+        }
+    }
+
+    /// Asks `user` to become a contact; returns the relation after it (`outgoing`, or
+    /// `contact` when they had asked first).
+    pub async fn request_contact(&self, user: UserId) -> Result<Relation, ClientError> {
+        self.relation_request(|id| ClientFrame::RequestContact {
+            id,
+            user_id: Some(user),
+            username: None,
+        })
+        .await
+    }
+
+    /// [`Connection::request_contact`] naming the user by username.
+    pub async fn request_contact_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Relation, ClientError> {
+        let username = username.to_owned();
+        self.relation_request(|id| ClientFrame::RequestContact {
+            id,
+            user_id: None,
+            username: Some(username),
+        })
+        .await
+    }
+
+    /// Accepts the request `user` sent.
+    pub async fn accept_contact(&self, user: UserId) -> Result<Relation, ClientError> {
+        self.relation_request(|id| ClientFrame::AcceptContact { id, user_id: user })
+            .await
+    }
+
+    /// Declines the request `user` sent.
+    pub async fn decline_contact(&self, user: UserId) -> Result<Relation, ClientError> {
+        self.relation_request(|id| ClientFrame::DeclineContact { id, user_id: user })
+            .await
+    }
+
+    /// Withdraws one's own request to `user`.
+    pub async fn cancel_contact(&self, user: UserId) -> Result<Relation, ClientError> {
+        self.relation_request(|id| ClientFrame::CancelContact { id, user_id: user })
+            .await
+    }
+
+    /// Ends the contact relation with `user`.
+    pub async fn remove_contact(&self, user: UserId) -> Result<Relation, ClientError> {
+        self.relation_request(|id| ClientFrame::RemoveContact { id, user_id: user })
+            .await
+    }
+
+    pub async fn block_user(&self, user: UserId) -> Result<Relation, ClientError> {
+        self.relation_request(|id| ClientFrame::BlockUser { id, user_id: user })
+            .await
+    }
+
+    pub async fn unblock_user(&self, user: UserId) -> Result<Relation, ClientError> {
+        self.relation_request(|id| ClientFrame::UnblockUser { id, user_id: user })
+            .await
+    }
+
+    async fn profile_request(
+        &self,
+        user_id: Option<UserId>,
+        username: Option<String>,
+    ) -> Result<Profile, ClientError> {
+        let reply = self
+            .request(|id| ClientFrame::GetProfile {
+                id,
+                user_id,
+                username,
+            })
+            .await?;
+        match reply {
+            ServerFrame::Profile { profile, .. } => Ok(profile),
+            other => Err(unexpected("profile", &other)),
+        }
+    }
+
+    fn settings_reply(&self, reply: ServerFrame) -> Result<Settings, ClientError> {
+        match reply {
+            ServerFrame::Settings { settings, .. } => Ok(settings),
+            other => Err(unexpected("settings", &other)),
+        }
+    }
+
+    async fn relation_request(
+        &self,
+        make: impl FnOnce(String) -> ClientFrame,
+    ) -> Result<Relation, ClientError> {
+        match self.request(make).await? {
+            ServerFrame::Relation { relation, .. } => Ok(relation),
+            other => Err(unexpected("relation", &other)),
+        }
+    }
+
     /// The next pushed message, or `None` if none arrives within `timeout` (a zero timeout
     /// returns one already received, if any). Once the connection has closed and every
     /// received push was read: [`ClientError::Closed`].
@@ -710,6 +899,13 @@ fn frame_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::History { .. } => "history",
         ServerFrame::Message { .. } => "message",
         ServerFrame::Resync { .. } => "resync",
+        ServerFrame::Profile { .. } => "profile",
+        ServerFrame::Settings { .. } => "settings",
+        ServerFrame::Sessions { .. } => "sessions",
+        ServerFrame::SessionRevoked { .. } => "session_revoked",
+        ServerFrame::Contacts { .. } => "contacts",
+        ServerFrame::Blocks { .. } => "blocks",
+        ServerFrame::Relation { .. } => "relation",
         ServerFrame::Error { .. } => "error",
     }
 }

@@ -1,12 +1,14 @@
-//! The REST half of the protocol: `/v1/register`, `/v1/login`, `/v1/logout`, history, and the
-//! URL of the WebSocket endpoint.
+//! The REST half of the protocol: `/v1/register`, `/v1/login`, `/v1/logout`, history,
+//! profiles, settings, sessions, contacts and blocks, and the URL of the WebSocket endpoint.
 
 use std::time::Duration;
 
 use chat_types::rest::{
-    HistoryQuery, HistoryResponse, LoginRequest, LoginResponse, RegisterRequest, RegisterResponse,
+    BlocksResponse, ContactRequestBody, ContactsResponse, HistoryQuery, HistoryResponse,
+    LoginRequest, LoginResponse, ProfileUpdate, RegisterRequest, RegisterResponse,
+    RelationResponse, SessionsResponse, SettingsUpdate,
 };
-use chat_types::{ConversationId, WireError};
+use chat_types::{ConversationId, Profile, Settings, UserId, WireError};
 use reqwest::{RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
 
@@ -113,6 +115,208 @@ impl HttpApi {
         let url = self.history_url(conversation, &query);
         let req = self.client.get(url).bearer_auth(token);
         decode(send(req).await?, "history").await
+    }
+
+    /// `GET /v1/me/profile`.
+    pub async fn my_profile(&self, token: &str) -> Result<Profile, ClientError> {
+        let req = self
+            .client
+            .get(self.endpoint(&["v1", "me", "profile"]))
+            .bearer_auth(token);
+        decode(send(req).await?, "profile").await
+    }
+
+    /// `PATCH /v1/me/profile`: returns the new profile.
+    pub async fn update_profile(
+        &self,
+        token: &str,
+        update: &ProfileUpdate,
+    ) -> Result<Profile, ClientError> {
+        let req = self
+            .client
+            .patch(self.endpoint(&["v1", "me", "profile"]))
+            .bearer_auth(token)
+            .json(update);
+        decode(send(req).await?, "profile").await
+    }
+
+    /// `GET /v1/users/{user}/profile`.
+    pub async fn user_profile(&self, token: &str, user: UserId) -> Result<Profile, ClientError> {
+        let user = user.to_string();
+        let req = self
+            .client
+            .get(self.endpoint(&["v1", "users", &user, "profile"]))
+            .bearer_auth(token);
+        decode(send(req).await?, "profile").await
+    }
+
+    /// `GET /v1/me/settings`.
+    pub async fn settings(&self, token: &str) -> Result<Settings, ClientError> {
+        let req = self
+            .client
+            .get(self.endpoint(&["v1", "me", "settings"]))
+            .bearer_auth(token);
+        decode(send(req).await?, "settings").await
+    }
+
+    /// `PUT /v1/me/settings`: returns the new settings.
+    pub async fn update_settings(
+        &self,
+        token: &str,
+        update: &SettingsUpdate,
+    ) -> Result<Settings, ClientError> {
+        let req = self
+            .client
+            .put(self.endpoint(&["v1", "me", "settings"]))
+            .bearer_auth(token)
+            .json(update);
+        decode(send(req).await?, "settings").await
+    }
+
+    /// `GET /v1/me/sessions`.
+    pub async fn sessions(&self, token: &str) -> Result<SessionsResponse, ClientError> {
+        let req = self
+            .client
+            .get(self.endpoint(&["v1", "me", "sessions"]))
+            .bearer_auth(token);
+        decode(send(req).await?, "sessions").await
+    }
+
+    /// `DELETE /v1/me/sessions/{session_id}`.
+    pub async fn revoke_session(&self, token: &str, session_id: &str) -> Result<(), ClientError> {
+        let req = self
+            .client
+            .delete(self.endpoint(&["v1", "me", "sessions", session_id]))
+            .bearer_auth(token);
+        send(req).await.map(drop)
+    }
+
+    /// `GET /v1/contacts`: contacts, incoming and outgoing requests.
+    pub async fn contacts(&self, token: &str) -> Result<ContactsResponse, ClientError> {
+        let req = self
+            .client
+            .get(self.endpoint(&["v1", "contacts"]))
+            .bearer_auth(token);
+        decode(send(req).await?, "contacts").await
+    }
+
+    /// `POST /v1/contacts/requests` naming the user by id.
+    pub async fn request_contact(
+        &self,
+        token: &str,
+        user: UserId,
+    ) -> Result<RelationResponse, ClientError> {
+        let body = ContactRequestBody {
+            user_id: Some(user),
+            username: None,
+        };
+        self.request_contact_raw(token, &body).await
+    }
+
+    /// `POST /v1/contacts/requests` with any body, for tests of bad input.
+    pub async fn request_contact_raw(
+        &self,
+        token: &str,
+        body: &ContactRequestBody,
+    ) -> Result<RelationResponse, ClientError> {
+        let req = self
+            .client
+            .post(self.endpoint(&["v1", "contacts", "requests"]))
+            .bearer_auth(token)
+            .json(body);
+        decode(send(req).await?, "relation").await
+    }
+
+    /// `POST /v1/contacts/requests/{user}/accept`.
+    pub async fn accept_contact(
+        &self,
+        token: &str,
+        user: UserId,
+    ) -> Result<RelationResponse, ClientError> {
+        self.request_action(token, user, "accept").await
+    }
+
+    /// `POST /v1/contacts/requests/{user}/decline`.
+    pub async fn decline_contact(
+        &self,
+        token: &str,
+        user: UserId,
+    ) -> Result<RelationResponse, ClientError> {
+        self.request_action(token, user, "decline").await
+    }
+
+    /// `POST /v1/contacts/requests/{user}/cancel`: withdraws one's own request.
+    pub async fn cancel_contact(
+        &self,
+        token: &str,
+        user: UserId,
+    ) -> Result<RelationResponse, ClientError> {
+        self.request_action(token, user, "cancel").await
+    }
+
+    /// `DELETE /v1/contacts/{user}`.
+    pub async fn remove_contact(
+        &self,
+        token: &str,
+        user: UserId,
+    ) -> Result<RelationResponse, ClientError> {
+        let user = user.to_string();
+        let req = self
+            .client
+            .delete(self.endpoint(&["v1", "contacts", &user]))
+            .bearer_auth(token);
+        decode(send(req).await?, "relation").await
+    }
+
+    /// `GET /v1/blocks`.
+    pub async fn blocks(&self, token: &str) -> Result<BlocksResponse, ClientError> {
+        let req = self
+            .client
+            .get(self.endpoint(&["v1", "blocks"]))
+            .bearer_auth(token);
+        decode(send(req).await?, "blocks").await
+    }
+
+    /// `PUT /v1/blocks/{user}`.
+    pub async fn block_user(
+        &self,
+        token: &str,
+        user: UserId,
+    ) -> Result<RelationResponse, ClientError> {
+        let user = user.to_string();
+        let req = self
+            .client
+            .put(self.endpoint(&["v1", "blocks", &user]))
+            .bearer_auth(token);
+        decode(send(req).await?, "relation").await
+    }
+
+    /// `DELETE /v1/blocks/{user}`.
+    pub async fn unblock_user(
+        &self,
+        token: &str,
+        user: UserId,
+    ) -> Result<RelationResponse, ClientError> {
+        let user = user.to_string();
+        let req = self
+            .client
+            .delete(self.endpoint(&["v1", "blocks", &user]))
+            .bearer_auth(token);
+        decode(send(req).await?, "relation").await
+    }
+
+    async fn request_action(
+        &self,
+        token: &str,
+        user: UserId,
+        action: &str,
+    ) -> Result<RelationResponse, ClientError> {
+        let user = user.to_string();
+        let req = self
+            .client
+            .post(self.endpoint(&["v1", "contacts", "requests", &user, action]))
+            .bearer_auth(token);
+        decode(send(req).await?, "relation").await
     }
 
     /// The WebSocket URL for `token`: `ws://host:port/v1/ws?token=...` (`wss` under https).

@@ -72,7 +72,14 @@ impl Pending {
             ServerFrame::Pong { id }
             | ServerFrame::Conversation { id, .. }
             | ServerFrame::Ack { id, .. }
-            | ServerFrame::History { id, .. } => Some(id.clone()),
+            | ServerFrame::History { id, .. }
+            | ServerFrame::Profile { id, .. }
+            | ServerFrame::Settings { id, .. }
+            | ServerFrame::Sessions { id, .. }
+            | ServerFrame::SessionRevoked { id, .. }
+            | ServerFrame::Contacts { id, .. }
+            | ServerFrame::Blocks { id, .. }
+            | ServerFrame::Relation { id, .. } => Some(id.clone()),
         };
         if let ServerFrame::Message { message, event_seq } = frame {
             return Routed::Push(message, event_seq);

@@ -1,25 +1,51 @@
-//! The metadata state machine that Raft replicates: accounts, usernames and sessions.
+//! The metadata state machine that Raft replicates: accounts, usernames, sessions, profiles,
+//! settings, contacts, contact requests and blocks.
 //!
 //! `apply` is a pure, deterministic function of the state and the command: every node that
-//! applies the same log holds the same state. It also returns the key-value writes that
-//! persist the change, so the Raft store can write them in the same batch as the applied log
-//! id. Reads (token checks, username lookups) come from the local copy.
+//! applies the same log holds the same state. Timestamps come in the command; nothing reads a
+//! clock. It also returns the key-value writes that persist the change, so the Raft store can
+//! write them in the same batch as the applied log id. Reads (token checks, username lookups,
+//! profiles, the direct-message policy) come from the local copy.
 //!
-//! Keys: `u/` ++ user id (8, BE) -> account; `n/` ++ username -> user id;
-//! `s/` ++ token hash (hex) -> session; `c/next_user` -> next user id. Every value starts with
-//! a format version. The Raft store keeps its own keys under `raft/`, which `load` skips.
+//! Keys (user ids are 8 bytes big-endian; every value starts with a format version):
+//!
+//! | key | value |
+//! |---|---|
+//! | `u/` ++ user | account |
+//! | `n/` ++ username | user id |
+//! | `s/` ++ token hash (hex) | session |
+//! | `p/` ++ user | profile (absent until the user first changes it) |
+//! | `o/` ++ user | settings (absent until the user first changes them) |
+//! | `k/` ++ user ++ other | contact since (ms); written for both directions |
+//! | `q/` ++ from ++ to | contact request sent at (ms) |
+//! | `b/` ++ blocker ++ blocked | blocked since (ms) |
+//! | `c/next_user` | next user id |
+//! | `c/revision` | count of applied social changes (see [`MetaState::revision`]) |
+//!
+//! The per-user session index and the incoming-request index are not stored: `load` rebuilds
+//! them from `s/` and `q/`, so they can never disagree with what they index (and sessions
+//! written before the index existed are in it). The Raft store keeps its own keys under
+//! `raft/`, which `load` skips.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chat_storage::keys::{decode_u64_v1, decode_versioned, encode_u64_v1, encode_versioned};
 use chat_storage::raft_kv::KvPair;
 use chat_storage::StorageError;
-use chat_types::UserId;
+use chat_types::{DmPolicy, Profile, Relation, Settings, UserId};
 use serde::{Deserialize, Serialize};
 
 const CF: &str = "metakey_value";
 const FORMAT: u8 = 1;
 const KEY_NEXT_USER: &[u8] = b"c/next_user";
+const KEY_REVISION: &[u8] = b"c/revision";
+/// Characters of the token hash that name a session to its user.
+pub const SESSION_ID_LEN: usize = 16;
+
+/// The public name of a session: a prefix of its token hash, never the hash itself.
+pub fn session_id(token_hash: &str) -> &str {
+    token_hash.get(..SESSION_ID_LEN).unwrap_or(token_hash)
+}
 
 /// The address book entry of one node: what openraft stores in its membership.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +77,43 @@ pub struct SessionRecord {
     pub created_ms: u64,
 }
 
+/// What a user set of their profile. Unset fields read as the defaults of
+/// [`MetaState::profile`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    /// `None`: the username is shown.
+    pub display_name: Option<String>,
+    pub status_text: String,
+    /// An opaque media id.
+    pub avatar: Option<String>,
+    pub updated_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsRecord {
+    pub dm_policy: DmPolicy,
+}
+
+/// A change to the avatar. (Not `Option<Option<_>>`: MessagePack cannot tell its two
+/// "nothing"s apart.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AvatarChange {
+    #[default]
+    Keep,
+    Clear,
+    Set(String),
+}
+
+/// The answer to a direct-message check, see [`MetaState::direct_message_check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirectCheck {
+    Allowed,
+    /// One of the two blocked the other.
+    Blocked,
+    /// The recipient takes direct messages from contacts only.
+    ContactsOnly,
+}
+
 /// A change to the metadata, proposed through Raft.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
@@ -69,6 +132,63 @@ pub enum MetaCommand {
     RevokeSession {
         token_hash: String,
     },
+    /// Fields that are `None` (or `Keep`) are left as they are. Values must already be
+    /// valid (see `chat_types::validate_display_name` and friends).
+    UpdateProfile {
+        user_id: UserId,
+        display_name: Option<String>,
+        status_text: Option<String>,
+        avatar: AvatarChange,
+        now_ms: u64,
+    },
+    UpdateSettings {
+        user_id: UserId,
+        dm_policy: Option<DmPolicy>,
+    },
+    /// Revokes the session of `user_id` named by `session_id` (see [`session_id`]); another
+    /// user's session is not found.
+    RevokeUserSession {
+        user_id: UserId,
+        session_id: String,
+    },
+    /// `from` asks `to` to become a contact; if `to` already asked `from`, they become
+    /// contacts.
+    RequestContact {
+        from: UserId,
+        to: UserId,
+        now_ms: u64,
+    },
+    /// `user_id` accepts the request `from` sent.
+    AcceptContact {
+        user_id: UserId,
+        from: UserId,
+        now_ms: u64,
+    },
+    /// `user_id` declines the request `from` sent.
+    DeclineContact {
+        user_id: UserId,
+        from: UserId,
+    },
+    /// `user_id` withdraws their own request to `to`.
+    CancelContactRequest {
+        user_id: UserId,
+        to: UserId,
+    },
+    /// Either side ends a contact relation.
+    RemoveContact {
+        user_id: UserId,
+        other: UserId,
+    },
+    /// Also ends any contact relation and pending request between the two.
+    BlockUser {
+        user_id: UserId,
+        other: UserId,
+        now_ms: u64,
+    },
+    UnblockUser {
+        user_id: UserId,
+        other: UserId,
+    },
 }
 
 /// The result of applying one command.
@@ -86,6 +206,34 @@ pub enum MetaResponse {
     SessionRevoked {
         existed: bool,
     },
+    /// Every social change answers with the state's [`MetaState::revision`] after it: a node
+    /// that waits until its own copy reaches it reads its own write.
+    ProfileUpdated {
+        revision: u64,
+        profile: ProfileRecord,
+    },
+    SettingsUpdated {
+        revision: u64,
+        settings: SettingsRecord,
+    },
+    UserSessionRevoked {
+        revision: u64,
+    },
+    /// The relation of the acting user to the other one, after the change.
+    RelationChanged {
+        revision: u64,
+        relation: Relation,
+    },
+    /// A user named themselves where another user is needed.
+    SelfTarget,
+    /// One of the two blocked the other.
+    Blocked,
+    /// Accept, decline or cancel without such a request.
+    NoRequest,
+    /// Remove without a contact relation.
+    NotContacts,
+    /// No session of this user has that id.
+    UnknownSession,
 }
 
 /// One key-value write that persists part of an applied command.
@@ -96,13 +244,57 @@ pub struct MetaWrite {
     pub value: Option<Vec<u8>>,
 }
 
+/// Edges from one user to others, with the time each began.
+type Edges = BTreeMap<UserId, BTreeMap<UserId, u64>>;
+
 /// The replicated metadata, in memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetaState {
     users: BTreeMap<UserId, Account>,
     usernames: BTreeMap<String, UserId>,
     sessions: BTreeMap<String, SessionRecord>,
+    /// Token hashes of each user's sessions. Derived from `sessions`; not stored.
+    sessions_by_user: BTreeMap<UserId, BTreeSet<String>>,
+    profiles: BTreeMap<UserId, ProfileRecord>,
+    settings: BTreeMap<UserId, SettingsRecord>,
+    /// Symmetric: `a -> b` exactly when `b -> a`.
+    contacts: Edges,
+    /// Contact requests, sender -> recipient.
+    requests_out: Edges,
+    /// The same requests, recipient -> sender. Derived from `requests_out`; not stored.
+    requests_in: Edges,
+    /// Blocker -> blocked.
+    blocks: Edges,
     next_user: u64,
+    revision: u64,
+}
+
+fn edge_insert(edges: &mut Edges, a: UserId, b: UserId, ms: u64) {
+    edges.entry(a).or_default().insert(b, ms);
+}
+
+/// Removes `a -> b`; drops `a`'s map when it empties, so that a state and its reload compare
+/// equal.
+fn edge_remove(edges: &mut Edges, a: UserId, b: UserId) -> bool {
+    let Some(m) = edges.get_mut(&a) else {
+        return false;
+    };
+    let removed = m.remove(&b).is_some();
+    if m.is_empty() {
+        edges.remove(&a);
+    }
+    removed
+}
+
+fn edge_has(edges: &Edges, a: UserId, b: UserId) -> bool {
+    edges.get(&a).is_some_and(|m| m.contains_key(&b))
+}
+
+fn edge_list(edges: &Edges, a: UserId) -> Vec<(UserId, u64)> {
+    edges
+        .get(&a)
+        .map(|m| m.iter().map(|(b, ms)| (*b, *ms)).collect())
+        .unwrap_or_default()
 }
 
 fn user_key(id: UserId) -> Vec<u8> {
@@ -123,6 +315,64 @@ fn session_key(hash: &str) -> Vec<u8> {
     k
 }
 
+fn profile_key(id: UserId) -> Vec<u8> {
+    let mut k = b"p/".to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+fn settings_key(id: UserId) -> Vec<u8> {
+    let mut k = b"o/".to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// `prefix ++ a ++ b`: a contact (`k/`), request (`q/`) or block (`b/`) edge.
+fn edge_key(prefix: &[u8; 2], a: UserId, b: UserId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&a.0.to_be_bytes());
+    k.extend_from_slice(&b.0.to_be_bytes());
+    k
+}
+
+const CONTACT: &[u8; 2] = b"k/";
+const REQUEST: &[u8; 2] = b"q/";
+const BLOCK: &[u8; 2] = b"b/";
+
+fn corrupt(key: &[u8]) -> StorageError {
+    StorageError::Corrupt {
+        cf: CF,
+        key: String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+fn decode_user(key: &[u8], rest: &[u8]) -> Result<UserId, StorageError> {
+    let b: [u8; 8] = rest.try_into().map_err(|_| corrupt(key))?;
+    Ok(UserId(u64::from_be_bytes(b)))
+}
+
+fn decode_pair(key: &[u8], rest: &[u8]) -> Result<(UserId, UserId), StorageError> {
+    if rest.len() != 16 {
+        return Err(corrupt(key));
+    }
+    Ok((decode_user(key, &rest[..8])?, decode_user(key, &rest[8..])?))
+}
+
+fn put_edge(prefix: &[u8; 2], a: UserId, b: UserId, ms: u64) -> MetaWrite {
+    MetaWrite {
+        key: edge_key(prefix, a, b),
+        value: Some(encode_u64_v1(ms).to_vec()),
+    }
+}
+
+fn delete_edge(prefix: &[u8; 2], a: UserId, b: UserId) -> MetaWrite {
+    MetaWrite {
+        key: edge_key(prefix, a, b),
+        value: None,
+    }
+}
+
 impl MetaState {
     pub fn user(&self, id: UserId) -> Option<&Account> {
         self.users.get(&id)
@@ -138,15 +388,190 @@ impl MetaState {
         self.sessions.get(token_hash)
     }
 
+    /// A user's sessions, as (token hash, record), ordered by token hash.
+    pub fn sessions_of(&self, user: UserId) -> Vec<(&str, &SessionRecord)> {
+        self.sessions_by_user
+            .get(&user)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| self.sessions.get(h).map(|rec| (h.as_str(), rec)))
+            .collect()
+    }
+
     pub fn user_count(&self) -> usize {
         self.users.len()
     }
 
-    /// Applies one command. Deterministic: no clock, no randomness, no I/O.
-    pub fn apply(
+    /// Counts the applied social changes (profiles, settings, contacts, blocks, session
+    /// revocations by id). Every node reaches the same value at the same log entry, so a node
+    /// that waits for the revision a write answered with reads its own write.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// A user's public profile, with the defaults for what they never set.
+    pub fn profile(&self, id: UserId) -> Option<Profile> {
+        let account = self.users.get(&id)?;
+        let rec = self.profiles.get(&id);
+        Some(Profile {
+            user_id: id,
+            username: account.username.clone(),
+            display_name: rec
+                .and_then(|r| r.display_name.clone())
+                .unwrap_or_else(|| account.username.clone()),
+            status_text: rec.map(|r| r.status_text.clone()).unwrap_or_default(),
+            avatar: rec.and_then(|r| r.avatar.clone()),
+        })
+    }
+
+    /// A user's settings (the defaults for a user who never changed them).
+    pub fn settings(&self, id: UserId) -> Settings {
+        Settings {
+            dm_policy: self
+                .settings
+                .get(&id)
+                .map(|s| s.dm_policy)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// How `other` stands with `viewer`. Being blocked by `other` reads as `None`.
+    pub fn relation(&self, viewer: UserId, other: UserId) -> Relation {
+        if edge_has(&self.blocks, viewer, other) {
+            Relation::Blocked
+        } else if edge_has(&self.contacts, viewer, other) {
+            Relation::Contact
+        } else if edge_has(&self.requests_out, viewer, other) {
+            Relation::Outgoing
+        } else if edge_has(&self.requests_in, viewer, other) {
+            Relation::Incoming
+        } else {
+            Relation::None
+        }
+    }
+
+    pub fn is_blocked(&self, blocker: UserId, blocked: UserId) -> bool {
+        edge_has(&self.blocks, blocker, blocked)
+    }
+
+    pub fn are_contacts(&self, a: UserId, b: UserId) -> bool {
+        edge_has(&self.contacts, a, b)
+    }
+
+    /// A user's contacts with the time each relation began, ordered by user id.
+    pub fn contacts_of(&self, user: UserId) -> Vec<(UserId, u64)> {
+        edge_list(&self.contacts, user)
+    }
+
+    /// Requests others sent `user`, with when each was sent.
+    pub fn incoming_requests(&self, user: UserId) -> Vec<(UserId, u64)> {
+        edge_list(&self.requests_in, user)
+    }
+
+    /// Requests `user` sent, with when each was sent.
+    pub fn outgoing_requests(&self, user: UserId) -> Vec<(UserId, u64)> {
+        edge_list(&self.requests_out, user)
+    }
+
+    /// The users `user` blocked, with since when.
+    pub fn blocked_by(&self, user: UserId) -> Vec<(UserId, u64)> {
+        edge_list(&self.blocks, user)
+    }
+
+    /// Whether `from` may open, or send in, the direct conversation with `to`: not when
+    /// either blocked the other, nor when `to` takes messages from contacts only and `from`
+    /// is not one. Notes to self are always allowed.
+    pub fn direct_message_check(&self, from: UserId, to: UserId) -> DirectCheck {
+        if from == to {
+            return DirectCheck::Allowed;
+        }
+        if self.is_blocked(from, to) || self.is_blocked(to, from) {
+            return DirectCheck::Blocked;
+        }
+        if self.settings(to).dm_policy == DmPolicy::Contacts && !self.are_contacts(from, to) {
+            return DirectCheck::ContactsOnly;
+        }
+        DirectCheck::Allowed
+    }
+
+    /// Ends with the revision write when the command changed anything.
+    fn bump(&mut self, writes: &mut Vec<MetaWrite>) {
+        if !writes.is_empty() {
+            self.revision += 1;
+            writes.push(MetaWrite {
+                key: KEY_REVISION.to_vec(),
+                value: Some(encode_u64_v1(self.revision).to_vec()),
+            });
+        }
+    }
+
+    fn relation_reply(
         &mut self,
-        cmd: &MetaCommand,
-    ) -> Result<(MetaResponse, Vec<MetaWrite>), StorageError> {
+        user: UserId,
+        other: UserId,
+        mut writes: Vec<MetaWrite>,
+    ) -> Applied {
+        self.bump(&mut writes);
+        let relation = self.relation(user, other);
+        Ok((
+            MetaResponse::RelationChanged {
+                revision: self.revision,
+                relation,
+            },
+            writes,
+        ))
+    }
+
+    fn index_session(&mut self, hash: &str, user: UserId) {
+        self.sessions_by_user
+            .entry(user)
+            .or_default()
+            .insert(hash.to_owned());
+    }
+
+    fn unindex_session(&mut self, hash: &str, user: UserId) {
+        if let Some(set) = self.sessions_by_user.get_mut(&user) {
+            set.remove(hash);
+            if set.is_empty() {
+                self.sessions_by_user.remove(&user);
+            }
+        }
+    }
+
+    fn make_contacts(&mut self, a: UserId, b: UserId, ms: u64, writes: &mut Vec<MetaWrite>) {
+        edge_insert(&mut self.contacts, a, b, ms);
+        edge_insert(&mut self.contacts, b, a, ms);
+        writes.push(put_edge(CONTACT, a, b, ms));
+        writes.push(put_edge(CONTACT, b, a, ms));
+    }
+
+    fn drop_contacts(&mut self, a: UserId, b: UserId, writes: &mut Vec<MetaWrite>) -> bool {
+        let ab = edge_remove(&mut self.contacts, a, b);
+        let ba = edge_remove(&mut self.contacts, b, a);
+        if ab || ba {
+            writes.push(delete_edge(CONTACT, a, b));
+            writes.push(delete_edge(CONTACT, b, a));
+        }
+        ab || ba
+    }
+
+    fn add_request(&mut self, from: UserId, to: UserId, ms: u64, writes: &mut Vec<MetaWrite>) {
+        edge_insert(&mut self.requests_out, from, to, ms);
+        edge_insert(&mut self.requests_in, to, from, ms);
+        writes.push(put_edge(REQUEST, from, to, ms));
+    }
+
+    fn drop_request(&mut self, from: UserId, to: UserId, writes: &mut Vec<MetaWrite>) -> bool {
+        let removed = edge_remove(&mut self.requests_out, from, to);
+        edge_remove(&mut self.requests_in, to, from);
+        if removed {
+            writes.push(delete_edge(REQUEST, from, to));
+        }
+        removed
+    }
+
+    /// Applies one command. Deterministic: no clock, no randomness, no I/O.
+    pub fn apply(&mut self, cmd: &MetaCommand) -> Applied {
         match cmd {
             MetaCommand::RegisterUser {
                 username,
@@ -198,11 +623,18 @@ impl MetaState {
                     key: session_key(token_hash),
                     value: Some(encode_versioned(CF, FORMAT, &rec)?),
                 }];
-                self.sessions.insert(token_hash.clone(), rec);
+                if let Some(old) = self.sessions.insert(token_hash.clone(), rec) {
+                    self.unindex_session(token_hash, old.user_id);
+                }
+                self.index_session(token_hash, *user_id);
                 Ok((MetaResponse::SessionCreated, writes))
             }
             MetaCommand::RevokeSession { token_hash } => {
-                let existed = self.sessions.remove(token_hash).is_some();
+                let removed = self.sessions.remove(token_hash);
+                let existed = removed.is_some();
+                if let Some(old) = removed {
+                    self.unindex_session(token_hash, old.user_id);
+                }
                 let writes = if existed {
                     vec![MetaWrite {
                         key: session_key(token_hash),
@@ -212,6 +644,202 @@ impl MetaState {
                     Vec::new()
                 };
                 Ok((MetaResponse::SessionRevoked { existed }, writes))
+            }
+            MetaCommand::UpdateProfile {
+                user_id,
+                display_name,
+                status_text,
+                avatar,
+                now_ms,
+            } => {
+                if !self.users.contains_key(user_id) {
+                    return Ok((MetaResponse::UnknownUser, Vec::new()));
+                }
+                let mut rec = self.profiles.get(user_id).cloned().unwrap_or_default();
+                if let Some(name) = display_name {
+                    rec.display_name = Some(name.clone());
+                }
+                if let Some(text) = status_text {
+                    rec.status_text = text.clone();
+                }
+                match avatar {
+                    AvatarChange::Keep => {}
+                    AvatarChange::Clear => rec.avatar = None,
+                    AvatarChange::Set(a) => rec.avatar = Some(a.clone()),
+                }
+                rec.updated_ms = *now_ms;
+                let mut writes = vec![MetaWrite {
+                    key: profile_key(*user_id),
+                    value: Some(encode_versioned(CF, FORMAT, &rec)?),
+                }];
+                self.profiles.insert(*user_id, rec.clone());
+                self.bump(&mut writes);
+                Ok((
+                    MetaResponse::ProfileUpdated {
+                        revision: self.revision,
+                        profile: rec,
+                    },
+                    writes,
+                ))
+            }
+            MetaCommand::UpdateSettings { user_id, dm_policy } => {
+                if !self.users.contains_key(user_id) {
+                    return Ok((MetaResponse::UnknownUser, Vec::new()));
+                }
+                let mut rec = self.settings.get(user_id).cloned().unwrap_or_default();
+                if let Some(policy) = dm_policy {
+                    rec.dm_policy = *policy;
+                }
+                let mut writes = vec![MetaWrite {
+                    key: settings_key(*user_id),
+                    value: Some(encode_versioned(CF, FORMAT, &rec)?),
+                }];
+                self.settings.insert(*user_id, rec.clone());
+                self.bump(&mut writes);
+                Ok((
+                    MetaResponse::SettingsUpdated {
+                        revision: self.revision,
+                        settings: rec,
+                    },
+                    writes,
+                ))
+            }
+            MetaCommand::RevokeUserSession {
+                user_id,
+                session_id: wanted,
+            } => {
+                let hashes: Vec<String> = self
+                    .sessions_by_user
+                    .get(user_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|h| session_id(h) == wanted.as_str())
+                    .cloned()
+                    .collect();
+                if hashes.is_empty() {
+                    return Ok((MetaResponse::UnknownSession, Vec::new()));
+                }
+                let mut writes = Vec::with_capacity(hashes.len() + 1);
+                for hash in hashes {
+                    self.sessions.remove(&hash);
+                    self.unindex_session(&hash, *user_id);
+                    writes.push(MetaWrite {
+                        key: session_key(&hash),
+                        value: None,
+                    });
+                }
+                self.bump(&mut writes);
+                Ok((
+                    MetaResponse::UserSessionRevoked {
+                        revision: self.revision,
+                    },
+                    writes,
+                ))
+            }
+            MetaCommand::RequestContact { from, to, now_ms } => {
+                let (from, to) = (*from, *to);
+                if from == to {
+                    return Ok((MetaResponse::SelfTarget, Vec::new()));
+                }
+                if !self.users.contains_key(&from) || !self.users.contains_key(&to) {
+                    return Ok((MetaResponse::UnknownUser, Vec::new()));
+                }
+                if self.is_blocked(from, to) || self.is_blocked(to, from) {
+                    return Ok((MetaResponse::Blocked, Vec::new()));
+                }
+                let mut writes = Vec::new();
+                if self.are_contacts(from, to) || edge_has(&self.requests_out, from, to) {
+                    // Already done: a retry changes nothing.
+                } else if self.drop_request(to, from, &mut writes) {
+                    self.make_contacts(from, to, *now_ms, &mut writes);
+                } else {
+                    self.add_request(from, to, *now_ms, &mut writes);
+                }
+                self.relation_reply(from, to, writes)
+            }
+            MetaCommand::AcceptContact {
+                user_id,
+                from,
+                now_ms,
+            } => {
+                let (me, from) = (*user_id, *from);
+                if me == from {
+                    return Ok((MetaResponse::SelfTarget, Vec::new()));
+                }
+                let mut writes = Vec::new();
+                if !self.are_contacts(me, from) {
+                    if !self.drop_request(from, me, &mut writes) {
+                        return Ok((MetaResponse::NoRequest, Vec::new()));
+                    }
+                    self.make_contacts(me, from, *now_ms, &mut writes);
+                }
+                self.relation_reply(me, from, writes)
+            }
+            MetaCommand::DeclineContact { user_id, from } => {
+                let (me, from) = (*user_id, *from);
+                if me == from {
+                    return Ok((MetaResponse::SelfTarget, Vec::new()));
+                }
+                let mut writes = Vec::new();
+                if !self.drop_request(from, me, &mut writes) {
+                    return Ok((MetaResponse::NoRequest, Vec::new()));
+                }
+                self.relation_reply(me, from, writes)
+            }
+            MetaCommand::CancelContactRequest { user_id, to } => {
+                let (me, to) = (*user_id, *to);
+                if me == to {
+                    return Ok((MetaResponse::SelfTarget, Vec::new()));
+                }
+                let mut writes = Vec::new();
+                if !self.drop_request(me, to, &mut writes) {
+                    return Ok((MetaResponse::NoRequest, Vec::new()));
+                }
+                self.relation_reply(me, to, writes)
+            }
+            MetaCommand::RemoveContact { user_id, other } => {
+                let (me, other) = (*user_id, *other);
+                if me == other {
+                    return Ok((MetaResponse::SelfTarget, Vec::new()));
+                }
+                let mut writes = Vec::new();
+                if !self.drop_contacts(me, other, &mut writes) {
+                    return Ok((MetaResponse::NotContacts, Vec::new()));
+                }
+                self.relation_reply(me, other, writes)
+            }
+            MetaCommand::BlockUser {
+                user_id,
+                other,
+                now_ms,
+            } => {
+                let (me, other) = (*user_id, *other);
+                if me == other {
+                    return Ok((MetaResponse::SelfTarget, Vec::new()));
+                }
+                if !self.users.contains_key(&me) || !self.users.contains_key(&other) {
+                    return Ok((MetaResponse::UnknownUser, Vec::new()));
+                }
+                let mut writes = Vec::new();
+                if !self.is_blocked(me, other) {
+                    edge_insert(&mut self.blocks, me, other, *now_ms);
+                    writes.push(put_edge(BLOCK, me, other, *now_ms));
+                }
+                self.drop_contacts(me, other, &mut writes);
+                self.drop_request(me, other, &mut writes);
+                self.drop_request(other, me, &mut writes);
+                self.relation_reply(me, other, writes)
+            }
+            MetaCommand::UnblockUser { user_id, other } => {
+                let (me, other) = (*user_id, *other);
+                if me == other {
+                    return Ok((MetaResponse::SelfTarget, Vec::new()));
+                }
+                let mut writes = Vec::new();
+                if edge_remove(&mut self.blocks, me, other) {
+                    writes.push(delete_edge(BLOCK, me, other));
+                }
+                self.relation_reply(me, other, writes)
             }
         }
     }
@@ -225,12 +853,7 @@ impl MetaState {
         let mut state = MetaState::default();
         for (k, v) in pairs {
             if let Some(rest) = k.strip_prefix(b"u/") {
-                if rest.len() != 8 {
-                    return Err(StorageError::Corrupt {
-                        cf: CF,
-                        key: String::from_utf8_lossy(&k).into_owned(),
-                    });
-                }
+                decode_user(&k, rest)?;
                 let account: Account = decode_versioned(CF, FORMAT, &k, &v)?;
                 state.users.insert(account.user_id, account);
             } else if let Some(rest) = k.strip_prefix(b"n/") {
@@ -243,16 +866,47 @@ impl MetaState {
                 state
                     .sessions
                     .insert(String::from_utf8_lossy(rest).into_owned(), rec);
+            } else if let Some(rest) = k.strip_prefix(b"p/") {
+                let id = decode_user(&k, rest)?;
+                let rec: ProfileRecord = decode_versioned(CF, FORMAT, &k, &v)?;
+                state.profiles.insert(id, rec);
+            } else if let Some(rest) = k.strip_prefix(b"o/") {
+                let id = decode_user(&k, rest)?;
+                let rec: SettingsRecord = decode_versioned(CF, FORMAT, &k, &v)?;
+                state.settings.insert(id, rec);
+            } else if let Some(rest) = k.strip_prefix(CONTACT) {
+                let (a, b) = decode_pair(&k, rest)?;
+                edge_insert(&mut state.contacts, a, b, decode_u64_v1(CF, &k, &v)?);
+            } else if let Some(rest) = k.strip_prefix(REQUEST) {
+                let (from, to) = decode_pair(&k, rest)?;
+                let ms = decode_u64_v1(CF, &k, &v)?;
+                edge_insert(&mut state.requests_out, from, to, ms);
+                edge_insert(&mut state.requests_in, to, from, ms);
+            } else if let Some(rest) = k.strip_prefix(BLOCK) {
+                let (a, b) = decode_pair(&k, rest)?;
+                edge_insert(&mut state.blocks, a, b, decode_u64_v1(CF, &k, &v)?);
             } else if k == KEY_NEXT_USER {
                 state.next_user = decode_u64_v1(CF, &k, &v)?;
+            } else if k == KEY_REVISION {
+                state.revision = decode_u64_v1(CF, &k, &v)?;
             }
+        }
+        let index: Vec<(String, UserId)> = state
+            .sessions
+            .iter()
+            .map(|(hash, rec)| (hash.clone(), rec.user_id))
+            .collect();
+        for (hash, user) in index {
+            state.index_session(&hash, user);
         }
         Ok(state)
     }
 
     /// Every persisted pair of the state, for snapshots: `load(dump())` is the same state.
     pub fn dump(&self) -> Result<Vec<KvPair>, StorageError> {
-        let mut out = Vec::with_capacity(self.users.len() * 2 + self.sessions.len() + 1);
+        let mut out = Vec::with_capacity(
+            self.users.len() * 2 + self.sessions.len() + self.profiles.len() + 2,
+        );
         for (id, account) in &self.users {
             out.push((user_key(*id), encode_versioned(CF, FORMAT, account)?));
         }
@@ -262,13 +916,34 @@ impl MetaState {
         for (hash, rec) in &self.sessions {
             out.push((session_key(hash), encode_versioned(CF, FORMAT, rec)?));
         }
+        for (id, rec) in &self.profiles {
+            out.push((profile_key(*id), encode_versioned(CF, FORMAT, rec)?));
+        }
+        for (id, rec) in &self.settings {
+            out.push((settings_key(*id), encode_versioned(CF, FORMAT, rec)?));
+        }
+        for (prefix, edges) in [
+            (CONTACT, &self.contacts),
+            (REQUEST, &self.requests_out),
+            (BLOCK, &self.blocks),
+        ] {
+            for (a, m) in edges {
+                for (b, ms) in m {
+                    out.push((edge_key(prefix, *a, *b), encode_u64_v1(*ms).to_vec()));
+                }
+            }
+        }
         out.push((
             KEY_NEXT_USER.to_vec(),
             encode_u64_v1(self.next_user).to_vec(),
         ));
+        out.push((KEY_REVISION.to_vec(), encode_u64_v1(self.revision).to_vec()));
         Ok(out)
     }
 }
+
+/// What [`MetaState::apply`] returns: the answer and the writes that persist the change.
+pub type Applied = Result<(MetaResponse, Vec<MetaWrite>), StorageError>;
 
 #[cfg(test)]
 mod tests {
@@ -361,5 +1036,464 @@ mod tests {
         assert_eq!(loaded, s);
         let from_dump = MetaState::load(s.dump().expect("dump")).expect("load");
         assert_eq!(from_dump, s);
+    }
+
+    const A: UserId = UserId(1);
+    const B: UserId = UserId(2);
+    const C: UserId = UserId(3);
+
+    /// Alice, Bob and Carol (ids 1, 2, 3).
+    fn three() -> MetaState {
+        let mut s = MetaState::default();
+        for name in ["alice", "bob", "carol"] {
+            register(&mut s, name);
+        }
+        s
+    }
+
+    fn run(s: &mut MetaState, cmd: MetaCommand) -> MetaResponse {
+        s.apply(&cmd).expect("apply").0
+    }
+
+    fn relation_of(resp: &MetaResponse) -> Relation {
+        match resp {
+            MetaResponse::RelationChanged { relation, .. } => *relation,
+            other => panic!("expected a relation, got {other:?}"),
+        }
+    }
+
+    fn request(from: UserId, to: UserId) -> MetaCommand {
+        MetaCommand::RequestContact {
+            from,
+            to,
+            now_ms: 10,
+        }
+    }
+
+    fn accept(user_id: UserId, from: UserId) -> MetaCommand {
+        MetaCommand::AcceptContact {
+            user_id,
+            from,
+            now_ms: 11,
+        }
+    }
+
+    fn block(user_id: UserId, other: UserId) -> MetaCommand {
+        MetaCommand::BlockUser {
+            user_id,
+            other,
+            now_ms: 12,
+        }
+    }
+
+    fn must_reload_equal(s: &MetaState) {
+        let from_dump = MetaState::load(s.dump().expect("dump")).expect("load");
+        assert_eq!(&from_dump, s);
+    }
+
+    #[test]
+    fn profile_updates_change_only_the_given_fields() {
+        let mut s = three();
+        let p = s.profile(A).expect("alice");
+        assert_eq!(
+            (p.display_name.as_str(), p.status_text.as_str(), p.avatar),
+            ("alice", "", None)
+        );
+        let update =
+            |display_name: Option<&str>, status: Option<&str>, avatar| MetaCommand::UpdateProfile {
+                user_id: A,
+                display_name: display_name.map(str::to_owned),
+                status_text: status.map(str::to_owned),
+                avatar,
+                now_ms: 20,
+            };
+        let r = run(
+            &mut s,
+            update(Some("Alice L."), None, AvatarChange::Set("m1".into())),
+        );
+        assert!(matches!(
+            r,
+            MetaResponse::ProfileUpdated { revision: 1, .. }
+        ));
+        run(&mut s, update(None, Some("reading"), AvatarChange::Keep));
+        let p = s.profile(A).expect("alice");
+        assert_eq!(
+            (
+                p.display_name.as_str(),
+                p.status_text.as_str(),
+                p.avatar.as_deref()
+            ),
+            ("Alice L.", "reading", Some("m1"))
+        );
+        run(&mut s, update(None, Some(""), AvatarChange::Clear));
+        let p = s.profile(A).expect("alice");
+        assert_eq!((p.status_text.as_str(), p.avatar), ("", None));
+        assert_eq!(s.profile(B).map(|p| p.display_name), Some("bob".into()));
+        assert_eq!(s.profile(UserId(9)), None);
+        let unknown = MetaCommand::UpdateProfile {
+            user_id: UserId(9),
+            display_name: Some("x".into()),
+            status_text: None,
+            avatar: AvatarChange::Keep,
+            now_ms: 1,
+        };
+        assert_eq!(run(&mut s, unknown), MetaResponse::UnknownUser);
+        assert_eq!(s.revision(), 3);
+        must_reload_equal(&s);
+    }
+
+    #[test]
+    fn settings_default_to_anyone_and_can_be_changed() {
+        let mut s = three();
+        assert_eq!(s.settings(A).dm_policy, DmPolicy::Anyone);
+        let set = |user_id, dm_policy| MetaCommand::UpdateSettings { user_id, dm_policy };
+        assert_eq!(
+            run(&mut s, set(A, Some(DmPolicy::Contacts))),
+            MetaResponse::SettingsUpdated {
+                revision: 1,
+                settings: SettingsRecord {
+                    dm_policy: DmPolicy::Contacts
+                }
+            }
+        );
+        run(&mut s, set(A, None));
+        assert_eq!(s.settings(A).dm_policy, DmPolicy::Contacts);
+        assert_eq!(
+            run(&mut s, set(UserId(9), Some(DmPolicy::Anyone))),
+            MetaResponse::UnknownUser
+        );
+        must_reload_equal(&s);
+    }
+
+    #[test]
+    fn request_then_accept_makes_contacts_and_remove_ends_it() {
+        let mut s = three();
+        assert_eq!(relation_of(&run(&mut s, request(A, B))), Relation::Outgoing);
+        assert_eq!(s.relation(B, A), Relation::Incoming);
+        assert_eq!(s.outgoing_requests(A), vec![(B, 10)]);
+        assert_eq!(s.incoming_requests(B), vec![(A, 10)]);
+        // A retried request changes nothing.
+        let rev = s.revision();
+        assert_eq!(relation_of(&run(&mut s, request(A, B))), Relation::Outgoing);
+        assert_eq!(s.revision(), rev);
+        must_reload_equal(&s);
+
+        assert_eq!(relation_of(&run(&mut s, accept(B, A))), Relation::Contact);
+        assert_eq!(s.relation(A, B), Relation::Contact);
+        assert_eq!(s.contacts_of(A), vec![(B, 11)]);
+        assert_eq!(s.contacts_of(B), vec![(A, 11)]);
+        assert!(s.incoming_requests(B).is_empty() && s.outgoing_requests(A).is_empty());
+        // Accepting again (a retry) and requesting a contact are no-ops.
+        assert_eq!(relation_of(&run(&mut s, accept(B, A))), Relation::Contact);
+        assert_eq!(relation_of(&run(&mut s, request(A, B))), Relation::Contact);
+        must_reload_equal(&s);
+
+        // Either side may remove; removing twice finds nothing.
+        let remove = |user_id, other| MetaCommand::RemoveContact { user_id, other };
+        assert_eq!(relation_of(&run(&mut s, remove(A, B))), Relation::None);
+        assert_eq!(s.relation(B, A), Relation::None);
+        assert!(s.contacts_of(A).is_empty() && s.contacts_of(B).is_empty());
+        assert_eq!(run(&mut s, remove(B, A)), MetaResponse::NotContacts);
+        assert_eq!(s, {
+            let mut fresh = three();
+            fresh.revision = s.revision;
+            fresh
+        });
+        must_reload_equal(&s);
+    }
+
+    #[test]
+    fn crossing_requests_make_contacts() {
+        let mut s = three();
+        run(&mut s, request(A, B));
+        assert_eq!(relation_of(&run(&mut s, request(B, A))), Relation::Contact);
+        assert_eq!(s.relation(A, B), Relation::Contact);
+        assert!(s.incoming_requests(A).is_empty() && s.incoming_requests(B).is_empty());
+        must_reload_equal(&s);
+    }
+
+    #[test]
+    fn decline_and_cancel_need_the_request_they_name() {
+        let mut s = three();
+        let decline = |user_id, from| MetaCommand::DeclineContact { user_id, from };
+        let cancel = |user_id, to| MetaCommand::CancelContactRequest { user_id, to };
+        // Nothing to act on yet.
+        assert_eq!(run(&mut s, accept(B, A)), MetaResponse::NoRequest);
+        assert_eq!(run(&mut s, decline(B, A)), MetaResponse::NoRequest);
+        assert_eq!(run(&mut s, cancel(A, B)), MetaResponse::NoRequest);
+        assert_eq!(s.revision(), 0);
+
+        run(&mut s, request(A, B));
+        // The recipient cannot cancel the sender's request, a third user cannot touch it,
+        // and the sender cannot accept or decline their own request.
+        assert_eq!(run(&mut s, cancel(B, A)), MetaResponse::NoRequest);
+        assert_eq!(run(&mut s, cancel(C, B)), MetaResponse::NoRequest);
+        assert_eq!(run(&mut s, accept(C, A)), MetaResponse::NoRequest);
+        assert_eq!(run(&mut s, accept(A, B)), MetaResponse::NoRequest);
+        assert_eq!(run(&mut s, decline(A, B)), MetaResponse::NoRequest);
+        assert_eq!(s.relation(A, B), Relation::Outgoing);
+
+        assert_eq!(relation_of(&run(&mut s, decline(B, A))), Relation::None);
+        assert_eq!(s.relation(A, B), Relation::None);
+        run(&mut s, request(A, B));
+        assert_eq!(relation_of(&run(&mut s, cancel(A, B))), Relation::None);
+        assert_eq!(s.relation(B, A), Relation::None);
+        assert!(s.incoming_requests(B).is_empty());
+        must_reload_equal(&s);
+    }
+
+    #[test]
+    fn self_and_unknown_targets_are_refused() {
+        let mut s = three();
+        for cmd in [
+            request(A, A),
+            accept(A, A),
+            block(A, A),
+            MetaCommand::DeclineContact {
+                user_id: A,
+                from: A,
+            },
+            MetaCommand::CancelContactRequest { user_id: A, to: A },
+            MetaCommand::RemoveContact {
+                user_id: A,
+                other: A,
+            },
+            MetaCommand::UnblockUser {
+                user_id: A,
+                other: A,
+            },
+        ] {
+            assert_eq!(
+                run(&mut s, cmd.clone()),
+                MetaResponse::SelfTarget,
+                "{cmd:?}"
+            );
+        }
+        assert_eq!(
+            run(&mut s, request(A, UserId(9))),
+            MetaResponse::UnknownUser
+        );
+        assert_eq!(run(&mut s, block(A, UserId(9))), MetaResponse::UnknownUser);
+        assert_eq!(s, three());
+    }
+
+    #[test]
+    fn blocking_ends_relations_and_refuses_requests_both_ways() {
+        let mut s = three();
+        run(&mut s, request(A, B));
+        run(&mut s, accept(B, A));
+        run(&mut s, request(C, A));
+        run(&mut s, request(A, C));
+        // A request crossed with C's made them contacts; start over with pending ones.
+        run(
+            &mut s,
+            MetaCommand::RemoveContact {
+                user_id: A,
+                other: C,
+            },
+        );
+        run(&mut s, request(C, A));
+        assert_eq!(s.relation(A, C), Relation::Incoming);
+
+        assert_eq!(relation_of(&run(&mut s, block(A, B))), Relation::Blocked);
+        assert_eq!(relation_of(&run(&mut s, block(A, C))), Relation::Blocked);
+        assert!(s.contacts_of(A).is_empty() && s.contacts_of(B).is_empty());
+        assert!(s.incoming_requests(A).is_empty() && s.outgoing_requests(C).is_empty());
+        assert_eq!(s.blocked_by(A), vec![(B, 12), (C, 12)]);
+        // Being blocked is not shown to the blocked user.
+        assert_eq!(s.relation(B, A), Relation::None);
+        must_reload_equal(&s);
+
+        // Neither side may ask the other while the block stands.
+        assert_eq!(run(&mut s, request(B, A)), MetaResponse::Blocked);
+        assert_eq!(run(&mut s, request(A, B)), MetaResponse::Blocked);
+        // Blocking again is a no-op.
+        let rev = s.revision();
+        assert_eq!(relation_of(&run(&mut s, block(A, B))), Relation::Blocked);
+        assert_eq!(s.revision(), rev);
+
+        let unblock = |user_id, other| MetaCommand::UnblockUser { user_id, other };
+        assert_eq!(relation_of(&run(&mut s, unblock(A, B))), Relation::None);
+        assert_eq!(relation_of(&run(&mut s, unblock(A, B))), Relation::None);
+        assert_eq!(relation_of(&run(&mut s, request(B, A))), Relation::Outgoing);
+        // The blocked user unblocking does not lift the other's block.
+        assert_eq!(relation_of(&run(&mut s, unblock(C, A))), Relation::None);
+        assert!(s.is_blocked(A, C));
+        must_reload_equal(&s);
+    }
+
+    #[test]
+    fn direct_messages_follow_blocks_and_the_recipients_policy() {
+        let mut s = three();
+        assert_eq!(s.direct_message_check(A, B), DirectCheck::Allowed);
+        run(&mut s, block(B, A));
+        assert_eq!(s.direct_message_check(A, B), DirectCheck::Blocked);
+        assert_eq!(s.direct_message_check(B, A), DirectCheck::Blocked);
+        assert_eq!(s.direct_message_check(A, A), DirectCheck::Allowed);
+
+        run(
+            &mut s,
+            MetaCommand::UpdateSettings {
+                user_id: C,
+                dm_policy: Some(DmPolicy::Contacts),
+            },
+        );
+        assert_eq!(s.direct_message_check(A, C), DirectCheck::ContactsOnly);
+        // C may still write to strangers whose policy allows it; only the recipient's counts.
+        assert_eq!(s.direct_message_check(C, A), DirectCheck::Allowed);
+        assert_eq!(s.direct_message_check(C, C), DirectCheck::Allowed);
+        run(&mut s, request(A, C));
+        assert_eq!(s.direct_message_check(A, C), DirectCheck::ContactsOnly);
+        run(&mut s, accept(C, A));
+        assert_eq!(s.direct_message_check(A, C), DirectCheck::Allowed);
+    }
+
+    #[test]
+    fn sessions_are_listed_per_user_and_revoked_only_by_their_owner() {
+        let mut s = three();
+        let hash = |c: char| c.to_string().repeat(64);
+        for (c, user) in [('a', A), ('b', A), ('c', B)] {
+            run(
+                &mut s,
+                MetaCommand::CreateSession {
+                    token_hash: hash(c),
+                    user_id: user,
+                    now_ms: 30,
+                },
+            );
+        }
+        let ids = |s: &MetaState, u| -> Vec<String> {
+            s.sessions_of(u)
+                .into_iter()
+                .map(|(h, _)| session_id(h).to_owned())
+                .collect()
+        };
+        assert_eq!(ids(&s, A), vec!["a".repeat(16), "b".repeat(16)]);
+        assert_eq!(ids(&s, B), vec!["c".repeat(16)]);
+        must_reload_equal(&s);
+
+        let revoke = |user_id, id: &str| MetaCommand::RevokeUserSession {
+            user_id,
+            session_id: id.into(),
+        };
+        // Another user's session, a prefix too short, a made-up id: not found.
+        assert_eq!(
+            run(&mut s, revoke(A, &"c".repeat(16))),
+            MetaResponse::UnknownSession
+        );
+        assert_eq!(run(&mut s, revoke(A, "aaaa")), MetaResponse::UnknownSession);
+        assert_eq!(
+            run(&mut s, revoke(C, &"a".repeat(16))),
+            MetaResponse::UnknownSession
+        );
+        assert!(s.session(&hash('c')).is_some());
+        assert_eq!(
+            run(&mut s, revoke(A, &"a".repeat(16))),
+            MetaResponse::UserSessionRevoked { revision: 1 }
+        );
+        assert!(s.session(&hash('a')).is_none());
+        assert_eq!(ids(&s, A), vec!["b".repeat(16)]);
+        // Revoking by token hash (logout) keeps the index in step too.
+        run(
+            &mut s,
+            MetaCommand::RevokeSession {
+                token_hash: hash('b'),
+            },
+        );
+        assert!(ids(&s, A).is_empty());
+        must_reload_equal(&s);
+    }
+
+    #[test]
+    fn every_social_change_persists_and_reloads_to_the_same_state() {
+        let mut s = MetaState::default();
+        let mut kv: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut step = |s: &mut MetaState, cmd: MetaCommand| {
+            for w in s.apply(&cmd).expect("apply").1 {
+                match w.value {
+                    Some(v) => kv.insert(w.key, v),
+                    None => kv.remove(&w.key),
+                };
+            }
+            let loaded = MetaState::load(kv.clone()).expect("load");
+            assert_eq!(&loaded, s, "after {cmd:?}");
+            must_reload_equal(s);
+        };
+        for name in ["alice", "bob", "carol", "dave"] {
+            step(
+                &mut s,
+                MetaCommand::RegisterUser {
+                    username: name.into(),
+                    password_hash: "h".into(),
+                    now_ms: 1,
+                },
+            );
+        }
+        let d = UserId(4);
+        for cmd in [
+            MetaCommand::CreateSession {
+                token_hash: "f".repeat(64),
+                user_id: A,
+                now_ms: 2,
+            },
+            MetaCommand::CreateSession {
+                token_hash: "e".repeat(64),
+                user_id: A,
+                now_ms: 3,
+            },
+            MetaCommand::UpdateProfile {
+                user_id: B,
+                display_name: Some("Bob B.".into()),
+                status_text: Some("hi".into()),
+                avatar: AvatarChange::Set("m-2".into()),
+                now_ms: 4,
+            },
+            MetaCommand::UpdateSettings {
+                user_id: C,
+                dm_policy: Some(DmPolicy::Contacts),
+            },
+            request(A, B),
+            accept(B, A),
+            request(C, A),
+            request(A, d),
+            block(d, C),
+            block(B, C),
+            MetaCommand::RevokeUserSession {
+                user_id: A,
+                session_id: "e".repeat(16),
+            },
+            MetaCommand::UnblockUser {
+                user_id: B,
+                other: C,
+            },
+            MetaCommand::CancelContactRequest { user_id: A, to: d },
+        ] {
+            step(&mut s, cmd);
+        }
+        assert_eq!(s.revision(), 11);
+        assert_eq!(s.relation(A, B), Relation::Contact);
+        assert_eq!(s.relation(A, C), Relation::Incoming);
+        assert_eq!(s.relation(d, C), Relation::Blocked);
+    }
+
+    #[test]
+    fn edge_keys_are_prefix_then_two_big_endian_ids() {
+        let k = edge_key(REQUEST, UserId(1), UserId(0x0102));
+        let mut want = b"q/".to_vec();
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(k, want);
+        assert_eq!(
+            decode_pair(&k, &k[2..]).expect("decodes"),
+            (UserId(1), UserId(0x0102))
+        );
+        assert_eq!(profile_key(UserId(7)), b"p/\0\0\0\0\0\0\0\x07".to_vec());
+    }
+
+    #[test]
+    fn malformed_social_keys_are_refused_on_load() {
+        for key in [&b"p/\x01"[..], b"k/12345678", b"q/123456781234567", b"b/"] {
+            let pairs = vec![(key.to_vec(), encode_u64_v1(1).to_vec())];
+            assert!(MetaState::load(pairs).is_err(), "{key:?}");
+        }
     }
 }

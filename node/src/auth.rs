@@ -29,7 +29,9 @@ pub struct Principal {
     pub token_hash: String,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds, for the timestamps that commands carry (the state machine reads no
+/// clock).
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

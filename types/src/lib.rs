@@ -1,8 +1,9 @@
 //! chat-types: the vocabulary every other crate and every client shares.
 //!
 //! Owns the id newtypes (`UserId`, `ConversationId`, `Seq`, ...), the public wire frames of
-//! protocol v1 (JSON over WebSocket, and the REST bodies), the stable error codes and the
-//! WebSocket close codes, and the validation rules for client-supplied values.
+//! protocol v1 (JSON over WebSocket, and the REST bodies; accounts, messages, profiles,
+//! sessions, contacts and blocks), the stable error codes and the WebSocket close codes, and
+//! the validation rules for client-supplied values.
 //!
 //! Must not depend on anything but serde: no storage, no runtime, no networking. Clients (the
 //! SDK, the load tester, the web client through `docs/protocol.md`) see the product only
@@ -18,8 +19,14 @@ pub mod wire;
 pub use error::{close, ErrorCode, WireError};
 pub use event::{Event, EventSeq, UserEvent};
 pub use ids::{ClientMsgId, ConversationId, IdError, NodeId, RingEpoch, Seq, UserId};
-pub use limits::{validate_body, validate_password, validate_username, Limits, ValidationError};
-pub use wire::{ClientFrame, ConversationInfo, Message, ServerFrame, UserSummary};
+pub use limits::{
+    validate_avatar, validate_body, validate_display_name, validate_password, validate_session_id,
+    validate_status_text, validate_username, Limits, ValidationError,
+};
+pub use wire::{
+    ClientFrame, ContactEntry, ConversationInfo, DmPolicy, Message, Profile, Relation, ServerFrame,
+    SessionInfo, Settings, UserSummary,
+};
 
 /// The protocol version this build speaks. A client's `hello` must name it.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -54,9 +54,130 @@ pub enum ClientFrame {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// A user's public profile, named by id or username; with neither, one's own. Answered by
+    /// `profile`.
+    GetProfile {
+        id: String,
+        #[serde(default)]
+        user_id: Option<UserId>,
+        #[serde(default)]
+        username: Option<String>,
+    },
+    /// Changes one's own profile: fields left out keep their value; `"avatar": null` clears
+    /// the avatar. Answered by `profile`.
+    UpdateProfile {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status_text: Option<String>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "present_or_null"
+        )]
+        avatar: Option<Option<String>>,
+    },
+    /// One's own settings. Answered by `settings`.
+    GetSettings {
+        id: String,
+    },
+    /// Changes one's own settings: fields left out keep their value. Answered by `settings`.
+    UpdateSettings {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dm_policy: Option<DmPolicy>,
+    },
+    /// One's own sessions (logged-in devices). Answered by `sessions`.
+    ListSessions {
+        id: String,
+    },
+    /// Revokes one of one's own sessions. Answered by `session_revoked`.
+    RevokeSession {
+        id: String,
+        session_id: String,
+    },
+    /// Contacts and pending requests both ways. Answered by `contacts`.
+    ListContacts {
+        id: String,
+    },
+    /// Asks a user (by id or username) to become a contact; when they already asked, both
+    /// become contacts. Answered by `relation`.
+    RequestContact {
+        id: String,
+        #[serde(default)]
+        user_id: Option<UserId>,
+        #[serde(default)]
+        username: Option<String>,
+    },
+    /// Accepts the request `user_id` sent. Answered by `relation`.
+    AcceptContact {
+        id: String,
+        user_id: UserId,
+    },
+    /// Declines the request `user_id` sent. Answered by `relation`.
+    DeclineContact {
+        id: String,
+        user_id: UserId,
+    },
+    /// Withdraws one's own request to `user_id`. Answered by `relation`.
+    CancelContact {
+        id: String,
+        user_id: UserId,
+    },
+    /// Ends a contact relation (either side may). Answered by `relation`.
+    RemoveContact {
+        id: String,
+        user_id: UserId,
+    },
+    /// Blocks a user. Answered by `relation`.
+    BlockUser {
+        id: String,
+        user_id: UserId,
+    },
+    /// Unblocks a user. Answered by `relation`.
+    UnblockUser {
+        id: String,
+        user_id: UserId,
+    },
+    /// The users one blocked. Answered by `blocks`.
+    ListBlocks {
+        id: String,
+    },
 }
 
-const CLIENT_FRAME_TYPES: &[&str] = &["hello", "ping", "open_direct", "send", "history"];
+const CLIENT_FRAME_TYPES: &[&str] = &[
+    "hello",
+    "ping",
+    "open_direct",
+    "send",
+    "history",
+    "get_profile",
+    "update_profile",
+    "get_settings",
+    "update_settings",
+    "list_sessions",
+    "revoke_session",
+    "list_contacts",
+    "request_contact",
+    "accept_contact",
+    "decline_contact",
+    "cancel_contact",
+    "remove_contact",
+    "block_user",
+    "unblock_user",
+    "list_blocks",
+];
+
+/// For `Option<Option<T>>` fields that tell "left out" (`None`, with `#[serde(default)]`)
+/// from "null" (`Some(None)`).
+pub(crate) fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
 
 impl ClientFrame {
     /// The request id, when the frame has one.
@@ -66,7 +187,22 @@ impl ClientFrame {
             ClientFrame::Ping { id }
             | ClientFrame::OpenDirect { id, .. }
             | ClientFrame::Send { id, .. }
-            | ClientFrame::History { id, .. } => Some(id),
+            | ClientFrame::History { id, .. }
+            | ClientFrame::GetProfile { id, .. }
+            | ClientFrame::UpdateProfile { id, .. }
+            | ClientFrame::GetSettings { id }
+            | ClientFrame::UpdateSettings { id, .. }
+            | ClientFrame::ListSessions { id }
+            | ClientFrame::RevokeSession { id, .. }
+            | ClientFrame::ListContacts { id }
+            | ClientFrame::RequestContact { id, .. }
+            | ClientFrame::AcceptContact { id, .. }
+            | ClientFrame::DeclineContact { id, .. }
+            | ClientFrame::CancelContact { id, .. }
+            | ClientFrame::RemoveContact { id, .. }
+            | ClientFrame::BlockUser { id, .. }
+            | ClientFrame::UnblockUser { id, .. }
+            | ClientFrame::ListBlocks { id } => Some(id),
         }
     }
 
@@ -139,6 +275,70 @@ pub struct Message {
     pub ts_ms: u64,
 }
 
+/// A user's public profile: what any signed-in user may read about another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub user_id: UserId,
+    pub username: String,
+    /// 1 to 64 characters; the username until the user sets one.
+    pub display_name: String,
+    /// 0 to 140 characters.
+    pub status_text: String,
+    /// An opaque media id (media are not served yet), or null.
+    pub avatar: Option<String>,
+}
+
+/// Who may open, and send in, a direct conversation with a user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmPolicy {
+    /// Every user who is not blocked (either way).
+    #[default]
+    Anyone,
+    /// Only the user's contacts.
+    Contacts,
+}
+
+/// A user's own settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub dm_policy: DmPolicy,
+}
+
+/// How another user stands with the one asking. Being blocked by the other user is not
+/// shown (it reads as `none`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    None,
+    /// I asked them; they have not answered.
+    Outgoing,
+    /// They asked me; I have not answered.
+    Incoming,
+    Contact,
+    /// I blocked them.
+    Blocked,
+}
+
+/// One of a user's sessions (a logged-in device). The token itself is never shown.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The first 16 hex characters of the token's hash: the name to revoke it by.
+    pub session_id: String,
+    pub created_ms: u64,
+    /// True for the session the request itself was made with.
+    pub current: bool,
+}
+
+/// A user in a contact, request or block list, with their public profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactEntry {
+    #[serde(flatten)]
+    pub profile: Profile,
+    /// When the relation (contact, request or block) began, ms since the Unix epoch.
+    pub since_ms: u64,
+}
+
 /// A frame from server to client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -190,6 +390,48 @@ pub enum ServerFrame {
         event_seq: Option<EventSeq>,
         #[serde(flatten)]
         message: Message,
+    },
+    /// Answers `get_profile` and `update_profile`.
+    Profile {
+        id: String,
+        #[serde(flatten)]
+        profile: Profile,
+    },
+    /// Answers `get_settings` and `update_settings`.
+    Settings {
+        id: String,
+        #[serde(flatten)]
+        settings: Settings,
+    },
+    /// Answers `list_sessions`.
+    Sessions {
+        id: String,
+        sessions: Vec<SessionInfo>,
+    },
+    /// Answers `revoke_session`: the session is revoked on every node.
+    SessionRevoked {
+        id: String,
+        session_id: String,
+    },
+    /// Answers `list_contacts`. Each list is ordered by user id.
+    Contacts {
+        id: String,
+        contacts: Vec<ContactEntry>,
+        /// Requests others sent me.
+        incoming: Vec<ContactEntry>,
+        /// Requests I sent.
+        outgoing: Vec<ContactEntry>,
+    },
+    /// Answers `list_blocks`, ordered by user id.
+    Blocks {
+        id: String,
+        blocked: Vec<ContactEntry>,
+    },
+    /// Answers the contact and block requests: how `user_id` stands with me now.
+    Relation {
+        id: String,
+        user_id: UserId,
+        relation: Relation,
     },
     /// The `resume_from` cursor cannot be replayed (too far behind, or unknown): fetch each
     /// conversation's history, then continue from `event_head`.
@@ -256,5 +498,114 @@ mod tests {
         assert_eq!(v["retry"], false);
         let back: ServerFrame = serde_json::from_value(v).expect("decodes");
         assert_eq!(back, f);
+    }
+
+    #[test]
+    fn every_client_frame_type_is_listed_and_decodes() {
+        let frames = [
+            r#"{"type":"get_profile","id":"1"}"#,
+            r#"{"type":"get_profile","id":"1","username":"bob"}"#,
+            r#"{"type":"update_profile","id":"1","status_text":"away"}"#,
+            r#"{"type":"get_settings","id":"1"}"#,
+            r#"{"type":"update_settings","id":"1","dm_policy":"contacts"}"#,
+            r#"{"type":"list_sessions","id":"1"}"#,
+            r#"{"type":"revoke_session","id":"1","session_id":"0123456789abcdef"}"#,
+            r#"{"type":"list_contacts","id":"1"}"#,
+            r#"{"type":"request_contact","id":"1","user_id":2}"#,
+            r#"{"type":"accept_contact","id":"1","user_id":2}"#,
+            r#"{"type":"decline_contact","id":"1","user_id":2}"#,
+            r#"{"type":"cancel_contact","id":"1","user_id":2}"#,
+            r#"{"type":"remove_contact","id":"1","user_id":2}"#,
+            r#"{"type":"block_user","id":"1","user_id":2}"#,
+            r#"{"type":"unblock_user","id":"1","user_id":2}"#,
+            r#"{"type":"list_blocks","id":"1"}"#,
+        ];
+        for text in frames {
+            let frame = ClientFrame::decode(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert_eq!(frame.id(), Some("1"));
+            let again = serde_json::to_string(&frame).expect("encodes");
+            assert_eq!(ClientFrame::decode(&again).expect("round trip"), frame);
+        }
+        let (_, e) =
+            ClientFrame::decode(r#"{"type":"update_settings","id":"1","dm_policy":"friends"}"#)
+                .expect_err("unknown policy");
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        let (_, e) = ClientFrame::decode(r#"{"type":"block_user","id":"1","user_id":"x"}"#)
+            .expect_err("bad id");
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+    }
+
+    #[test]
+    fn update_profile_tells_a_missing_avatar_from_a_null_one() {
+        let avatar = |text: &str| match ClientFrame::decode(text).expect("valid") {
+            ClientFrame::UpdateProfile { avatar, .. } => avatar,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(avatar(r#"{"type":"update_profile","id":"1"}"#), None);
+        assert_eq!(
+            avatar(r#"{"type":"update_profile","id":"1","avatar":null}"#),
+            Some(None)
+        );
+        assert_eq!(
+            avatar(r#"{"type":"update_profile","id":"1","avatar":"m1"}"#),
+            Some(Some("m1".into()))
+        );
+        let clear = ClientFrame::UpdateProfile {
+            id: "1".into(),
+            display_name: None,
+            status_text: None,
+            avatar: Some(None),
+        };
+        let text = serde_json::to_string(&clear).expect("encodes");
+        assert_eq!(text, r#"{"type":"update_profile","id":"1","avatar":null}"#);
+    }
+
+    #[test]
+    fn social_server_frames_round_trip() {
+        let profile = Profile {
+            user_id: UserId(2),
+            username: "bob".into(),
+            display_name: "Bob".into(),
+            status_text: "".into(),
+            avatar: None,
+        };
+        let frames = [
+            ServerFrame::Profile {
+                id: "1".into(),
+                profile: profile.clone(),
+            },
+            ServerFrame::Settings {
+                id: "1".into(),
+                settings: Settings {
+                    dm_policy: DmPolicy::Contacts,
+                },
+            },
+            ServerFrame::Contacts {
+                id: "1".into(),
+                contacts: vec![ContactEntry {
+                    profile,
+                    since_ms: 7,
+                }],
+                incoming: vec![],
+                outgoing: vec![],
+            },
+            ServerFrame::Relation {
+                id: "1".into(),
+                user_id: UserId(2),
+                relation: Relation::Contact,
+            },
+        ];
+        for f in frames {
+            let text = serde_json::to_string(&f).expect("encodes");
+            let back: ServerFrame = serde_json::from_str(&text).expect("decodes");
+            assert_eq!(back, f, "{text}");
+        }
+        let v = serde_json::to_value(ServerFrame::Relation {
+            id: "1".into(),
+            user_id: UserId(2),
+            relation: Relation::Incoming,
+        })
+        .expect("json");
+        assert_eq!(v["relation"], "incoming");
     }
 }

@@ -1,9 +1,11 @@
-//! The public HTTP surface: REST under `/v1`, the WebSocket at `/v1/ws`, and the operator
-//! endpoints `/healthz`, `/readyz`, `/metrics`.
+//! The public HTTP surface: REST under `/v1` (accounts, history, and in `social.rs` the rules
+//! for profiles, settings, sessions, contacts and blocks), the WebSocket at `/v1/ws`, and the
+//! operator endpoints `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
 pub mod health;
 pub mod rest;
+pub mod social;
 pub mod ws;
 
 use std::sync::Arc;
@@ -40,6 +42,35 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/conversations/{conversation}/messages",
             web::get().to(rest::history),
         )
+        .route("/v1/me/profile", web::get().to(rest::my_profile))
+        .route("/v1/me/profile", web::patch().to(rest::update_my_profile))
+        .route(
+            "/v1/users/{user_id}/profile",
+            web::get().to(rest::user_profile),
+        )
+        .route("/v1/me/settings", web::get().to(rest::my_settings))
+        .route("/v1/me/settings", web::put().to(rest::update_my_settings))
+        .route("/v1/me/sessions", web::get().to(rest::my_sessions))
+        .route(
+            "/v1/me/sessions/{session_id}",
+            web::delete().to(rest::revoke_my_session),
+        )
+        .route("/v1/contacts", web::get().to(rest::contacts))
+        .route(
+            "/v1/contacts/requests",
+            web::post().to(rest::request_contact),
+        )
+        .route(
+            "/v1/contacts/requests/{user_id}/{action}",
+            web::post().to(rest::answer_contact_request),
+        )
+        .route(
+            "/v1/contacts/{user_id}",
+            web::delete().to(rest::remove_contact),
+        )
+        .route("/v1/blocks", web::get().to(rest::blocks))
+        .route("/v1/blocks/{user_id}", web::put().to(rest::block_user))
+        .route("/v1/blocks/{user_id}", web::delete().to(rest::unblock_user))
         .route("/v1/ws", web::get().to(ws::upgrade))
         .route("/v1/admin/cluster", web::get().to(admin::cluster))
         .route(

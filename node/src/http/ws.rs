@@ -14,6 +14,7 @@ use actix_ws::{
     CloseCode, CloseReason, Message as WsMessage, MessageStream, ProtocolError, Session,
 };
 use chat_actors::{ConnRef, Outbound};
+use chat_types::rest::ProfileUpdate;
 use chat_types::{
     close, validate_body, ClientFrame, ConversationInfo, ErrorCode, ServerFrame, UserId,
     UserSummary, WireError, PROTOCOL_VERSION,
@@ -21,12 +22,16 @@ use chat_types::{
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::social::{self, ContactAction};
 use super::{authenticate, error_response, AppState};
 use crate::auth::Principal;
 use crate::metrics::Metrics;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_PAGE: u32 = 50;
+/// How often an idle connection checks that its session was not revoked (logout, or
+/// `revoke_session` from another device). Every request checks too.
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 
 enum Inbound {
     Text(String),
@@ -125,6 +130,8 @@ async fn run_connection(
         bad_frames: 0,
     };
     let mut deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut revocation = tokio::time::interval(REVOCATION_CHECK);
+    revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
             ev = inbound.recv() => {
@@ -151,6 +158,11 @@ async fn run_connection(
                 Some(Outbound::Close { code, reason }) => break Next::Close(code, reason),
                 None => break Next::Close(close::GOING_AWAY, "node is shutting down".into()),
             },
+            _ = revocation.tick() => {
+                if let Some(close) = c.revoked() {
+                    break close;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 let why = if c.greeted { "no frame within two heartbeats" } else { "no hello in time" };
                 break Next::Close(if c.greeted { close::GOING_AWAY } else { close::HANDSHAKE }, why.into());
@@ -212,7 +224,17 @@ impl Conn {
         Next::Continue
     }
 
+    /// The close for a connection whose session was revoked since it was authenticated.
+    fn revoked(&self) -> Option<Next> {
+        let hash = &self.principal.token_hash;
+        let live = self.state.meta.read(|s| s.session(hash).is_some());
+        (!live).then(|| Next::Close(close::UNAUTHORIZED, "session revoked".into()))
+    }
+
     async fn handle_text(&mut self, text: &str) -> Next {
+        if let Some(close) = self.revoked() {
+            return close;
+        }
         let frame = match ClientFrame::decode(text) {
             Ok(f) => f,
             Err((id, e)) => return self.bad_frame(id, e).await,
@@ -305,8 +327,11 @@ impl Conn {
                         .error(Some(id), WireError::new(code, e.to_string()))
                         .await;
                 }
-                let router = self.state.router.clone();
                 let user = self.principal.user_id;
+                if let Err(e) = social::check_direct(&self.state, user, &conversation) {
+                    return self.error(Some(id), e).await;
+                }
+                let router = self.state.router.clone();
                 let origin = self.conn;
                 match router
                     .append(user, conversation, client_msg_id, body, origin)
@@ -361,6 +386,151 @@ impl Conn {
                     Err(e) => self.error(Some(id), e.to_wire()).await,
                 }
             }
+            social_frame => self.handle_social(social_frame).await,
+        }
+    }
+
+    /// Profiles, settings, sessions, contacts and blocks (see `social.rs`).
+    async fn handle_social(&mut self, frame: ClientFrame) -> Next {
+        let state = self.state.clone();
+        let me = &self.principal;
+        let relation = |id: String, r: Result<chat_types::rest::RelationResponse, WireError>| {
+            r.map(|r| ServerFrame::Relation {
+                id: id.clone(),
+                user_id: r.user_id,
+                relation: r.relation,
+            })
+            .map_err(|e| (id, e))
+        };
+        let result: Result<ServerFrame, (String, WireError)> = match frame {
+            ClientFrame::GetProfile {
+                id,
+                user_id,
+                username,
+            } => {
+                let target = if user_id.is_none() && username.is_none() {
+                    Ok(me.user_id)
+                } else {
+                    social::resolve_user(&state, user_id, username).await
+                };
+                let profile = match target {
+                    Ok(user) => social::profile(&state, user).await,
+                    Err(e) => Err(e),
+                };
+                profile
+                    .map(|profile| ServerFrame::Profile {
+                        id: id.clone(),
+                        profile,
+                    })
+                    .map_err(|e| (id, e))
+            }
+            ClientFrame::UpdateProfile {
+                id,
+                display_name,
+                status_text,
+                avatar,
+            } => {
+                let update = ProfileUpdate {
+                    display_name,
+                    status_text,
+                    avatar,
+                };
+                social::update_profile(&state, me, update)
+                    .await
+                    .map(|profile| ServerFrame::Profile {
+                        id: id.clone(),
+                        profile,
+                    })
+                    .map_err(|e| (id, e))
+            }
+            ClientFrame::GetSettings { id } => Ok(ServerFrame::Settings {
+                id,
+                settings: social::settings(&state, me),
+            }),
+            ClientFrame::UpdateSettings { id, dm_policy } => {
+                social::update_settings(&state, me, dm_policy)
+                    .await
+                    .map(|settings| ServerFrame::Settings {
+                        id: id.clone(),
+                        settings,
+                    })
+                    .map_err(|e| (id, e))
+            }
+            ClientFrame::ListSessions { id } => Ok(ServerFrame::Sessions {
+                id,
+                sessions: social::sessions(&state, me),
+            }),
+            ClientFrame::RevokeSession { id, session_id } => {
+                social::revoke_session(&state, me, &session_id)
+                    .await
+                    .map(|()| ServerFrame::SessionRevoked {
+                        id: id.clone(),
+                        session_id,
+                    })
+                    .map_err(|e| (id, e))
+            }
+            ClientFrame::ListContacts { id } => {
+                let lists = social::contacts(&state, me);
+                Ok(ServerFrame::Contacts {
+                    id,
+                    contacts: lists.contacts,
+                    incoming: lists.incoming,
+                    outgoing: lists.outgoing,
+                })
+            }
+            ClientFrame::ListBlocks { id } => Ok(ServerFrame::Blocks {
+                id,
+                blocked: social::blocks(&state, me).blocked,
+            }),
+            ClientFrame::RequestContact {
+                id,
+                user_id,
+                username,
+            } => {
+                let r = match social::resolve_user(&state, user_id, username).await {
+                    Ok(other) => {
+                        social::change_relation(&state, me, ContactAction::Request, other).await
+                    }
+                    Err(e) => Err(e),
+                };
+                relation(id, r)
+            }
+            ClientFrame::AcceptContact { id, user_id } => relation(
+                id,
+                social::change_relation(&state, me, ContactAction::Accept, user_id).await,
+            ),
+            ClientFrame::DeclineContact { id, user_id } => relation(
+                id,
+                social::change_relation(&state, me, ContactAction::Decline, user_id).await,
+            ),
+            ClientFrame::CancelContact { id, user_id } => relation(
+                id,
+                social::change_relation(&state, me, ContactAction::Cancel, user_id).await,
+            ),
+            ClientFrame::RemoveContact { id, user_id } => relation(
+                id,
+                social::change_relation(&state, me, ContactAction::Remove, user_id).await,
+            ),
+            ClientFrame::BlockUser { id, user_id } => relation(
+                id,
+                social::change_relation(&state, me, ContactAction::Block, user_id).await,
+            ),
+            ClientFrame::UnblockUser { id, user_id } => relation(
+                id,
+                social::change_relation(&state, me, ContactAction::Unblock, user_id).await,
+            ),
+            ClientFrame::Hello { .. }
+            | ClientFrame::Ping { .. }
+            | ClientFrame::OpenDirect { .. }
+            | ClientFrame::Send { .. }
+            | ClientFrame::History { .. } => {
+                // Served by `handle_text`; nothing reaches here.
+                return Next::Continue;
+            }
+        };
+        match result {
+            Ok(frame) => self.reply(frame).await,
+            Err((id, e)) => self.error(Some(id), e).await,
         }
     }
 
@@ -394,6 +564,7 @@ impl Conn {
             other.ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such user"))?;
         let me = self.principal.user_id;
         let conversation = chat_types::ConversationId::direct(me, other_id);
+        social::check_direct(&self.state, me, &conversation)?;
         let (head, _) = self
             .state
             .router
