@@ -1,7 +1,8 @@
 //! chat-cluster: how nodes form one cluster.
 //!
 //! Owns the consistent-hash ring and placement (`ring`), the replicated metadata
-//! (`meta`: accounts, sessions) and its Raft machinery on openraft (`raft`), the node's
+//! (`meta`: accounts, sessions, profiles, settings, contacts, requests and blocks) and its
+//! Raft machinery on openraft (`raft`), the node's
 //! handle on all of it (`metadata`: bootstrap, join, forwarded writes, the current ring), and
 //! the node-to-node transport (`transport`): framed, versioned MessagePack over TCP with
 //! request ids, size limits and one place for fault injection.
