@@ -2,7 +2,9 @@
 //! socket's bounded outbound queue; a client that does not read fills it and is closed with
 //! a resumable close code instead of slowing anyone else down.
 
-use chat_types::{close, Event, EventSeq, NodeId, ServerFrame, UserEvent, UserId};
+use chat_types::{
+    close, ConversationId, Event, EventSeq, NodeId, PresenceStatus, ServerFrame, UserEvent, UserId,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -21,19 +23,63 @@ pub enum PushFrame {
     Event(Event),
     /// The connection asked to resume from a cursor the stream cannot replay from.
     Resync { event_head: EventSeq },
+    /// Ephemeral, never stored: someone is typing.
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        expires_ms: u64,
+    },
+    /// Ephemeral, never stored: a contact's presence changed.
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+        last_seen_ms: Option<u64>,
+    },
 }
 
 impl PushFrame {
     fn into_server_frame(self) -> ServerFrame {
         match self {
-            PushFrame::Event(Event {
-                event_seq,
-                event: UserEvent::Message { message },
-            }) => ServerFrame::Message {
-                event_seq: Some(event_seq),
-                message,
+            PushFrame::Event(Event { event_seq, event }) => match event {
+                UserEvent::Message { message } => ServerFrame::Message {
+                    event_seq: Some(event_seq),
+                    message,
+                },
+                UserEvent::Read { conversation, seq } => ServerFrame::Read {
+                    event_seq,
+                    conversation,
+                    seq,
+                },
+                UserEvent::Receipt {
+                    conversation,
+                    user,
+                    seq,
+                } => ServerFrame::Receipt {
+                    event_seq,
+                    conversation,
+                    user,
+                    seq,
+                },
             },
             PushFrame::Resync { event_head } => ServerFrame::Resync { event_head },
+            PushFrame::Typing {
+                conversation,
+                user,
+                expires_ms,
+            } => ServerFrame::Typing {
+                conversation,
+                user,
+                expires_ms,
+            },
+            PushFrame::Presence {
+                user,
+                status,
+                last_seen_ms,
+            } => ServerFrame::Presence {
+                user,
+                status,
+                last_seen_ms,
+            },
         }
     }
 }

@@ -24,3 +24,11 @@ pub use connection::{ConnRef, Outbound, PushFrame};
 pub use error::ActorError;
 pub use logs::LocalLogs;
 pub use router::{Router, RouterBreakage, RouterStats};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

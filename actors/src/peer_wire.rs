@@ -1,7 +1,10 @@
 //! Actor messages between nodes: `[PEER_WIRE_VERSION] ++ MessagePack with field names`.
 //! Decoding is explicit and total: bad bytes are an error, never a panic.
 
-use chat_types::{ClientMsgId, ConversationId, EventSeq, Message, RingEpoch, Seq, UserId};
+use chat_types::{
+    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, PresenceStatus, RingEpoch,
+    Seq, UserId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::connection::{ConnRef, PushFrame};
@@ -52,6 +55,31 @@ pub enum ActorRequestBody {
     },
     /// To the node holding the connections.
     Push { conns: Vec<u64>, frame: PushFrame },
+    /// To the reader's home node: record "read up to `seq`" (never backwards), tell the
+    /// reader's other connections, and send a receipt to the other members.
+    MarkRead {
+        user: UserId,
+        conversation: ConversationId,
+        seq: Seq,
+        origin: Option<ConnRef>,
+    },
+    /// To a member's home node: `reader` read `conversation` up to `seq`.
+    Receipt {
+        user: UserId,
+        conversation: ConversationId,
+        reader: UserId,
+        seq: Seq,
+    },
+    /// To a user's home node: push an ephemeral frame (typing, presence) to the user's
+    /// connections; nothing is stored.
+    Ephemeral { user: UserId, frame: PushFrame },
+    /// To a user's home node: set the presence the user shows while connected.
+    SetPresence {
+        user: UserId,
+        status: PresenceStatus,
+    },
+    /// To a user's home node: the user's conversations, latest first.
+    ListConversations { user: UserId, limit: u32 },
     /// From a log's owner to one of its replicas: store these consecutive entries at their
     /// positions. Refused from an older epoch than the replica has seen, and answered `Gap`
     /// when the replica lacks entries before the first one.
@@ -92,6 +120,7 @@ pub enum ActorReply {
         head: u64,
         entries: Entries,
     },
+    Conversations(Vec<ConversationSummary>),
     /// The user's event head when a connection attached.
     Attached {
         event_head: EventSeq,

@@ -15,7 +15,10 @@ use std::time::Duration;
 use chat_cluster::ring::Ring;
 use chat_cluster::transport::{Channel, PeerError, TransportError};
 use chat_cluster::Metadata;
-use chat_types::{ClientMsgId, ConversationId, EventSeq, Message, NodeId, RingEpoch, Seq, UserId};
+use chat_types::{
+    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, NodeId, PresenceStatus,
+    RingEpoch, Seq, UserId,
+};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
@@ -188,6 +191,114 @@ impl Router {
             ActorReply::History { head, messages } => Ok((head, messages)),
             _ => Err(ActorError::BadPayload("unexpected reply to history".into())),
         }
+    }
+
+    /// Moves `user`'s read mark in `conversation` to `seq` (never back); the user's other
+    /// connections get a `read` event, the other members a `receipt` event.
+    pub async fn mark_read(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        seq: Seq,
+        origin: Option<ConnRef>,
+    ) -> Result<(), ActorError> {
+        if !conversation.is_member(user) {
+            return Err(ActorError::Forbidden);
+        }
+        let body = ActorRequestBody::MarkRead {
+            user,
+            conversation,
+            seq,
+            origin,
+        };
+        self.route(Target::User(user), body).await.map(|_| ())
+    }
+
+    /// Tells the other members that `user` is typing. Ephemeral and best effort.
+    pub async fn typing(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<(), ActorError> {
+        if !conversation.is_member(user) {
+            return Err(ActorError::Forbidden);
+        }
+        for member in conversation.direct_members() {
+            if member != user {
+                let frame = PushFrame::Typing {
+                    conversation,
+                    user,
+                    expires_ms: chat_types::TYPING_TTL_MS,
+                };
+                self.ephemeral(member, frame).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the presence `user` shows to contacts while connected.
+    pub async fn set_presence(
+        &self,
+        user: UserId,
+        status: PresenceStatus,
+    ) -> Result<(), ActorError> {
+        self.route(
+            Target::User(user),
+            ActorRequestBody::SetPresence { user, status },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `user`'s conversations, latest activity first, with unread counts.
+    pub async fn conversations(
+        &self,
+        user: UserId,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, ActorError> {
+        match self
+            .route(
+                Target::User(user),
+                ActorRequestBody::ListConversations { user, limit },
+            )
+            .await?
+        {
+            ActorReply::Conversations(list) => Ok(list),
+            _ => Err(ActorError::BadPayload(
+                "unexpected reply to list_conversations".into(),
+            )),
+        }
+    }
+
+    pub(crate) async fn ephemeral(&self, user: UserId, frame: PushFrame) -> Result<(), ActorError> {
+        self.route(
+            Target::User(user),
+            ActorRequestBody::Ephemeral { user, frame },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(crate) async fn receipt(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        reader: UserId,
+        seq: Seq,
+    ) -> Result<(), ActorError> {
+        let body = ActorRequestBody::Receipt {
+            user,
+            conversation,
+            reader,
+            seq,
+        };
+        self.route(Target::User(user), body).await.map(|_| ())
+    }
+
+    /// The user's contacts, from the local copy of the metadata.
+    pub(crate) fn contacts_of(&self, user: UserId) -> Vec<UserId> {
+        self.meta
+            .read(|s| s.contacts_of(user).into_iter().map(|(u, _)| u).collect())
     }
 
     /// Registers a new local connection of `user` whose frames go to `out`, and attaches it
@@ -406,7 +517,12 @@ impl Router {
             }
             ActorRequestBody::Attach { user, .. }
             | ActorRequestBody::Detach { user, .. }
-            | ActorRequestBody::Deliver { user, .. } => Some(Target::User(*user)),
+            | ActorRequestBody::Deliver { user, .. }
+            | ActorRequestBody::MarkRead { user, .. }
+            | ActorRequestBody::Receipt { user, .. }
+            | ActorRequestBody::Ephemeral { user, .. }
+            | ActorRequestBody::SetPresence { user, .. }
+            | ActorRequestBody::ListConversations { user, .. } => Some(Target::User(*user)),
             ActorRequestBody::Push { .. }
             | ActorRequestBody::Replicate { .. }
             | ActorRequestBody::Seal { .. }
@@ -494,6 +610,64 @@ impl Router {
             ActorRequestBody::Push { conns, frame } => {
                 self.push_local(&conns, frame);
                 Ok(ActorReply::Done)
+            }
+            ActorRequestBody::MarkRead {
+                user,
+                conversation,
+                seq,
+                origin,
+            } => {
+                let session = self.session_actor(user).await?;
+                call(&session, |reply| SessionMsg::MarkRead {
+                    conversation,
+                    seq,
+                    origin,
+                    reply,
+                })
+                .await?
+                .map(|()| ActorReply::Done)
+            }
+            ActorRequestBody::Receipt {
+                user,
+                conversation,
+                reader,
+                seq,
+            } => {
+                let session = self.session_actor(user).await?;
+                call(&session, |reply| SessionMsg::Receipt {
+                    conversation,
+                    reader,
+                    seq,
+                    reply,
+                })
+                .await?
+                .map(|()| ActorReply::Done)
+            }
+            ActorRequestBody::Ephemeral { user, frame } => {
+                // Only a user with a live session has anyone to show it to.
+                let session = lock(&self.sessions).get(&user).cloned();
+                if let Some(session) = session {
+                    session
+                        .send_message(SessionMsg::Ephemeral(frame))
+                        .map_err(stopped)?;
+                }
+                Ok(ActorReply::Done)
+            }
+            ActorRequestBody::SetPresence { user, status } => {
+                self.session_actor(user)
+                    .await?
+                    .send_message(SessionMsg::SetPresence(status))
+                    .map_err(stopped)?;
+                Ok(ActorReply::Done)
+            }
+            ActorRequestBody::ListConversations { user, limit } => {
+                let session = self.session_actor(user).await?;
+                call(&session, |reply| SessionMsg::ListConversations {
+                    limit,
+                    reply,
+                })
+                .await?
+                .map(ActorReply::Conversations)
             }
             ActorRequestBody::Replicate {
                 log,

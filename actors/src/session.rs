@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 
 use chat_storage::UserEventLog;
-use chat_types::{EventSeq, Message, NodeId, UserEvent, UserId};
+use chat_types::{
+    ConversationId, ConversationSummary, Event, EventSeq, Message, NodeId, PresenceStatus, Seq,
+    UserEvent, UserId,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::connection::{ConnRef, PushFrame};
@@ -33,6 +36,25 @@ pub enum SessionMsg {
         origin: Option<ConnRef>,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
+    MarkRead {
+        conversation: ConversationId,
+        seq: Seq,
+        origin: Option<ConnRef>,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    Receipt {
+        conversation: ConversationId,
+        reader: UserId,
+        seq: Seq,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
+    /// Push to every connection; nothing is stored.
+    Ephemeral(PushFrame),
+    SetPresence(PresenceStatus),
+    ListConversations {
+        limit: u32,
+        reply: RpcReplyPort<Result<Vec<ConversationSummary>, ActorError>>,
+    },
 }
 
 pub struct SessionActor;
@@ -49,6 +71,10 @@ pub struct SessionState {
     router: Weak<Router>,
     conns: BTreeMap<NodeId, BTreeSet<u64>>,
     synced_at: Option<chat_types::RingEpoch>,
+    /// The user asked to appear away while connected.
+    away: bool,
+    /// The presence last told to contacts.
+    published: Option<PresenceStatus>,
 }
 
 impl SessionState {
@@ -65,24 +91,22 @@ impl SessionState {
         Ok((router, ring))
     }
 
-    /// Records the message as an event (once), replicates it, and pushes it.
-    async fn deliver(
+    /// Appends an event (once), replicates it to a majority, and returns it; `None` when
+    /// the stream already had it.
+    async fn append_event(
         &mut self,
-        message: Message,
-        origin: Option<ConnRef>,
-    ) -> Result<(), ActorError> {
+        event: UserEvent,
+    ) -> Result<Option<(Arc<Router>, Event)>, ActorError> {
         let (router, ring) = self.ready().await?;
         let events = self.events.clone();
         let user = self.user;
         let epoch = ring.epoch();
-        let (event, duplicate) =
-            blocking(move || events.append(user, epoch, UserEvent::Message { message }))
-                .await
-                .inspect_err(|e| {
-                    if matches!(e, ActorError::StaleEpoch { .. }) {
-                        self.synced_at = None;
-                    }
-                })?;
+        let appended = blocking(move || events.append(user, epoch, event)).await;
+        let (event, duplicate) = appended.inspect_err(|e| {
+            if matches!(e, ActorError::StaleEpoch { .. }) {
+                self.synced_at = None;
+            }
+        })?;
         router
             .replicate_quorum(
                 LogRef::User(user),
@@ -90,13 +114,104 @@ impl SessionState {
                 Entries::Events(vec![event.clone()]),
             )
             .await?;
-        tracing::debug!(user = %self.user, event = %event.event_seq, duplicate, "event appended");
-        // A repeated delivery (a retry, a new conversation owner delivering again) was pushed
-        // the first time; a client that missed it finds it by resuming from its cursor.
-        if !duplicate {
+        tracing::debug!(user = %user, event = %event.event_seq, duplicate, "event appended");
+        // A repeated event (a retried delivery, a new conversation owner delivering again)
+        // was pushed the first time; a client that missed it finds it by resuming.
+        Ok((!duplicate).then_some((router, event)))
+    }
+
+    /// Records the message as an event (once), replicates it, and pushes it.
+    async fn deliver(
+        &mut self,
+        message: Message,
+        origin: Option<ConnRef>,
+    ) -> Result<(), ActorError> {
+        if let Some((router, event)) = self.append_event(UserEvent::Message { message }).await? {
             self.push(&router, PushFrame::Event(event), origin).await;
         }
         Ok(())
+    }
+
+    /// Moves the user's read mark forward (never back), tells the user's other connections,
+    /// then sends a receipt to every other member.
+    async fn mark_read(
+        &mut self,
+        conversation: ConversationId,
+        seq: Seq,
+        origin: Option<ConnRef>,
+    ) -> Result<(), ActorError> {
+        let (router, _) = self.ready().await?;
+        let current = self
+            .events
+            .read_mark(self.user, &conversation)
+            .map_err(crate::logs::storage_error)?;
+        if seq <= current {
+            return Ok(());
+        }
+        let event = UserEvent::Read { conversation, seq };
+        if let Some((_, event)) = self.append_event(event).await? {
+            self.push(&router, PushFrame::Event(event), origin).await;
+        }
+        for member in conversation.direct_members() {
+            if member != self.user {
+                if let Err(e) = router.receipt(member, conversation, self.user, seq).await {
+                    tracing::warn!(conv = %conversation, user = %member, error = %e, "receipt not delivered");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn receipt(
+        &mut self,
+        conversation: ConversationId,
+        reader: UserId,
+        seq: Seq,
+    ) -> Result<(), ActorError> {
+        let event = UserEvent::Receipt {
+            conversation,
+            user: reader,
+            seq,
+        };
+        if let Some((router, event)) = self.append_event(event).await? {
+            self.push(&router, PushFrame::Event(event), None).await;
+        }
+        Ok(())
+    }
+
+    fn presence(&self) -> (PresenceStatus, Option<u64>) {
+        if self.conns.is_empty() {
+            (PresenceStatus::Offline, Some(crate::now_ms()))
+        } else if self.away {
+            (PresenceStatus::Away, None)
+        } else {
+            (PresenceStatus::Online, None)
+        }
+    }
+
+    /// Tells the user's contacts when the user's presence changed. Ephemeral: a contact that
+    /// is not connected learns nothing, and nobody else does.
+    fn publish_presence(&mut self) {
+        let (status, last_seen_ms) = self.presence();
+        if self.published == Some(status) {
+            return;
+        }
+        self.published = Some(status);
+        let Some(router) = self.router.upgrade() else {
+            return;
+        };
+        let user = self.user;
+        tokio::spawn(async move {
+            let contacts = router.contacts_of(user);
+            for contact in contacts {
+                let frame = PushFrame::Presence {
+                    user,
+                    status,
+                    last_seen_ms,
+                };
+                let _ = router.ephemeral(contact, frame).await;
+            }
+        });
     }
 
     async fn push(&mut self, router: &Router, frame: PushFrame, skip: Option<ConnRef>) {
@@ -155,6 +270,7 @@ impl SessionState {
             }
         }
         self.conns.entry(conn.node).or_default().insert(conn.conn);
+        self.publish_presence();
         Ok(head)
     }
 }
@@ -175,6 +291,8 @@ impl Actor for SessionActor {
             router: args.router,
             conns: BTreeMap::new(),
             synced_at: None,
+            away: false,
+            published: None,
         })
     }
 
@@ -199,6 +317,42 @@ impl Actor for SessionActor {
                         state.conns.remove(&c.node);
                     }
                 }
+                state.publish_presence();
+            }
+            SessionMsg::MarkRead {
+                conversation,
+                seq,
+                origin,
+                reply,
+            } => {
+                let _ = reply.send(state.mark_read(conversation, seq, origin).await);
+            }
+            SessionMsg::Receipt {
+                conversation,
+                reader,
+                seq,
+                reply,
+            } => {
+                let _ = reply.send(state.receipt(conversation, reader, seq).await);
+            }
+            SessionMsg::Ephemeral(frame) => {
+                if let Some(router) = state.router.upgrade() {
+                    state.push(&router, frame, None).await;
+                }
+            }
+            SessionMsg::SetPresence(status) => {
+                state.away = status == PresenceStatus::Away;
+                state.publish_presence();
+            }
+            SessionMsg::ListConversations { limit, reply } => {
+                let list = match state.ready().await {
+                    Ok(_) => state
+                        .events
+                        .conversations(state.user, limit as usize)
+                        .map_err(crate::logs::storage_error),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(list);
             }
             SessionMsg::Deliver {
                 message,

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use chat_types::rest::{ContactsResponse, ProfileUpdate, SettingsUpdate};
 use chat_types::{
-    ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo, EventSeq, Limits,
-    Message, NodeId, Profile, Relation, Seq, ServerFrame, SessionInfo, Settings, UserId,
-    PROTOCOL_VERSION,
+    ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo, ConversationSummary,
+    EventSeq, Limits, Message, NodeId, PresenceStatus, Profile, Relation, Seq, ServerFrame,
+    SessionInfo, Settings, UserId, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -291,6 +291,54 @@ impl Connection {
         match self.request(|id| ClientFrame::Ping { id }).await? {
             ServerFrame::Pong { .. } => Ok(()),
             other => Err(unexpected("pong", &other)),
+        }
+    }
+
+    /// Moves the read mark of `conversation` to `seq` (never back): the user's other
+    /// connections get a `read` raw event, the other members a `receipt`.
+    pub async fn mark_read(
+        &self,
+        conversation: ConversationId,
+        seq: Seq,
+    ) -> Result<(), ClientError> {
+        self.expect_ok(|id| ClientFrame::MarkRead {
+            id,
+            conversation,
+            seq,
+        })
+        .await
+    }
+
+    /// Tells the other members that this user is typing (ephemeral).
+    pub async fn typing(&self, conversation: ConversationId) -> Result<(), ClientError> {
+        self.expect_ok(|id| ClientFrame::Typing { id, conversation })
+            .await
+    }
+
+    /// Sets how this user appears to contacts: `Online` or `Away`.
+    pub async fn set_presence(&self, status: PresenceStatus) -> Result<(), ClientError> {
+        self.expect_ok(|id| ClientFrame::SetPresence { id, status })
+            .await
+    }
+
+    /// This user's conversations, latest activity first, with unread counts.
+    pub async fn list_conversations(
+        &self,
+        limit: Option<u32>,
+    ) -> Result<Vec<ConversationSummary>, ClientError> {
+        match self
+            .request(|id| ClientFrame::ListConversations { id, limit })
+            .await?
+        {
+            ServerFrame::Conversations { conversations, .. } => Ok(conversations),
+            other => Err(unexpected("conversations", &other)),
+        }
+    }
+
+    async fn expect_ok(&self, make: impl FnOnce(String) -> ClientFrame) -> Result<(), ClientError> {
+        match self.request(make).await? {
+            ServerFrame::Ok { .. } => Ok(()),
+            other => Err(unexpected("ok", &other)),
         }
     }
 
@@ -802,6 +850,13 @@ async fn read_loop(
                             pushes.send(message).await
                         }
                         Routed::Unsolicited(frame) => {
+                            if let ServerFrame::Read { event_seq, .. }
+                            | ServerFrame::Receipt { event_seq, .. } = &frame
+                            {
+                                inner
+                                    .last_event_seq
+                                    .fetch_max(event_seq.0, Ordering::Relaxed);
+                            }
                             let _ = raw.send(RawEvent::Frame(frame));
                         }
                     }
@@ -906,6 +961,12 @@ fn frame_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::Contacts { .. } => "contacts",
         ServerFrame::Blocks { .. } => "blocks",
         ServerFrame::Relation { .. } => "relation",
+        ServerFrame::Ok { .. } => "ok",
+        ServerFrame::Conversations { .. } => "conversations",
+        ServerFrame::Read { .. } => "read",
+        ServerFrame::Receipt { .. } => "receipt",
+        ServerFrame::Typing { .. } => "typing",
+        ServerFrame::Presence { .. } => "presence",
         ServerFrame::Error { .. } => "error",
     }
 }

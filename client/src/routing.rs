@@ -65,7 +65,12 @@ impl Pending {
 
     pub(crate) fn route(&mut self, frame: ServerFrame) -> Routed {
         let id = match &frame {
-            ServerFrame::Message { .. } | ServerFrame::Resync { .. } => None,
+            ServerFrame::Message { .. }
+            | ServerFrame::Resync { .. }
+            | ServerFrame::Read { .. }
+            | ServerFrame::Receipt { .. }
+            | ServerFrame::Typing { .. }
+            | ServerFrame::Presence { .. } => None,
             ServerFrame::Welcome { id, .. } | ServerFrame::Error { id, .. } => {
                 id.clone().or_else(|| self.hello.clone())
             }
@@ -78,6 +83,8 @@ impl Pending {
             | ServerFrame::Sessions { id, .. }
             | ServerFrame::SessionRevoked { id, .. }
             | ServerFrame::Contacts { id, .. }
+            | ServerFrame::Ok { id }
+            | ServerFrame::Conversations { id, .. }
             | ServerFrame::Blocks { id, .. }
             | ServerFrame::Relation { id, .. } => Some(id.clone()),
         };

@@ -25,6 +25,8 @@ pub const CF_EVENTS: &str = "user_seq_event";
 pub const CF_EVENT_HEAD: &str = "user_eventhead";
 /// `user(8) ++ conv(17) ++ seq(8)` -> versioned event seq: one event per message per user.
 pub const CF_EVENT_DEDUP: &str = "user_conv_seq_eventseq";
+/// `user(8) ++ conv(17)` -> versioned summary: last message, read mark (derived from events).
+pub const CF_CONV_SUMMARY: &str = "user_conv_summary";
 /// `index(8)` -> Raft log entry bytes.
 pub const CF_RAFT_LOG: &str = "raftidx_entry";
 /// name -> Raft hard state (vote, committed, last purged).
@@ -43,6 +45,7 @@ const ALL_CFS: &[&str] = &[
     CF_EVENTS,
     CF_EVENT_HEAD,
     CF_EVENT_DEDUP,
+    CF_CONV_SUMMARY,
     CF_RAFT_LOG,
     CF_RAFT_META,
     CF_META,

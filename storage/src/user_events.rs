@@ -5,13 +5,22 @@
 //! replicated and fenced exactly like a conversation log. A message becomes at most one event
 //! per user: the dedup record `user ++ conv ++ seq` makes a repeated delivery (a retry, a
 //! new owner re-sending) return the first event instead of adding another.
+//!
+//! Each event also updates, in the same batch, the user's summary of the conversation it is
+//! about (last message, read mark), so the conversation list with unread counts is a prefix
+//! scan, on every replica alike.
 
 use std::sync::Mutex;
 
-use chat_types::{ConversationId, Event, EventSeq, RingEpoch, UserEvent, UserId};
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use std::collections::HashMap;
 
-use crate::db::{Durability, Store, CF_EVENTS, CF_EVENT_DEDUP, CF_EVENT_HEAD};
+use chat_types::{
+    ConversationId, ConversationSummary, Event, EventSeq, RingEpoch, Seq, UserEvent, UserId,
+};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Durability, Store, CF_CONV_SUMMARY, CF_EVENTS, CF_EVENT_DEDUP, CF_EVENT_HEAD};
 use crate::error::StorageError;
 use crate::fence;
 use crate::keys::{decode_u64_v1, decode_versioned, encode_u64_v1, encode_versioned};
@@ -46,6 +55,62 @@ pub trait UserEventLog: Send + Sync {
     ) -> Result<EventSeq, StorageError>;
     /// Raises the fence to `epoch` (refusing an older one) and returns the head.
     fn seal(&self, user: UserId, epoch: RingEpoch) -> Result<EventSeq, StorageError>;
+    /// The user's conversations, latest activity first.
+    fn conversations(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StorageError>;
+    /// The user's read mark in one conversation (0 when none).
+    fn read_mark(&self, user: UserId, conv: &ConversationId) -> Result<Seq, StorageError>;
+}
+
+const SUMMARY_FORMAT: u8 = 1;
+const PREVIEW_CHARS: usize = 100;
+
+/// What the summary of one conversation keeps for one user.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SummaryV1 {
+    last_seq: u64,
+    last_ts_ms: u64,
+    last_sender: u64,
+    preview: String,
+    read_upto: u64,
+}
+
+fn summary_key(user: UserId, conv: &ConversationId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + ConversationId::KEY_LEN);
+    k.extend_from_slice(&user.0.to_be_bytes());
+    k.extend_from_slice(&conv.to_key());
+    k
+}
+
+/// How an event changes the summary of its conversation.
+fn apply_to_summary(user: UserId, event: &UserEvent, summary: &mut SummaryV1) {
+    match event {
+        UserEvent::Message { message } => {
+            if message.seq.0 >= summary.last_seq {
+                summary.last_seq = message.seq.0;
+                summary.last_ts_ms = message.ts_ms;
+                summary.last_sender = message.sender.0;
+                summary.preview = message.body.chars().take(PREVIEW_CHARS).collect();
+            }
+            if message.sender == user {
+                summary.read_upto = summary.read_upto.max(message.seq.0);
+            }
+        }
+        UserEvent::Read { seq, .. } => summary.read_upto = summary.read_upto.max(seq.0),
+        UserEvent::Receipt { .. } => {}
+    }
+}
+
+fn event_conversation(event: &UserEvent) -> ConversationId {
+    match event {
+        UserEvent::Message { message } => message.conversation,
+        UserEvent::Read { conversation, .. } | UserEvent::Receipt { conversation, .. } => {
+            *conversation
+        }
+    }
 }
 
 fn event_key(user: UserId, seq: EventSeq) -> [u8; 16] {
@@ -63,10 +128,29 @@ fn dedup_key(user: UserId, conv: &ConversationId, seq: chat_types::Seq) -> Vec<u
     k
 }
 
-/// The dedup key of an event, when its kind has one.
+/// The dedup key of an event: messages `user ++ conv ++ seq` (33 bytes); read marks
+/// `user ++ conv ++ 'r' ++ seq` (34); receipts `user ++ conv ++ 'c' ++ reader ++ seq` (42).
+/// The lengths keep the kinds apart.
 fn event_dedup_key(user: UserId, event: &UserEvent) -> Option<Vec<u8>> {
     match event {
         UserEvent::Message { message } => Some(dedup_key(user, &message.conversation, message.seq)),
+        UserEvent::Read { conversation, seq } => {
+            let mut k = summary_key(user, conversation);
+            k.push(b'r');
+            k.extend_from_slice(&seq.0.to_be_bytes());
+            Some(k)
+        }
+        UserEvent::Receipt {
+            conversation,
+            user: reader,
+            seq,
+        } => {
+            let mut k = summary_key(user, conversation);
+            k.push(b'c');
+            k.extend_from_slice(&reader.0.to_be_bytes());
+            k.extend_from_slice(&seq.0.to_be_bytes());
+            Some(k)
+        }
     }
 }
 
@@ -114,6 +198,51 @@ impl RocksUserEventLog {
     }
 
     /// Adds one event at `seq` to `batch`.
+    fn summary(&self, user: UserId, conv: &ConversationId) -> Result<SummaryV1, StorageError> {
+        let key = summary_key(user, conv);
+        match self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_CONV_SUMMARY)?, &key)?
+        {
+            Some(v) => decode_versioned(CF_CONV_SUMMARY, SUMMARY_FORMAT, &key, &v),
+            None => Ok(SummaryV1::default()),
+        }
+    }
+
+    /// Adds the summaries changed by a batch of events to the batch.
+    fn put_summaries(
+        &self,
+        batch: &mut WriteBatch,
+        user: UserId,
+        changed: HashMap<ConversationId, SummaryV1>,
+    ) -> Result<(), StorageError> {
+        for (conv, summary) in changed {
+            batch.put_cf(
+                self.store.cf(CF_CONV_SUMMARY)?,
+                summary_key(user, &conv),
+                encode_versioned(CF_CONV_SUMMARY, SUMMARY_FORMAT, &summary)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Folds an event into the pending summaries of this batch.
+    fn fold_summary(
+        &self,
+        changed: &mut HashMap<ConversationId, SummaryV1>,
+        user: UserId,
+        event: &UserEvent,
+    ) -> Result<(), StorageError> {
+        let conv = event_conversation(event);
+        let summary = match changed.entry(conv) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.summary(user, &conv)?),
+        };
+        apply_to_summary(user, event, summary);
+        Ok(())
+    }
+
     fn put_event(
         &self,
         batch: &mut WriteBatch,
@@ -156,6 +285,9 @@ impl UserEventLog for RocksUserEventLog {
         let seq = self.head(user)?.next();
         let mut batch = WriteBatch::default();
         self.put_event(&mut batch, user, seq, &event)?;
+        let mut changed = HashMap::new();
+        self.fold_summary(&mut changed, user, &event)?;
+        self.put_summaries(&mut batch, user, changed)?;
         batch.put_cf(
             self.store.cf(CF_EVENT_HEAD)?,
             user.0.to_be_bytes(),
@@ -233,6 +365,7 @@ impl UserEventLog for RocksUserEventLog {
         fence::check(&self.store, &fkey, epoch)?;
         let mut head = self.head(user)?;
         let mut batch = WriteBatch::default();
+        let mut changed = HashMap::new();
         for e in events {
             let key = event_key(user, e.event_seq);
             if self
@@ -244,8 +377,10 @@ impl UserEventLog for RocksUserEventLog {
                 continue;
             }
             self.put_event(&mut batch, user, e.event_seq, &e.event)?;
+            self.fold_summary(&mut changed, user, &e.event)?;
             head = head.max(e.event_seq);
         }
+        self.put_summaries(&mut batch, user, changed)?;
         batch.put_cf(
             self.store.cf(CF_EVENT_HEAD)?,
             user.0.to_be_bytes(),
@@ -268,6 +403,51 @@ impl UserEventLog for RocksUserEventLog {
             .db()
             .write_opt(batch, &Store::write_opts(self.durability))?;
         self.head(user)
+    }
+
+    fn conversations(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StorageError> {
+        let prefix = user.0.to_be_bytes();
+        let iter = self.store.db().iterator_cf(
+            self.store.cf(CF_CONV_SUMMARY)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item?;
+            if k.len() != 8 + ConversationId::KEY_LEN || k[..8] != prefix {
+                break;
+            }
+            let conversation = ConversationId::from_key(&k[8..])
+                .ok_or_else(|| StorageError::corrupt(CF_CONV_SUMMARY, &k))?;
+            let s: SummaryV1 = decode_versioned(CF_CONV_SUMMARY, SUMMARY_FORMAT, &k, &v)?;
+            if s.last_seq == 0 {
+                continue;
+            }
+            out.push(ConversationSummary {
+                conversation,
+                last_seq: Seq(s.last_seq),
+                last_ts_ms: s.last_ts_ms,
+                last_sender: UserId(s.last_sender),
+                preview: s.preview,
+                read_upto: Seq(s.read_upto),
+                unread: s.last_seq.saturating_sub(s.read_upto),
+            });
+        }
+        out.sort_by(|a, b| {
+            b.last_ts_ms
+                .cmp(&a.last_ts_ms)
+                .then(b.conversation.cmp(&a.conversation))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn read_mark(&self, user: UserId, conv: &ConversationId) -> Result<Seq, StorageError> {
+        Ok(Seq(self.summary(user, conv)?.read_upto))
     }
 }
 
@@ -327,6 +507,46 @@ mod tests {
         );
         assert_eq!(log.head(UserId(1)).expect("head"), EventSeq(2));
         assert_eq!(log.head(UserId(9)).expect("head"), EventSeq(0));
+    }
+
+    #[test]
+    fn summaries_track_the_last_message_and_the_read_mark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(1), UserId(3));
+        let me = UserId(2);
+        for seq in 1..=3 {
+            log.append(me, RingEpoch(1), msg(a, seq)).expect("append");
+        }
+        let mut later = msg(b, 1);
+        if let UserEvent::Message { message } = &mut later {
+            message.ts_ms = 9;
+        }
+        log.append(me, RingEpoch(1), later).expect("append");
+        let read = UserEvent::Read {
+            conversation: a,
+            seq: Seq(2),
+        };
+        log.append(me, RingEpoch(1), read.clone()).expect("append");
+        let (_, dup) = log.append(me, RingEpoch(1), read).expect("append");
+        assert!(dup, "the same read mark twice is one event");
+        let list = log.conversations(me, 10).expect("list");
+        assert_eq!(
+            list.iter()
+                .map(|c| (c.conversation, c.last_seq.0, c.unread))
+                .collect::<Vec<_>>(),
+            vec![(b, 1, 1), (a, 3, 1)],
+            "latest activity first, unread after the read mark"
+        );
+        assert_eq!(list[1].preview, "b3");
+        assert_eq!(log.read_mark(me, &a).expect("mark"), Seq(2));
+        // The sender's own messages count as read.
+        let (e, _) = log
+            .append(UserId(1), RingEpoch(1), msg(a, 4))
+            .expect("append");
+        assert_eq!(e.event_seq, EventSeq(1));
+        assert_eq!(log.read_mark(UserId(1), &a).expect("mark"), Seq(4));
     }
 
     #[test]

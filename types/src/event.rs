@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ConversationId, Seq, UserId};
 use crate::wire::Message;
 
 /// A position in one user's event stream. The first event is 1; 0 means "nothing yet".
@@ -32,6 +33,17 @@ impl fmt::Display for EventSeq {
 pub enum UserEvent {
     /// A new message in one of the user's conversations (the user's own included).
     Message { message: Message },
+    /// The user read `conversation` up to `seq` (on any device).
+    Read {
+        conversation: ConversationId,
+        seq: Seq,
+    },
+    /// Another member of `conversation` read it up to `seq`.
+    Receipt {
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    },
 }
 
 /// One entry of a user's event stream.

@@ -24,8 +24,9 @@ pub use limits::{
     validate_status_text, validate_username, Limits, ValidationError,
 };
 pub use wire::{
-    ClientFrame, ContactEntry, ConversationInfo, DmPolicy, Message, Profile, Relation, ServerFrame,
-    SessionInfo, Settings, UserSummary,
+    ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy, Message,
+    PresenceStatus, Profile, Relation, ServerFrame, SessionInfo, Settings, UserSummary,
+    TYPING_TTL_MS,
 };
 
 /// The protocol version this build speaks. A client's `hello` must name it.

@@ -144,6 +144,58 @@ pub enum ClientFrame {
     ListBlocks {
         id: String,
     },
+    /// "I have read up to `seq`": becomes a `read` event on the user's other devices and a
+    /// `receipt` event for the other members. Marks never move back. Answered by `ok`.
+    MarkRead {
+        id: String,
+        conversation: ConversationId,
+        seq: Seq,
+    },
+    /// "I am typing": sent every few seconds while typing; shown to the other members for
+    /// [`TYPING_TTL_MS`] unless repeated. Never stored. Answered by `ok`.
+    Typing {
+        id: String,
+        conversation: ConversationId,
+    },
+    /// Sets how the user appears to contacts while connected. Answered by `ok`.
+    SetPresence {
+        id: String,
+        status: PresenceStatus,
+    },
+    /// The user's conversations, latest activity first. Answered by `conversations`.
+    ListConversations {
+        id: String,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+}
+
+/// How long a `typing` indicator lasts unless repeated.
+pub const TYPING_TTL_MS: u64 = 6_000;
+
+/// What others see of a user's presence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Online,
+    Away,
+    Offline,
+}
+
+/// One conversation of the user's list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation: ConversationId,
+    /// The last message's seq (the conversation's head as the user's stream knows it).
+    pub last_seq: Seq,
+    pub last_ts_ms: u64,
+    pub last_sender: UserId,
+    /// The start of the last message's body.
+    pub preview: String,
+    /// The user's read mark.
+    pub read_upto: Seq,
+    /// Messages after the read mark that others sent.
+    pub unread: u64,
 }
 
 const CLIENT_FRAME_TYPES: &[&str] = &[
@@ -167,6 +219,10 @@ const CLIENT_FRAME_TYPES: &[&str] = &[
     "block_user",
     "unblock_user",
     "list_blocks",
+    "mark_read",
+    "typing",
+    "set_presence",
+    "list_conversations",
 ];
 
 /// For `Option<Option<T>>` fields that tell "left out" (`None`, with `#[serde(default)]`)
@@ -202,7 +258,11 @@ impl ClientFrame {
             | ClientFrame::RemoveContact { id, .. }
             | ClientFrame::BlockUser { id, .. }
             | ClientFrame::UnblockUser { id, .. }
-            | ClientFrame::ListBlocks { id } => Some(id),
+            | ClientFrame::ListBlocks { id }
+            | ClientFrame::MarkRead { id, .. }
+            | ClientFrame::Typing { id, .. }
+            | ClientFrame::SetPresence { id, .. }
+            | ClientFrame::ListConversations { id, .. } => Some(id),
         }
     }
 
@@ -432,6 +492,41 @@ pub enum ServerFrame {
         id: String,
         user_id: UserId,
         relation: Relation,
+    },
+    /// A request that needs no other answer was done.
+    Ok {
+        id: String,
+    },
+    Conversations {
+        id: String,
+        conversations: Vec<ConversationSummary>,
+    },
+    /// The user read up to `seq` (on this or another device).
+    Read {
+        event_seq: EventSeq,
+        conversation: ConversationId,
+        seq: Seq,
+    },
+    /// Another member read up to `seq`.
+    Receipt {
+        event_seq: EventSeq,
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    },
+    /// Ephemeral: `user` is typing; forget it after `expires_ms` unless repeated.
+    Typing {
+        conversation: ConversationId,
+        user: UserId,
+        expires_ms: u64,
+    },
+    /// Ephemeral: a contact's presence changed.
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+        /// When the user was last connected (ms since the Unix epoch), while offline.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen_ms: Option<u64>,
     },
     /// The `resume_from` cursor cannot be replayed (too far behind, or unknown): fetch each
     /// conversation's history, then continue from `event_head`.

@@ -16,8 +16,8 @@ use actix_ws::{
 use chat_actors::{ConnRef, Outbound};
 use chat_types::rest::ProfileUpdate;
 use chat_types::{
-    close, validate_body, ClientFrame, ConversationInfo, ErrorCode, ServerFrame, UserId,
-    UserSummary, WireError, PROTOCOL_VERSION,
+    close, validate_body, ClientFrame, ConversationInfo, ErrorCode, PresenceStatus, ServerFrame,
+    UserId, UserSummary, WireError, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -386,7 +386,85 @@ impl Conn {
                     Err(e) => self.error(Some(id), e.to_wire()).await,
                 }
             }
+            ClientFrame::MarkRead { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::SetPresence { .. }
+            | ClientFrame::ListConversations { .. } => self.handle_state(frame).await,
             social_frame => self.handle_social(social_frame).await,
+        }
+    }
+
+    /// Read marks, typing, presence and the conversation list.
+    async fn handle_state(&mut self, frame: ClientFrame) -> Next {
+        let router = self.state.router.clone();
+        let user = self.principal.user_id;
+        let result = match frame {
+            ClientFrame::MarkRead {
+                id,
+                conversation,
+                seq,
+            } => {
+                let done = if seq.0 == 0 {
+                    Err(WireError::new(
+                        ErrorCode::InvalidArgument,
+                        "seq must be at least 1",
+                    ))
+                } else {
+                    router
+                        .mark_read(user, conversation, seq, self.conn)
+                        .await
+                        .map_err(|e| e.to_wire())
+                };
+                done.map(|()| ServerFrame::Ok { id: id.clone() })
+                    .map_err(|e| (id, e))
+            }
+            ClientFrame::Typing { id, conversation } => {
+                // Someone who blocked the user, or does not take their messages, does not see
+                // them typing either.
+                let done = match social::check_direct(&self.state, user, &conversation) {
+                    Ok(()) => router
+                        .typing(user, conversation)
+                        .await
+                        .map_err(|e| e.to_wire()),
+                    Err(e) if e.code == ErrorCode::Forbidden && conversation.is_member(user) => {
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                done.map(|()| ServerFrame::Ok { id: id.clone() })
+                    .map_err(|e| (id, e))
+            }
+            ClientFrame::SetPresence { id, status } => {
+                let done = if status == PresenceStatus::Offline {
+                    Err(WireError::new(
+                        ErrorCode::InvalidArgument,
+                        "a connected user is online or away",
+                    ))
+                } else {
+                    router
+                        .set_presence(user, status)
+                        .await
+                        .map_err(|e| e.to_wire())
+                };
+                done.map(|()| ServerFrame::Ok { id: id.clone() })
+                    .map_err(|e| (id, e))
+            }
+            ClientFrame::ListConversations { id, limit } => {
+                let limit = limit.unwrap_or(50).clamp(1, 500);
+                router
+                    .conversations(user, limit)
+                    .await
+                    .map(|conversations| ServerFrame::Conversations {
+                        id: id.clone(),
+                        conversations,
+                    })
+                    .map_err(|e| (id, e.to_wire()))
+            }
+            _ => return Next::Continue,
+        };
+        match result {
+            Ok(frame) => self.reply(frame).await,
+            Err((id, e)) => self.error(Some(id), e).await,
         }
     }
 
@@ -523,7 +601,11 @@ impl Conn {
             | ClientFrame::Ping { .. }
             | ClientFrame::OpenDirect { .. }
             | ClientFrame::Send { .. }
-            | ClientFrame::History { .. } => {
+            | ClientFrame::History { .. }
+            | ClientFrame::MarkRead { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::SetPresence { .. }
+            | ClientFrame::ListConversations { .. } => {
                 // Served by `handle_text`; nothing reaches here.
                 return Next::Continue;
             }
