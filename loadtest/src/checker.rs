@@ -1,0 +1,1145 @@
+//! The correctness oracle: a history checker over what clients saw through the public protocol.
+//!
+//! The load generator records every event a client observes, in the order it observed them:
+//! a send invoked, its ack (or failure), every push delivered to every connection, and at the
+//! end a full read of each conversation's history. [`Checker::check`] then judges that record
+//! against the delivery contract (DESIGN.md section 4) without knowing anything of the server:
+//!
+//! - **lost**: an acknowledged (or delivered) message is missing from the final history;
+//! - **duplicated**: one sender's client message id is stored (or delivered) at two seqs;
+//! - **gap**: the final history does not hold exactly the seqs `1..=head`;
+//! - **disagreement**: two observers (an ack, a push, the history) name different messages at
+//!   the same `(conversation, seq)`, or a stored body differs from the one sent;
+//! - **phantom**: a message in the history or a push that no client of this run ever sent;
+//! - **out of order**: a connection's pushes of one conversation do not strictly increase in
+//!   seq, or a sender's message acknowledged before its next send was invoked was stored after
+//!   that next one (the real-time order of one sender; concurrent sends of a window have no
+//!   order to keep, as the protocol promises none between them);
+//! - **undelivered**: a connection that stayed open missed the push of an acknowledged message
+//!   of one of its user's conversations (sent after it opened, from another connection);
+//! - **misdelivered**: a push of a conversation reached a connection of a non-member;
+//! - **unchecked**: a conversation whose history could not be read, so nothing above could be
+//!   judged for it. It counts as a violation: the oracle never passes what it did not see.
+//!
+//! A send that failed (timeout, closed connection, a server error) has an unknown outcome: the
+//! message may or may not be stored, and either is correct. Bodies are compared by hash, and no
+//! body ever appears in a violation, so reports carry no message content.
+//!
+//! The checker is plain data with `&mut self` methods and no I/O: the runner wraps it in a
+//! mutex, and the unit tests below feed it good and deliberately broken histories.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use chat_types::{ClientMsgId, ConversationId, Message, Seq, UserId};
+use serde::{Deserialize, Serialize};
+
+/// One connection that receives pushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObserverId(pub u32);
+
+/// One invoked send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpId(usize);
+
+type MsgKey = (ConversationId, UserId, ClientMsgId);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Seen {
+    seq: Seq,
+    sender: UserId,
+    cmid: ClientMsgId,
+    body: u64,
+}
+
+impl Seen {
+    fn of(m: &Message) -> Seen {
+        Seen {
+            seq: m.seq,
+            sender: m.sender,
+            cmid: m.client_msg_id.clone(),
+            body: body_hash(&m.body),
+        }
+    }
+
+    fn same_message(&self, other: &Seen) -> bool {
+        self.sender == other.sender && self.cmid == other.cmid && self.body == other.body
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Pending,
+    Acked { seq: Seq, duplicate: bool, at: u64 },
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    via: Option<ObserverId>,
+    sender: UserId,
+    conv: ConversationId,
+    cmid: ClientMsgId,
+    body: u64,
+    invoked_at: u64,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Debug)]
+struct Observer {
+    user: UserId,
+    opened_at: u64,
+    closed: bool,
+    deliveries: BTreeMap<ConversationId, Vec<Seen>>,
+}
+
+#[derive(Clone, Debug)]
+enum HistoryRead {
+    Read { head: Seq, messages: Vec<Seen> },
+    Failed(String),
+}
+
+/// Records what clients saw; [`Checker::check`] judges it.
+#[derive(Clone, Debug, Default)]
+pub struct Checker {
+    clock: u64,
+    ops: Vec<Op>,
+    sent: HashMap<MsgKey, OpId>,
+    observers: Vec<Observer>,
+    conversations: BTreeSet<ConversationId>,
+    histories: BTreeMap<ConversationId, HistoryRead>,
+}
+
+impl Checker {
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// A connection of `user` is open and will report its pushes from now on.
+    pub fn observer_opened(&mut self, user: UserId) -> ObserverId {
+        let opened_at = self.tick();
+        self.observers.push(Observer {
+            user,
+            opened_at,
+            closed: false,
+            deliveries: BTreeMap::new(),
+        });
+        ObserverId((self.observers.len() - 1) as u32)
+    }
+
+    /// The connection closed: it is no longer expected to receive every push (catching up
+    /// after a reconnect is a later version's check).
+    pub fn observer_closed(&mut self, observer: ObserverId) {
+        if let Some(o) = self.observers.get_mut(observer.0 as usize) {
+            o.closed = true;
+        }
+    }
+
+    /// A conversation whose history will be read at the end. Sending to one registers it.
+    pub fn watch(&mut self, conv: ConversationId) {
+        self.conversations.insert(conv);
+    }
+
+    /// `sender` invokes a send of `body` to `conv` with `cmid`, from connection `via`.
+    /// A retry of the same message is the same op: record it once.
+    pub fn send_invoked(
+        &mut self,
+        via: Option<ObserverId>,
+        sender: UserId,
+        conv: ConversationId,
+        cmid: ClientMsgId,
+        body: &str,
+    ) -> OpId {
+        let invoked_at = self.tick();
+        let id = OpId(self.ops.len());
+        self.conversations.insert(conv);
+        self.sent.entry((conv, sender, cmid.clone())).or_insert(id);
+        self.ops.push(Op {
+            via,
+            sender,
+            conv,
+            cmid,
+            body: body_hash(body),
+            invoked_at,
+            outcome: Outcome::Pending,
+        });
+        id
+    }
+
+    /// The server acknowledged `op` at `seq`.
+    pub fn send_acked(&mut self, op: OpId, seq: Seq, duplicate: bool) {
+        let at = self.tick();
+        if let Some(o) = self.ops.get_mut(op.0) {
+            o.outcome = Outcome::Acked { seq, duplicate, at };
+        }
+    }
+
+    /// `op` failed without an ack: its outcome is unknown.
+    pub fn send_failed(&mut self, op: OpId) {
+        self.tick();
+        if let Some(o) = self.ops.get_mut(op.0) {
+            o.outcome = Outcome::Failed;
+        }
+    }
+
+    /// Connection `observer` received the push of `message`.
+    pub fn delivered(&mut self, observer: ObserverId, message: &Message) {
+        self.tick();
+        if let Some(o) = self.observers.get_mut(observer.0 as usize) {
+            o.deliveries
+                .entry(message.conversation)
+                .or_default()
+                .push(Seen::of(message));
+        }
+    }
+
+    /// The full history of `conv` as read at the end (all pages, ascending), with the
+    /// largest `head` the pages announced.
+    pub fn history_read(&mut self, conv: ConversationId, head: Seq, messages: &[Message]) {
+        self.tick();
+        self.conversations.insert(conv);
+        self.histories.insert(
+            conv,
+            HistoryRead::Read {
+                head,
+                messages: messages.iter().map(Seen::of).collect(),
+            },
+        );
+    }
+
+    /// The history of `conv` could not be read.
+    pub fn history_failed(&mut self, conv: ConversationId, reason: impl Into<String>) {
+        self.tick();
+        self.conversations.insert(conv);
+        self.histories
+            .insert(conv, HistoryRead::Failed(reason.into()));
+    }
+
+    /// The conversations to read at the end.
+    pub fn conversations(&self) -> Vec<ConversationId> {
+        self.conversations.iter().copied().collect()
+    }
+
+    /// Judges everything recorded so far.
+    pub fn check(&self) -> CheckReport {
+        let mut v: Vec<Violation> = Vec::new();
+        // (conv, seq) -> the history's message there; key -> the history's seqs of it.
+        let mut stored: HashMap<(ConversationId, Seq), &Seen> = HashMap::new();
+        let mut stored_at: HashMap<MsgKey, Vec<Seq>> = HashMap::new();
+        let mut readable: BTreeSet<ConversationId> = BTreeSet::new();
+        let mut history_messages = 0u64;
+
+        for conv in &self.conversations {
+            let (head, messages) = match self.histories.get(conv) {
+                Some(HistoryRead::Read { head, messages }) => (*head, messages),
+                Some(HistoryRead::Failed(reason)) => {
+                    v.push(Violation::Unchecked {
+                        conv: *conv,
+                        reason: reason.clone(),
+                    });
+                    continue;
+                }
+                None => {
+                    v.push(Violation::Unchecked {
+                        conv: *conv,
+                        reason: "history never read".into(),
+                    });
+                    continue;
+                }
+            };
+            readable.insert(*conv);
+            history_messages += messages.len() as u64;
+            for m in messages {
+                match stored.get(&(*conv, m.seq)) {
+                    Some(first) if !first.same_message(m) => v.push(Violation::Disagreement {
+                        conv: *conv,
+                        seq: m.seq,
+                        detail: format!(
+                            "history pages hold two messages at this seq: {}/{} and {}/{}",
+                            first.sender, first.cmid, m.sender, m.cmid
+                        ),
+                    }),
+                    Some(_) => {}
+                    None => {
+                        stored.insert((*conv, m.seq), m);
+                        stored_at
+                            .entry((*conv, m.sender, m.cmid.clone()))
+                            .or_default()
+                            .push(m.seq);
+                    }
+                }
+            }
+            let top = messages.iter().map(|m| m.seq).max().unwrap_or_default();
+            let head = head.max(top);
+            for s in 1..=head.0 {
+                if !stored.contains_key(&(*conv, Seq(s))) {
+                    v.push(Violation::Gap {
+                        conv: *conv,
+                        seq: Seq(s),
+                        head,
+                    });
+                }
+            }
+            if stored.contains_key(&(*conv, Seq(0))) {
+                v.push(Violation::Disagreement {
+                    conv: *conv,
+                    seq: Seq(0),
+                    detail: "history holds a message at seq 0".into(),
+                });
+            }
+        }
+
+        // Every stored message was sent by someone, once, with the body sent.
+        let mut keys: Vec<(&MsgKey, &Vec<Seq>)> = stored_at.iter().collect();
+        keys.sort();
+        for ((conv, sender, cmid), seqs) in keys {
+            if seqs.len() > 1 {
+                v.push(Violation::Duplicate {
+                    conv: *conv,
+                    sender: *sender,
+                    cmid: cmid.clone(),
+                    seqs: seqs.clone(),
+                    source: "history".into(),
+                });
+            }
+            match self.sent.get(&(*conv, *sender, cmid.clone())) {
+                None => {
+                    for seq in seqs {
+                        v.push(Violation::Phantom {
+                            conv: *conv,
+                            seq: *seq,
+                            sender: *sender,
+                            cmid: cmid.clone(),
+                            source: "history".into(),
+                        });
+                    }
+                }
+                Some(op) => {
+                    let sent_body = self.ops[op.0].body;
+                    for seq in seqs {
+                        let differs = stored
+                            .get(&(*conv, *seq))
+                            .is_some_and(|m| m.body != sent_body);
+                        if differs {
+                            v.push(Violation::Disagreement {
+                                conv: *conv,
+                                seq: *seq,
+                                detail: format!(
+                                    "the stored body of {sender}/{cmid} differs from the one sent"
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+
+        // Every ack names a message that is stored, where the ack says.
+        let mut sends = 0u64;
+        let mut acked = 0u64;
+        let mut failed = 0u64;
+        let mut duplicate_acks = 0u64;
+        for op in &self.ops {
+            sends += 1;
+            let (seq, duplicate) = match op.outcome {
+                Outcome::Acked { seq, duplicate, .. } => (seq, duplicate),
+                Outcome::Failed => {
+                    failed += 1;
+                    continue;
+                }
+                Outcome::Pending => continue,
+            };
+            acked += 1;
+            duplicate_acks += u64::from(duplicate);
+            if !readable.contains(&op.conv) {
+                continue;
+            }
+            match stored_at.get(&(op.conv, op.sender, op.cmid.clone())) {
+                None => v.push(Violation::Lost {
+                    conv: op.conv,
+                    sender: op.sender,
+                    cmid: op.cmid.clone(),
+                    seq,
+                    evidence: "acknowledged".into(),
+                }),
+                Some(seqs) if !seqs.contains(&seq) => v.push(Violation::Disagreement {
+                    conv: op.conv,
+                    seq,
+                    detail: format!(
+                        "{}/{} was acknowledged at this seq but is stored at {}",
+                        op.sender,
+                        op.cmid,
+                        join_seqs(seqs)
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+
+        // Pushes: to members only, in order, each agreeing with the history.
+        let mut deliveries = 0u64;
+        for (i, obs) in self.observers.iter().enumerate() {
+            let id = ObserverId(i as u32);
+            for (conv, seen) in &obs.deliveries {
+                deliveries += seen.len() as u64;
+                if !conv.is_member(obs.user) {
+                    v.push(Violation::Misdelivered {
+                        observer: id,
+                        user: obs.user,
+                        conv: *conv,
+                        pushes: seen.len() as u64,
+                    });
+                    continue;
+                }
+                let mut prev: Option<Seq> = None;
+                let mut at_seqs: HashMap<(UserId, &ClientMsgId), BTreeSet<Seq>> = HashMap::new();
+                for m in seen {
+                    if let Some(p) = prev {
+                        if m.seq <= p {
+                            v.push(Violation::DeliveryOrder {
+                                observer: id,
+                                conv: *conv,
+                                prev: p,
+                                next: m.seq,
+                            });
+                        }
+                    }
+                    prev = Some(prev.map_or(m.seq, |p| p.max(m.seq)));
+                    at_seqs
+                        .entry((m.sender, &m.cmid))
+                        .or_default()
+                        .insert(m.seq);
+                    if !readable.contains(conv) {
+                        continue;
+                    }
+                    let key = (*conv, m.sender, m.cmid.clone());
+                    match (stored.get(&(*conv, m.seq)), self.sent.get(&key)) {
+                        (_, None) => v.push(Violation::Phantom {
+                            conv: *conv,
+                            seq: m.seq,
+                            sender: m.sender,
+                            cmid: m.cmid.clone(),
+                            source: format!("push to observer {}", id.0),
+                        }),
+                        (Some(s), _) if s.same_message(m) => {}
+                        (Some(s), _) => v.push(Violation::Disagreement {
+                            conv: *conv,
+                            seq: m.seq,
+                            detail: format!(
+                                "observer {} was pushed {}/{} here, the history holds {}/{}{}",
+                                id.0,
+                                m.sender,
+                                m.cmid,
+                                s.sender,
+                                s.cmid,
+                                if s.sender == m.sender && s.cmid == m.cmid {
+                                    " with another body"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        }),
+                        (None, _) if stored_at.contains_key(&key) => {
+                            v.push(Violation::Disagreement {
+                                conv: *conv,
+                                seq: m.seq,
+                                detail: format!(
+                                    "observer {} was pushed {}/{} at this seq, the history \
+                                     stores it elsewhere",
+                                    id.0, m.sender, m.cmid
+                                ),
+                            })
+                        }
+                        (None, _) => v.push(Violation::Lost {
+                            conv: *conv,
+                            sender: m.sender,
+                            cmid: m.cmid.clone(),
+                            seq: m.seq,
+                            evidence: format!("pushed to observer {}", id.0),
+                        }),
+                    }
+                }
+                let mut dups: Vec<_> = at_seqs.into_iter().filter(|(_, s)| s.len() > 1).collect();
+                dups.sort();
+                for ((sender, cmid), seqs) in dups {
+                    v.push(Violation::Duplicate {
+                        conv: *conv,
+                        sender,
+                        cmid: cmid.clone(),
+                        seqs: seqs.into_iter().collect(),
+                        source: format!("pushes to observer {}", id.0),
+                    });
+                }
+            }
+        }
+
+        // Every open connection of a member got every acknowledged message sent after it
+        // opened by another connection.
+        for (i, obs) in self.observers.iter().enumerate() {
+            if obs.closed {
+                continue;
+            }
+            let id = ObserverId(i as u32);
+            let got: HashMap<ConversationId, BTreeSet<Seq>> = obs
+                .deliveries
+                .iter()
+                .map(|(c, seen)| (*c, seen.iter().map(|m| m.seq).collect()))
+                .collect();
+            for op in &self.ops {
+                let Outcome::Acked { seq, .. } = op.outcome else {
+                    continue;
+                };
+                if op.via == Some(id)
+                    || op.invoked_at < obs.opened_at
+                    || !op.conv.is_member(obs.user)
+                {
+                    continue;
+                }
+                let has = got.get(&op.conv).is_some_and(|s| s.contains(&seq));
+                if !has {
+                    v.push(Violation::Undelivered {
+                        observer: id,
+                        conv: op.conv,
+                        seq,
+                        sender: op.sender,
+                        cmid: op.cmid.clone(),
+                    });
+                }
+            }
+        }
+
+        // One sender's real-time order: a message acknowledged before the next send was
+        // invoked must be stored before it.
+        let mut by_sender: BTreeMap<(ConversationId, UserId), Vec<Timed<'_>>> = BTreeMap::new();
+        for op in &self.ops {
+            let Outcome::Acked { seq, at, .. } = op.outcome else {
+                continue;
+            };
+            let seq = match stored_at.get(&(op.conv, op.sender, op.cmid.clone())) {
+                Some(seqs) if seqs.len() == 1 => seqs[0],
+                _ => seq,
+            };
+            by_sender
+                .entry((op.conv, op.sender))
+                .or_default()
+                .push((op.invoked_at, at, seq, op));
+        }
+        for ((conv, sender), mut list) in by_sender {
+            let mut by_ack: Vec<(u64, Seq, &Op)> =
+                list.iter().map(|&(_, at, seq, op)| (at, seq, op)).collect();
+            by_ack.sort_by_key(|&(at, _, _)| at);
+            list.sort_by_key(|&(invoked, _, _, _)| invoked);
+            let mut next = 0;
+            let mut highest: Option<(Seq, &Op)> = None;
+            for (invoked, _, seq, op) in list {
+                while next < by_ack.len() && by_ack[next].0 < invoked {
+                    let (_, s, o) = by_ack[next];
+                    match highest {
+                        Some((h, _)) if h >= s => {}
+                        _ => highest = Some((s, o)),
+                    }
+                    next += 1;
+                }
+                if let Some((h, earlier)) = highest {
+                    if h >= seq {
+                        v.push(Violation::SenderOrder {
+                            conv,
+                            sender,
+                            earlier: earlier.cmid.clone(),
+                            earlier_seq: h,
+                            later: op.cmid.clone(),
+                            later_seq: seq,
+                        });
+                    }
+                }
+            }
+        }
+
+        let counts = ViolationCounts::of(&v);
+        CheckReport {
+            conversations: self.conversations.len() as u64,
+            history_messages,
+            sends,
+            acked,
+            failed,
+            duplicate_acks,
+            deliveries,
+            counts,
+            violations: v,
+        }
+    }
+}
+
+/// An acknowledged op with its invoke time, ack time and the seq it is stored at.
+type Timed<'a> = (u64, u64, Seq, &'a Op);
+
+fn body_hash(body: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
+}
+
+fn join_seqs(seqs: &[Seq]) -> String {
+    seqs.iter()
+        .map(|s| s.0.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One way the record breaks the contract.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Violation {
+    Lost {
+        conv: ConversationId,
+        sender: UserId,
+        cmid: ClientMsgId,
+        seq: Seq,
+        evidence: String,
+    },
+    Duplicate {
+        conv: ConversationId,
+        sender: UserId,
+        cmid: ClientMsgId,
+        seqs: Vec<Seq>,
+        source: String,
+    },
+    Gap {
+        conv: ConversationId,
+        seq: Seq,
+        head: Seq,
+    },
+    Disagreement {
+        conv: ConversationId,
+        seq: Seq,
+        detail: String,
+    },
+    Phantom {
+        conv: ConversationId,
+        seq: Seq,
+        sender: UserId,
+        cmid: ClientMsgId,
+        source: String,
+    },
+    DeliveryOrder {
+        observer: ObserverId,
+        conv: ConversationId,
+        prev: Seq,
+        next: Seq,
+    },
+    SenderOrder {
+        conv: ConversationId,
+        sender: UserId,
+        earlier: ClientMsgId,
+        earlier_seq: Seq,
+        later: ClientMsgId,
+        later_seq: Seq,
+    },
+    Undelivered {
+        observer: ObserverId,
+        conv: ConversationId,
+        seq: Seq,
+        sender: UserId,
+        cmid: ClientMsgId,
+    },
+    Misdelivered {
+        observer: ObserverId,
+        user: UserId,
+        conv: ConversationId,
+        pushes: u64,
+    },
+    Unchecked {
+        conv: ConversationId,
+        reason: String,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::Lost {
+                conv,
+                sender,
+                cmid,
+                seq,
+                evidence,
+            } => write!(
+                f,
+                "lost: {conv} {sender}/{cmid} ({evidence} at seq {seq}) is not in the history"
+            ),
+            Violation::Duplicate {
+                conv,
+                sender,
+                cmid,
+                seqs,
+                source,
+            } => write!(
+                f,
+                "duplicated: {conv} {sender}/{cmid} at seqs {} ({source})",
+                join_seqs(seqs)
+            ),
+            Violation::Gap { conv, seq, head } => {
+                write!(f, "gap: {conv} has no message at seq {seq} (head {head})")
+            }
+            Violation::Disagreement { conv, seq, detail } => {
+                write!(f, "disagreement: {conv} seq {seq}: {detail}")
+            }
+            Violation::Phantom {
+                conv,
+                seq,
+                sender,
+                cmid,
+                source,
+            } => write!(
+                f,
+                "phantom: {conv} seq {seq} {sender}/{cmid} was never sent ({source})"
+            ),
+            Violation::DeliveryOrder {
+                observer,
+                conv,
+                prev,
+                next,
+            } => write!(
+                f,
+                "out of order: observer {} was pushed {conv} seq {next} after seq {prev}",
+                observer.0
+            ),
+            Violation::SenderOrder {
+                conv,
+                sender,
+                earlier,
+                earlier_seq,
+                later,
+                later_seq,
+            } => write!(
+                f,
+                "out of order: {conv} sender {sender}: {earlier} (acknowledged before {later} \
+                 was sent) is stored at seq {earlier_seq}, after {later} at seq {later_seq}"
+            ),
+            Violation::Undelivered {
+                observer,
+                conv,
+                seq,
+                sender,
+                cmid,
+            } => write!(
+                f,
+                "undelivered: observer {} never got {conv} seq {seq} ({sender}/{cmid})",
+                observer.0
+            ),
+            Violation::Misdelivered {
+                observer,
+                user,
+                conv,
+                pushes,
+            } => write!(
+                f,
+                "misdelivered: observer {} of non-member {user} got {pushes} pushes of {conv}",
+                observer.0
+            ),
+            Violation::Unchecked { conv, reason } => {
+                write!(
+                    f,
+                    "unchecked: the history of {conv} could not be read: {reason}"
+                )
+            }
+        }
+    }
+}
+
+/// Violations by class, as the verdict line states them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViolationCounts {
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub gaps: u64,
+    pub disagreements: u64,
+    pub phantoms: u64,
+    pub undelivered: u64,
+    pub misdelivered: u64,
+    pub unchecked: u64,
+}
+
+impl ViolationCounts {
+    fn of(violations: &[Violation]) -> ViolationCounts {
+        let mut c = ViolationCounts::default();
+        for v in violations {
+            let slot = match v {
+                Violation::Lost { .. } => &mut c.lost,
+                Violation::Duplicate { .. } => &mut c.duplicated,
+                Violation::DeliveryOrder { .. } | Violation::SenderOrder { .. } => {
+                    &mut c.out_of_order
+                }
+                Violation::Gap { .. } => &mut c.gaps,
+                Violation::Disagreement { .. } => &mut c.disagreements,
+                Violation::Phantom { .. } => &mut c.phantoms,
+                Violation::Undelivered { .. } => &mut c.undelivered,
+                Violation::Misdelivered { .. } => &mut c.misdelivered,
+                Violation::Unchecked { .. } => &mut c.unchecked,
+            };
+            *slot += 1;
+        }
+        c
+    }
+
+    pub fn total(&self) -> u64 {
+        self.lost
+            + self.duplicated
+            + self.out_of_order
+            + self.gaps
+            + self.disagreements
+            + self.phantoms
+            + self.undelivered
+            + self.misdelivered
+            + self.unchecked
+    }
+}
+
+/// The checker's judgement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub conversations: u64,
+    pub history_messages: u64,
+    pub sends: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub duplicate_acks: u64,
+    pub deliveries: u64,
+    pub counts: ViolationCounts,
+    /// Every violation found (reports print the first few).
+    pub violations: Vec<Violation>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.counts.total() == 0
+    }
+
+    /// The one line a run ends with.
+    pub fn verdict_line(&self) -> String {
+        let c = &self.counts;
+        format!(
+            "verdict: {} lost={} duplicated={} out-of-order={} gaps={} disagreements={} \
+             phantoms={} undelivered={} misdelivered={} unchecked={} ({} stored messages \
+             checked in {} conversations)",
+            if self.ok() { "PASS" } else { "FAIL" },
+            c.lost,
+            c.duplicated,
+            c.out_of_order,
+            c.gaps,
+            c.disagreements,
+            c.phantoms,
+            c.undelivered,
+            c.misdelivered,
+            c.unchecked,
+            self.history_messages,
+            self.conversations
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const A: UserId = UserId(1);
+    const B: UserId = UserId(2);
+
+    fn conv() -> ConversationId {
+        ConversationId::direct(A, B)
+    }
+
+    fn cmid(s: &str) -> ClientMsgId {
+        ClientMsgId::new(s).unwrap()
+    }
+
+    fn msg(seq: u64, sender: UserId, id: &str) -> Message {
+        Message {
+            conversation: conv(),
+            seq: Seq(seq),
+            sender,
+            client_msg_id: cmid(id),
+            body: format!("body of {id}"),
+            ts_ms: 0,
+        }
+    }
+
+    /// A run that keeps the contract: A sends m1..m3 one at a time from its connection, B's
+    /// connection is pushed each, and the history holds them at 1..=3. Returns the checker
+    /// before the history is read, and the observers.
+    fn good_run() -> (Checker, ObserverId, ObserverId) {
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let ob = c.observer_opened(B);
+        for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
+            let seq = i as u64 + 1;
+            let op = c.send_invoked(Some(oa), A, conv(), cmid(id), &format!("body of {id}"));
+            c.send_acked(op, Seq(seq), false);
+            c.delivered(ob, &msg(seq, A, id));
+        }
+        (c, oa, ob)
+    }
+
+    fn good_history() -> Vec<Message> {
+        vec![msg(1, A, "m1"), msg(2, A, "m2"), msg(3, A, "m3")]
+    }
+
+    #[test]
+    fn a_correct_run_passes() {
+        let (mut c, _, _) = good_run();
+        c.history_read(conv(), Seq(3), &good_history());
+        let r = c.check();
+        assert!(r.ok(), "{:#?}", r.violations);
+        assert_eq!(
+            (r.sends, r.acked, r.deliveries, r.history_messages),
+            (3, 3, 3, 3)
+        );
+        assert!(r
+            .verdict_line()
+            .starts_with("verdict: PASS lost=0 duplicated=0 out-of-order=0"));
+    }
+
+    #[test]
+    fn a_failed_send_may_or_may_not_be_stored() {
+        for stored in [false, true] {
+            let (mut c, oa, _) = good_run();
+            let op = c.send_invoked(Some(oa), A, conv(), cmid("m4"), "body of m4");
+            c.send_failed(op);
+            let mut h = good_history();
+            if stored {
+                h.push(msg(4, A, "m4"));
+            }
+            c.history_read(conv(), Seq(h.len() as u64), &h);
+            let r = c.check();
+            assert!(r.ok(), "stored={stored}: {:#?}", r.violations);
+            assert_eq!(r.failed, 1);
+        }
+    }
+
+    #[test]
+    fn a_lost_acknowledged_message_is_reported() {
+        let (mut c, _, _) = good_run();
+        let mut h = good_history();
+        h.pop();
+        c.history_read(conv(), Seq(2), &h);
+        let r = c.check();
+        // Acknowledged and pushed, then gone: both observations say so.
+        assert_eq!(r.counts.lost, 2, "{:#?}", r.violations);
+        assert!(!r.ok());
+        assert!(r.verdict_line().contains("FAIL lost=2"));
+    }
+
+    #[test]
+    fn a_duplicate_is_reported() {
+        let (mut c, _, _) = good_run();
+        // The retry of m2 was stored again at seq 4.
+        let mut h = good_history();
+        h.push(msg(4, A, "m2"));
+        c.history_read(conv(), Seq(4), &h);
+        let r = c.check();
+        assert_eq!(r.counts.duplicated, 1, "{:#?}", r.violations);
+        assert!(matches!(
+            &r.violations[0],
+            Violation::Duplicate { seqs, .. } if seqs == &[Seq(2), Seq(4)]
+        ));
+    }
+
+    #[test]
+    fn a_duplicate_push_is_reported() {
+        let (mut c, _, ob) = good_run();
+        c.delivered(ob, &msg(3, A, "m3"));
+        c.history_read(conv(), Seq(3), &good_history());
+        let r = c.check();
+        assert_eq!(r.counts.out_of_order, 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_gap_is_reported() {
+        let (mut c, _, _) = good_run();
+        let h = vec![msg(1, A, "m1"), msg(3, A, "m3")];
+        c.history_read(conv(), Seq(3), &h);
+        let r = c.check();
+        assert_eq!(r.counts.gaps, 1, "{:#?}", r.violations);
+        assert!(r.violations.contains(&Violation::Gap {
+            conv: conv(),
+            seq: Seq(2),
+            head: Seq(3)
+        }));
+    }
+
+    #[test]
+    fn a_head_beyond_the_stored_messages_is_a_gap() {
+        let (mut c, _, _) = good_run();
+        c.history_read(conv(), Seq(5), &good_history());
+        let r = c.check();
+        assert_eq!(r.counts.gaps, 2, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn pushes_out_of_order_are_reported() {
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let ob = c.observer_opened(B);
+        let mut ops = Vec::new();
+        for id in ["m1", "m2", "m3"] {
+            ops.push(c.send_invoked(Some(oa), A, conv(), cmid(id), &format!("body of {id}")));
+        }
+        for (i, op) in ops.into_iter().enumerate() {
+            c.send_acked(op, Seq(i as u64 + 1), false);
+        }
+        for (seq, id) in [(1, "m1"), (3, "m3"), (2, "m2")] {
+            c.delivered(ob, &msg(seq, A, id));
+        }
+        c.history_read(conv(), Seq(3), &good_history());
+        let r = c.check();
+        assert_eq!(r.counts.out_of_order, 1, "{:#?}", r.violations);
+        assert!(matches!(
+            r.violations[0],
+            Violation::DeliveryOrder {
+                prev: Seq(3),
+                next: Seq(2),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_sender_reordered_by_the_server_is_reported() {
+        // m1 was acknowledged before m2 was sent, yet m2 is stored first.
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let op1 = c.send_invoked(Some(oa), A, conv(), cmid("m1"), "body of m1");
+        c.send_acked(op1, Seq(2), false);
+        let op2 = c.send_invoked(Some(oa), A, conv(), cmid("m2"), "body of m2");
+        c.send_acked(op2, Seq(1), false);
+        c.history_read(conv(), Seq(2), &[msg(1, A, "m2"), msg(2, A, "m1")]);
+        let r = c.check();
+        assert_eq!(r.counts.out_of_order, 1, "{:#?}", r.violations);
+        assert!(matches!(
+            &r.violations[0],
+            Violation::SenderOrder { earlier, later, .. }
+                if earlier.as_str() == "m1" && later.as_str() == "m2"
+        ));
+    }
+
+    #[test]
+    fn concurrent_sends_may_be_stored_in_either_order() {
+        // Both invoked before either was acknowledged: a window has no order to keep.
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let op1 = c.send_invoked(Some(oa), A, conv(), cmid("m1"), "body of m1");
+        let op2 = c.send_invoked(Some(oa), A, conv(), cmid("m2"), "body of m2");
+        c.send_acked(op1, Seq(2), false);
+        c.send_acked(op2, Seq(1), false);
+        c.history_read(conv(), Seq(2), &[msg(1, A, "m2"), msg(2, A, "m1")]);
+        let r = c.check();
+        assert!(r.ok(), "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn observers_that_disagree_are_reported() {
+        // B was pushed m3 at seq 2, where the history (and the ack) hold m2.
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let ob = c.observer_opened(B);
+        for (seq, id) in [(1, "m1"), (2, "m2"), (3, "m3")] {
+            let op = c.send_invoked(Some(oa), A, conv(), cmid(id), &format!("body of {id}"));
+            c.send_acked(op, Seq(seq), false);
+        }
+        for (seq, id) in [(1, "m1"), (2, "m3")] {
+            c.delivered(ob, &msg(seq, A, id));
+        }
+        c.history_read(conv(), Seq(3), &good_history());
+        let r = c.check();
+        assert!(r.counts.disagreements >= 1, "{:#?}", r.violations);
+        assert!(r
+            .violations
+            .iter()
+            .any(|v| matches!(v, Violation::Disagreement { seq: Seq(2), .. })));
+    }
+
+    #[test]
+    fn an_ack_naming_another_seq_than_the_history_is_a_disagreement() {
+        let (mut c, _, _) = good_run();
+        let h = vec![msg(1, A, "m1"), msg(2, A, "m3"), msg(3, A, "m2")];
+        c.history_read(conv(), Seq(3), &h);
+        let r = c.check();
+        assert!(r.counts.disagreements >= 2, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_changed_body_is_a_disagreement() {
+        let (mut c, _, _) = good_run();
+        let mut h = good_history();
+        h[1].body = "something else".into();
+        c.history_read(conv(), Seq(3), &h);
+        let r = c.check();
+        assert!(r.counts.disagreements >= 1, "{:#?}", r.violations);
+        // No content in the report.
+        for v in &r.violations {
+            assert!(!v.to_string().contains("something else"));
+        }
+    }
+
+    #[test]
+    fn a_phantom_message_is_reported() {
+        let (mut c, _, _) = good_run();
+        let mut h = good_history();
+        h.push(msg(4, B, "never-sent"));
+        c.history_read(conv(), Seq(4), &h);
+        let r = c.check();
+        assert_eq!(r.counts.phantoms, 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_missed_push_is_reported_unless_the_connection_closed() {
+        for closed in [false, true] {
+            let mut c = Checker::new();
+            let oa = c.observer_opened(A);
+            let ob = c.observer_opened(B);
+            let op = c.send_invoked(Some(oa), A, conv(), cmid("m1"), "body of m1");
+            c.send_acked(op, Seq(1), false);
+            if closed {
+                c.observer_closed(ob);
+            }
+            c.history_read(conv(), Seq(1), &[msg(1, A, "m1")]);
+            let r = c.check();
+            assert_eq!(
+                r.counts.undelivered,
+                u64::from(!closed),
+                "{:#?}",
+                r.violations
+            );
+        }
+    }
+
+    #[test]
+    fn a_push_to_a_non_member_is_reported() {
+        let (mut c, _, _) = good_run();
+        let stranger = c.observer_opened(UserId(9));
+        c.delivered(stranger, &msg(1, A, "m1"));
+        c.history_read(conv(), Seq(3), &good_history());
+        let r = c.check();
+        assert_eq!(r.counts.misdelivered, 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn an_unread_history_fails_the_check() {
+        let (c, _, _) = good_run();
+        let r = c.check();
+        assert_eq!(r.counts.unchecked, 1, "{:#?}", r.violations);
+        let (mut c, _, _) = good_run();
+        c.history_failed(conv(), "timed out");
+        assert_eq!(c.check().counts.unchecked, 1);
+    }
+}

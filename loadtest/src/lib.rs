@@ -1,0 +1,30 @@
+//! chat-loadtest: load scenarios, metrics, reports and a correctness oracle, all over the
+//! public protocol.
+//!
+//! Owns the scenario files and their parsing ([`scenario`]), the drivers that run them (direct
+//! message ping-pong and flood, connect storm), the measurements (HDR latency histograms from
+//! the intended send time, throughput, errors by stable code, server CPU and memory from
+//! `/proc`, the servers' own `/metrics` counters), the reports (text, JSON, side-by-side
+//! comparison) and the history checker ([`checker`]) that judges every run against the
+//! delivery contract of DESIGN.md section 4.
+//!
+//! Must not depend on any server crate (`chat-storage`, `chat-cluster`, `chat-actors`,
+//! `chat-node`): it sees the cluster only through `chat-client` and `chat-types`, exactly as
+//! any other client does, so that what it measures and checks is what users get. It sends
+//! traffic only to loopback addresses, and every loop it runs is bounded in count and time.
+
+pub mod checker;
+mod dm;
+pub mod metrics;
+pub mod report;
+mod run;
+pub mod scenario;
+pub mod scrape;
+pub mod setup;
+mod storm;
+pub mod sysstat;
+
+pub use checker::{CheckReport, Checker, Violation, ViolationCounts};
+pub use report::{compare, Report};
+pub use run::{run, RunConfig};
+pub use scenario::{Scenario, ScenarioKind};
