@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{connect_async_with_config, MaybeTlsStream, WebSocketStream};
 
 use crate::error::ClientError;
 use crate::routing::{Pending, Routed};
@@ -186,11 +186,14 @@ impl Connection {
         ws_url: &str,
         config: ConnectionConfig,
     ) -> Result<Connection, ClientError> {
-        let (stream, _response) =
-            tokio::time::timeout(config.request_timeout, connect_async(ws_url))
-                .await
-                .map_err(|_| ClientError::Timeout)?
-                .map_err(upgrade_error)?;
+        let (stream, _response) = tokio::time::timeout(
+            config.request_timeout,
+            // Nagle off: requests are small and latency matters more than packet count.
+            connect_async_with_config(ws_url, None, true),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(upgrade_error)?;
         let (sink, stream) = stream.split();
         let inner = Arc::new(Inner {
             sink: AsyncMutex::new(sink),

@@ -158,6 +158,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .configure(http::routes)
     })
     .disable_signals()
+    // Small frames go out at once: Nagle's algorithm with delayed ACKs costs ~40 ms a turn.
+    .tcp_nodelay(true)
     .shutdown_timeout(5)
     .bind(&config.node.http_addr)
     .with_context(|| format!("binding the HTTP address {}", config.node.http_addr))?

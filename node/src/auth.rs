@@ -10,15 +10,62 @@ use chat_cluster::{MetaCommand, MetaResponse, Metadata};
 use chat_types::{validate_password, validate_username, ErrorCode, UserId, WireError};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 /// How long a node waits for replicated metadata (a user or session created through another
 /// node) to reach its local copy before it answers "unknown".
 const CATCH_UP: Duration = Duration::from_millis(1500);
 
+type HashJob = Box<dyn FnOnce() + Send>;
+
+/// A few dedicated threads for password hashing. Each argon2id hash takes ~19 MiB; on
+/// tokio's blocking pool (up to hundreds of threads, shared with log writes) every thread
+/// that ever hashed would keep that memory in its allocator arena. Here only these threads do.
+struct HashPool {
+    jobs: std::sync::mpsc::Sender<HashJob>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> HashPool {
+        let (tx, rx) = std::sync::mpsc::channel::<HashJob>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("chat-hash-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(poisoned) => poisoned.into_inner().recv(),
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        HashPool { jobs: tx }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, WireError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(internal)?;
+        rx.await.map_err(internal)
+    }
+}
+
 pub struct Auth {
     meta: Arc<Metadata>,
-    hashing: Arc<Semaphore>,
+    hashing: HashPool,
 }
 
 /// An authenticated user.
@@ -51,7 +98,7 @@ impl Auth {
     pub fn new(meta: Arc<Metadata>, hash_concurrency: usize) -> Self {
         Auth {
             meta,
-            hashing: Arc::new(Semaphore::new(hash_concurrency)),
+            hashing: HashPool::new(hash_concurrency),
         }
     }
 
@@ -59,8 +106,7 @@ impl Auth {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, WireError> {
-        let _permit = self.hashing.acquire().await.map_err(internal)?;
-        tokio::task::spawn_blocking(f).await.map_err(internal)
+        self.hashing.run(f).await
     }
 
     pub async fn register(
