@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chat_storage::{AppendRequest, ConversationLog};
-use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
+use chat_types::{ClientMsgId, ConversationId, Message, MessageRef, RingEpoch, Seq, UserId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
@@ -31,6 +31,7 @@ pub enum ConversationMsg {
         sender: UserId,
         client_msg_id: ClientMsgId,
         body: String,
+        refers: Option<MessageRef>,
         origin: Option<ConnRef>,
         reply: RpcReplyPort<Result<(Message, bool), ActorError>>,
     },
@@ -126,6 +127,45 @@ async fn deliver_with_retries(
     false
 }
 
+/// A reply, edit, deletion or reaction must name an existing plain message (or reply) of
+/// this conversation; only its sender may edit or delete it.
+fn check_refers(
+    log: &dyn ConversationLog,
+    conv: &ConversationId,
+    sender: UserId,
+    refers: Option<MessageRef>,
+) -> Result<(), ActorError> {
+    let Some(r) = refers else {
+        return Ok(());
+    };
+    let seq = r.seq();
+    let target = match seq.0.checked_sub(1) {
+        Some(before) => log
+            .read_after(conv, Seq(before), 1)
+            .map_err(crate::logs::storage_error)?
+            .into_iter()
+            .next()
+            .filter(|m| m.seq == seq),
+        None => None,
+    };
+    let Some(target) = target else {
+        return Err(ActorError::InvalidArgument(format!(
+            "message {seq} does not exist in this conversation"
+        )));
+    };
+    if !matches!(target.refers, None | Some(MessageRef::Reply { .. })) {
+        return Err(ActorError::InvalidArgument(format!(
+            "message {seq} is an edit, deletion or reaction; refer to the original"
+        )));
+    }
+    match r {
+        MessageRef::Edit { .. } | MessageRef::Delete { .. } if target.sender != sender => {
+            Err(ActorError::Forbidden)
+        }
+        _ => Ok(()),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -196,6 +236,7 @@ impl Actor for ConversationActor {
                 sender,
                 client_msg_id,
                 body,
+                refers,
                 origin,
                 reply,
             } => {
@@ -210,12 +251,17 @@ impl Actor for ConversationActor {
                         return Ok(());
                     }
                 };
+                if let Err(e) = check_refers(&*state.log, &state.conversation, sender, refers) {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
                 let req = AppendRequest {
                     conversation: state.conversation,
                     sender,
                     client_msg_id,
                     body,
                     ts_ms: now_ms(),
+                    refers,
                     epoch: ring.epoch(),
                 };
                 // The write may fsync: it runs on the blocking pool, where concurrent appends of

@@ -2,8 +2,8 @@
 //! Decoding is explicit and total: bad bytes are an error, never a panic.
 
 use chat_types::{
-    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, PresenceStatus, RingEpoch,
-    Seq, UserId,
+    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef,
+    PresenceStatus, RingEpoch, Seq, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,7 @@ pub enum ActorRequestBody {
         sender: UserId,
         client_msg_id: ClientMsgId,
         body: String,
+        refers: Option<MessageRef>,
         origin: Option<ConnRef>,
     },
     /// To the conversation's owner.

@@ -16,8 +16,8 @@ use chat_cluster::ring::Ring;
 use chat_cluster::transport::{Channel, PeerError, TransportError};
 use chat_cluster::Metadata;
 use chat_types::{
-    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, NodeId, PresenceStatus,
-    RingEpoch, Seq, UserId,
+    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef, NodeId,
+    PresenceStatus, RingEpoch, Seq, UserId,
 };
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
@@ -151,6 +151,7 @@ impl Router {
         conversation: ConversationId,
         client_msg_id: ClientMsgId,
         body: String,
+        refers: Option<MessageRef>,
         origin: Option<ConnRef>,
     ) -> Result<(Message, bool), ActorError> {
         if !conversation.is_member(sender) {
@@ -161,6 +162,7 @@ impl Router {
             sender,
             client_msg_id,
             body,
+            refers,
             origin,
         };
         match self.route(Target::Conversation(conversation), body).await? {
@@ -543,6 +545,7 @@ impl Router {
                 sender,
                 client_msg_id,
                 body,
+                refers,
                 origin,
             } => {
                 let actor = self.conversation_actor(conversation).await?;
@@ -550,6 +553,7 @@ impl Router {
                     sender,
                     client_msg_id,
                     body,
+                    refers,
                     origin,
                     reply,
                 })

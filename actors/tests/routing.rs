@@ -154,13 +154,20 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
     let cmid = ClientMsgId::new("x1").expect("id");
     let (m, dup) = b
         .router
-        .append(UserId(1), conv, cmid.clone(), "via node 2".into(), None)
+        .append(
+            UserId(1),
+            conv,
+            cmid.clone(),
+            "via node 2".into(),
+            None,
+            None,
+        )
         .await
         .expect("append routed to the owner");
     assert_eq!((m.seq, dup), (Seq(1), false));
     let (m, dup) = a
         .router
-        .append(UserId(1), conv, cmid, "again via node 1".into(), None)
+        .append(UserId(1), conv, cmid, "again via node 1".into(), None, None)
         .await
         .expect("retry at the owner");
     assert_eq!((m.seq, dup, m.body.as_str()), (Seq(1), true, "via node 2"));
@@ -208,6 +215,7 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
             conv,
             ClientMsgId::new("x2").expect("id"),
             "no".into(),
+            None,
             None,
         )
         .await

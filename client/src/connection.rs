@@ -17,8 +17,8 @@ use std::time::Duration;
 use chat_types::rest::{ContactsResponse, ProfileUpdate, SettingsUpdate};
 use chat_types::{
     ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo, ConversationSummary,
-    EventSeq, Limits, Message, NodeId, PresenceStatus, Profile, Relation, Seq, ServerFrame,
-    SessionInfo, Settings, UserId, PROTOCOL_VERSION,
+    EventSeq, Limits, Message, MessageRef, NodeId, PresenceStatus, Profile, Relation, Seq,
+    ServerFrame, SessionInfo, Settings, UserId, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -377,6 +377,18 @@ impl Connection {
         client_msg_id: ClientMsgId,
         body: impl Into<String>,
     ) -> Result<Ack, ClientError> {
+        self.send_related(conversation, client_msg_id, body, None)
+            .await
+    }
+
+    /// [`Connection::send`] of a reply, edit, deletion (empty body) or reaction.
+    pub async fn send_related(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: impl Into<String>,
+        refers: Option<MessageRef>,
+    ) -> Result<Ack, ClientError> {
         let body = body.into();
         let reply = self
             .request(|id| ClientFrame::Send {
@@ -384,6 +396,7 @@ impl Connection {
                 conversation,
                 client_msg_id,
                 body,
+                refers,
             })
             .await?;
         match reply {
@@ -1064,6 +1077,7 @@ mod tests {
             client_msg_id: ClientMsgId::new(format!("m{seq}")).unwrap(),
             body: "hi".into(),
             ts_ms: 5,
+            refers: None,
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
             client_msg_id: ClientMsgId::new("c1").unwrap(),
             body: "hi".into(),
             ts_ms: 1,
+            refers: None,
         }
     }
 

@@ -871,6 +871,7 @@ mod tests {
             client_msg_id: cmid(id),
             body: format!("body of {id}"),
             ts_ms: 0,
+            refers: None,
         }
     }
 

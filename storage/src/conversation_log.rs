@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use chat_types::{ClientMsgId, ConversationId, Message, RingEpoch, Seq, UserId};
+use chat_types::{ClientMsgId, ConversationId, Message, MessageRef, RingEpoch, Seq, UserId};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,8 @@ pub struct AppendRequest {
     pub client_msg_id: ClientMsgId,
     pub body: String,
     pub ts_ms: u64,
+    /// A reply, edit, deletion or reaction; validated by the caller.
+    pub refers: Option<MessageRef>,
     /// The ring epoch under which the writer owns the conversation.
     pub epoch: RingEpoch,
 }
@@ -96,6 +98,9 @@ struct StoredMessageV1 {
     client_msg_id: ClientMsgId,
     body: String,
     ts_ms: u64,
+    /// Added after the first release of this format: absent in older records.
+    #[serde(default)]
+    refers: Option<MessageRef>,
 }
 
 /// Switches that break a guarantee on purpose, so that tests can show their checks fail.
@@ -153,6 +158,7 @@ impl RocksConversationLog {
             client_msg_id: m.client_msg_id,
             body: m.body,
             ts_ms: m.ts_ms,
+            refers: m.refers,
         })
     }
 
@@ -191,6 +197,7 @@ impl ConversationLog for RocksConversationLog {
             client_msg_id: req.client_msg_id,
             body: req.body,
             ts_ms: req.ts_ms,
+            refers: req.refers,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(
@@ -219,6 +226,7 @@ impl ConversationLog for RocksConversationLog {
                 client_msg_id: record.client_msg_id,
                 body: record.body,
                 ts_ms: record.ts_ms,
+                refers: record.refers,
             },
             duplicate: false,
         })
@@ -260,6 +268,7 @@ impl ConversationLog for RocksConversationLog {
                 client_msg_id: m.client_msg_id.clone(),
                 body: m.body.clone(),
                 ts_ms: m.ts_ms,
+                refers: m.refers,
             };
             batch.put_cf(
                 self.store.cf(CF_MSG)?,
@@ -429,6 +438,7 @@ mod tests {
             client_msg_id: ClientMsgId::new(cmid).expect("valid id"),
             body: body.into(),
             ts_ms: 1,
+            refers: None,
             epoch: RingEpoch(1),
         }
     }

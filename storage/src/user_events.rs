@@ -465,6 +465,7 @@ mod tests {
                 client_msg_id: ClientMsgId::new(format!("c{seq}")).expect("id"),
                 body: format!("b{seq}"),
                 ts_ms: 7,
+                refers: None,
             },
         }
     }

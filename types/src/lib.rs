@@ -25,8 +25,8 @@ pub use limits::{
 };
 pub use wire::{
     ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy, Message,
-    PresenceStatus, Profile, Relation, ServerFrame, SessionInfo, Settings, UserSummary,
-    TYPING_TTL_MS,
+    MessageRef, PresenceStatus, Profile, Relation, ServerFrame, SessionInfo, Settings, UserSummary,
+    MAX_REACTION_BYTES, TYPING_TTL_MS,
 };
 
 /// The protocol version this build speaks. A client's `hello` must name it.

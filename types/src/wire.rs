@@ -41,6 +41,9 @@ pub enum ClientFrame {
         conversation: ConversationId,
         client_msg_id: ClientMsgId,
         body: String,
+        /// A reply, edit, deletion or reaction (see [`MessageRef`]).
+        #[serde(default)]
+        refers: Option<MessageRef>,
     },
     /// A page of history: after a seq (ascending from it), or before a seq (the latest ones
     /// below it), or with neither the latest page.
@@ -333,7 +336,40 @@ pub struct Message {
     pub body: String,
     /// Server time of the append, milliseconds since the Unix epoch.
     pub ts_ms: u64,
+    /// What this message does to an earlier one: a reply, an edit, a deletion (tombstone)
+    /// or a reaction. Absent for a plain message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refers: Option<MessageRef>,
 }
+
+/// How a message relates to an earlier message of the same conversation, named by its seq.
+/// Edits, deletions and reactions are new messages in the log; the original stays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MessageRef {
+    /// A new message answering `seq`.
+    Reply { seq: Seq },
+    /// Replaces the body of `seq` (the sender's own message).
+    Edit { seq: Seq },
+    /// Withdraws `seq` (the sender's own message); the body must be empty.
+    Delete { seq: Seq },
+    /// A reaction to `seq`: the body is the reaction (an emoji, at most 32 bytes).
+    Reaction { seq: Seq },
+}
+
+impl MessageRef {
+    pub fn seq(&self) -> Seq {
+        match *self {
+            MessageRef::Reply { seq }
+            | MessageRef::Edit { seq }
+            | MessageRef::Delete { seq }
+            | MessageRef::Reaction { seq } => seq,
+        }
+    }
+}
+
+/// Largest reaction body, in bytes.
+pub const MAX_REACTION_BYTES: usize = 32;
 
 /// A user's public profile: what any signed-in user may read about another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -575,9 +611,17 @@ mod tests {
                 id: "1".into(),
                 conversation: ConversationId::direct(UserId(2), UserId(1)),
                 client_msg_id: ClientMsgId::new("c1").expect("valid"),
-                body: "hi".into()
+                body: "hi".into(),
+                refers: None,
             }
         );
+        let edit = r#"{"type":"send","id":"2","conversation":"dm:1:2","client_msg_id":"c2","body":"hey","refers":{"kind":"edit","seq":1}}"#;
+        let ClientFrame::Send { refers, .. } = ClientFrame::decode(edit).expect("valid") else {
+            panic!("not a send");
+        };
+        assert_eq!(refers, Some(MessageRef::Edit { seq: Seq(1) }));
+        let bad = r#"{"type":"send","id":"3","conversation":"dm:1:2","client_msg_id":"c3","body":"x","refers":{"kind":"shout","seq":1}}"#;
+        assert!(ClientFrame::decode(bad).is_err());
     }
 
     #[test]

@@ -16,8 +16,8 @@ use actix_ws::{
 use chat_actors::{ConnRef, Outbound};
 use chat_types::rest::ProfileUpdate;
 use chat_types::{
-    close, validate_body, ClientFrame, ConversationInfo, ErrorCode, PresenceStatus, ServerFrame,
-    UserId, UserSummary, WireError, PROTOCOL_VERSION,
+    close, validate_body, ClientFrame, ConversationInfo, ErrorCode, MessageRef, PresenceStatus,
+    ServerFrame, UserId, UserSummary, WireError, PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -177,6 +177,35 @@ async fn run_connection(
     }
 }
 
+/// Body rules per kind of send: a deletion carries no body, a reaction a short one, anything
+/// else a body within the limit.
+fn check_send_body(
+    body: &str,
+    refers: Option<MessageRef>,
+    limits: &chat_types::Limits,
+) -> Result<(), WireError> {
+    let invalid = |m: &str| Err(WireError::new(ErrorCode::InvalidArgument, m));
+    match refers {
+        Some(MessageRef::Delete { .. }) if !body.is_empty() => {
+            invalid("a deletion has an empty body")
+        }
+        Some(MessageRef::Delete { .. }) => Ok(()),
+        Some(MessageRef::Reaction { .. })
+            if body.is_empty() || body.len() > chat_types::MAX_REACTION_BYTES =>
+        {
+            invalid("a reaction is 1 to 32 bytes")
+        }
+        _ => validate_body(body, limits).map_err(|e| {
+            let code = if body.is_empty() {
+                ErrorCode::InvalidArgument
+            } else {
+                ErrorCode::TooLarge
+            };
+            WireError::new(code, e.to_string())
+        }),
+    }
+}
+
 fn reason(code: u16, why: &str) -> CloseReason {
     CloseReason {
         code: CloseCode::from(code),
@@ -316,16 +345,10 @@ impl Conn {
                 conversation,
                 client_msg_id,
                 body,
+                refers,
             } => {
-                if let Err(e) = validate_body(&body, &self.state.config.wire_limits()) {
-                    let code = if body.is_empty() {
-                        ErrorCode::InvalidArgument
-                    } else {
-                        ErrorCode::TooLarge
-                    };
-                    return self
-                        .error(Some(id), WireError::new(code, e.to_string()))
-                        .await;
+                if let Err(e) = check_send_body(&body, refers, &self.state.config.wire_limits()) {
+                    return self.error(Some(id), e).await;
                 }
                 let user = self.principal.user_id;
                 if let Err(e) = social::check_direct(&self.state, user, &conversation) {
@@ -334,7 +357,7 @@ impl Conn {
                 let router = self.state.router.clone();
                 let origin = self.conn;
                 match router
-                    .append(user, conversation, client_msg_id, body, origin)
+                    .append(user, conversation, client_msg_id, body, refers, origin)
                     .await
                 {
                     Ok((message, duplicate)) => {
