@@ -64,6 +64,7 @@ async fn must_start(id: u64, join: Option<String>) -> TestNode {
         heartbeat_ms: 50,
         election_timeout_min_ms: 300,
         election_timeout_max_ms: 600,
+        failure_timeout_ms: 0,
     };
     let meta = Metadata::start(store.clone(), settings, Transport::default())
         .await

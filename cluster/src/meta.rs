@@ -39,6 +39,8 @@ const CF: &str = "metakey_value";
 const FORMAT: u8 = 1;
 const KEY_NEXT_USER: &[u8] = b"c/next_user";
 const KEY_REVISION: &[u8] = b"c/revision";
+const KEY_DOWN: &[u8] = b"c/down";
+const KEY_DOWN_AT: &[u8] = b"c/down_at";
 /// Characters of the token hash that name a session to its user.
 pub const SESSION_ID_LEN: usize = 16;
 
@@ -117,6 +119,12 @@ pub enum DirectCheck {
 /// A change to the metadata, proposed through Raft.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
+    /// Marks a member node down (unreachable: out of the ring, its work moves to the others)
+    /// or up again. Proposed by the leader's failure detector.
+    SetNodeDown {
+        node: u64,
+        down: bool,
+    },
     /// `username` must already be canonical (see `chat_types::validate_username`).
     RegisterUser {
         username: String,
@@ -197,6 +205,9 @@ pub enum MetaResponse {
     /// For log entries that carry no command (blank entries, membership changes).
     #[default]
     None,
+    NodeDownChanged {
+        changed: bool,
+    },
     Registered {
         user_id: UserId,
     },
@@ -267,6 +278,10 @@ pub struct MetaState {
     blocks: Edges,
     next_user: u64,
     revision: u64,
+    /// Member nodes marked down by the failure detector: out of the ring until marked up.
+    down: BTreeSet<u64>,
+    /// The log index of the last change to `down`: part of the ring epoch.
+    down_changed_at: u64,
 }
 
 fn edge_insert(edges: &mut Edges, a: UserId, b: UserId, ms: u64) {
@@ -570,9 +585,49 @@ impl MetaState {
         removed
     }
 
+    /// Member nodes currently marked down.
+    pub fn down_nodes(&self) -> &BTreeSet<u64> {
+        &self.down
+    }
+
+    /// The log index of the last up/down change (0 when none).
+    pub fn down_changed_at(&self) -> u64 {
+        self.down_changed_at
+    }
+
+    /// Applies the command of the log entry at `index`. Deterministic: no clock, no
+    /// randomness, no I/O; the index is the entry's own, the same on every node.
+    pub fn apply_at(&mut self, index: u64, cmd: &MetaCommand) -> Applied {
+        if let MetaCommand::SetNodeDown { node, down } = cmd {
+            let changed = if *down {
+                self.down.insert(*node)
+            } else {
+                self.down.remove(node)
+            };
+            if !changed {
+                return Ok((MetaResponse::NodeDownChanged { changed }, Vec::new()));
+            }
+            self.down_changed_at = index;
+            let nodes: Vec<u64> = self.down.iter().copied().collect();
+            let writes = vec![
+                MetaWrite {
+                    key: KEY_DOWN.to_vec(),
+                    value: Some(encode_versioned(CF, FORMAT, &nodes)?),
+                },
+                MetaWrite {
+                    key: KEY_DOWN_AT.to_vec(),
+                    value: Some(encode_u64_v1(index).to_vec()),
+                },
+            ];
+            return Ok((MetaResponse::NodeDownChanged { changed }, writes));
+        }
+        self.apply(cmd)
+    }
+
     /// Applies one command. Deterministic: no clock, no randomness, no I/O.
     pub fn apply(&mut self, cmd: &MetaCommand) -> Applied {
         match cmd {
+            MetaCommand::SetNodeDown { .. } => self.apply_at(0, cmd),
             MetaCommand::RegisterUser {
                 username,
                 password_hash,
@@ -889,6 +944,11 @@ impl MetaState {
                 state.next_user = decode_u64_v1(CF, &k, &v)?;
             } else if k == KEY_REVISION {
                 state.revision = decode_u64_v1(CF, &k, &v)?;
+            } else if k == KEY_DOWN {
+                let nodes: Vec<u64> = decode_versioned(CF, FORMAT, &k, &v)?;
+                state.down = nodes.into_iter().collect();
+            } else if k == KEY_DOWN_AT {
+                state.down_changed_at = decode_u64_v1(CF, &k, &v)?;
             }
         }
         let index: Vec<(String, UserId)> = state
@@ -938,6 +998,12 @@ impl MetaState {
             encode_u64_v1(self.next_user).to_vec(),
         ));
         out.push((KEY_REVISION.to_vec(), encode_u64_v1(self.revision).to_vec()));
+        let down: Vec<u64> = self.down.iter().copied().collect();
+        out.push((KEY_DOWN.to_vec(), encode_versioned(CF, FORMAT, &down)?));
+        out.push((
+            KEY_DOWN_AT.to_vec(),
+            encode_u64_v1(self.down_changed_at).to_vec(),
+        ));
         Ok(out)
     }
 }
@@ -1000,6 +1066,25 @@ mod tests {
             MetaResponse::SessionRevoked { existed: true }
         );
         assert!(s.session("ab").is_none());
+    }
+
+    #[test]
+    fn nodes_marked_down_and_up_record_the_entry_index() {
+        let mut s = MetaState::default();
+        let down = |node, down| MetaCommand::SetNodeDown { node, down };
+        let (r, w) = s.apply_at(7, &down(3, true)).expect("apply");
+        assert_eq!(r, MetaResponse::NodeDownChanged { changed: true });
+        assert!(!w.is_empty());
+        assert_eq!((s.down_nodes().len(), s.down_changed_at()), (1, 7));
+        let (r, w) = s.apply_at(8, &down(3, true)).expect("apply");
+        assert_eq!(r, MetaResponse::NodeDownChanged { changed: false });
+        assert!(w.is_empty(), "no change, nothing written");
+        assert_eq!(s.down_changed_at(), 7, "the epoch moves only on a change");
+        let loaded = MetaState::load(s.dump().expect("dump")).expect("load");
+        assert_eq!(loaded, s);
+        s.apply_at(9, &down(3, false)).expect("apply");
+        assert!(s.down_nodes().is_empty());
+        assert_eq!(s.down_changed_at(), 9);
     }
 
     #[test]

@@ -40,17 +40,27 @@ pub struct ClusterSettings {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A member the leader cannot reach for this long is marked down (0: never).
+    pub failure_timeout_ms: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 enum ClusterRequest {
-    Join { node_id: u64, info: NodeInfo },
+    Join {
+        node_id: u64,
+        info: NodeInfo,
+    },
     Write(MetaCommand),
-    Remove { node_id: u64 },
+    Remove {
+        node_id: u64,
+    },
+    /// Are you there? (the failure detector)
+    Ping,
 }
 
 #[derive(Serialize, Deserialize)]
 enum ClusterReply {
+    Pong,
     Joined,
     Removed,
     /// The answer and the log index of the entry, so the asking node can wait until it has
@@ -136,7 +146,7 @@ impl Metadata {
         let (ring_tx, ring_rx) =
             watch::channel(Arc::new(Ring::new([], RingEpoch(0), DEFAULT_VNODES)));
         let (nodes_tx, nodes_rx) = watch::channel(Arc::new(Vec::new()));
-        spawn_membership_watch(raft.clone(), ring_tx, nodes_tx);
+        spawn_membership_watch(raft.clone(), shared.clone(), ring_tx, nodes_tx);
 
         let meta = Arc::new(Metadata {
             node_id: settings.node_id,
@@ -170,6 +180,12 @@ impl Metadata {
                     tokio::spawn(async move { meta.join_until_done(&seed, info).await });
                 }
             }
+        }
+        if settings.failure_timeout_ms > 0 {
+            spawn_failure_detector(
+                Arc::downgrade(&meta),
+                Duration::from_millis(settings.failure_timeout_ms),
+            );
         }
         Ok(meta)
     }
@@ -272,7 +288,7 @@ impl Metadata {
                             retry: false,
                             detail,
                         }) => return Err(ClusterError::Raft(detail)),
-                        Ok(ClusterReply::Joined | ClusterReply::Removed) => {
+                        Ok(ClusterReply::Joined | ClusterReply::Removed | ClusterReply::Pong) => {
                             return Err(ClusterError::BadPayload("unexpected reply".into()))
                         }
                         Err(e) => last_err = e,
@@ -475,6 +491,7 @@ impl Metadata {
                 let reply = match req {
                     ClusterRequest::Join { node_id, info } => self.admit(node_id, info).await,
                     ClusterRequest::Remove { node_id } => self.remove_on_leader(node_id).await,
+                    ClusterRequest::Ping => ClusterReply::Pong,
                     ClusterRequest::Write(cmd) => match self.raft.client_write(cmd).await {
                         Ok(resp) => ClusterReply::Written {
                             index: resp.log_id.index,
@@ -507,10 +524,12 @@ impl Metadata {
     }
 }
 
-/// Rebuilds the ring whenever the applied membership changes. The epoch is the log index of
-/// the membership entry, which every node agrees on.
+/// Rebuilds the ring whenever the applied membership or the set of nodes marked down
+/// changes. The ring holds the members that are not down; its epoch is the log index of the
+/// later of the two changes, which every node agrees on.
 fn spawn_membership_watch(
     raft: MetaRaft,
+    shared: SharedMeta,
     ring_tx: watch::Sender<Arc<Ring>>,
     nodes_tx: watch::Sender<Arc<Vec<(NodeId, NodeInfo)>>>,
 ) {
@@ -521,21 +540,98 @@ fn spawn_membership_watch(
         loop {
             let membership = metrics.borrow_and_update().membership_config.clone();
             let log_id = *membership.log_id();
-            let epoch = RingEpoch(log_id.map(|l| l.index).unwrap_or(0));
-            if last_seen != Some(log_id) {
-                last_seen = Some(log_id);
+            let (down, down_at) = shared.read(|s| (s.down_nodes().clone(), s.down_changed_at()));
+            let epoch = RingEpoch(log_id.map(|l| l.index).unwrap_or(0).max(down_at));
+            if last_seen != Some((log_id, down_at)) {
+                last_seen = Some((log_id, down_at));
                 let nodes: Vec<(NodeId, NodeInfo)> = membership
                     .membership()
                     .nodes()
                     .map(|(id, info)| (NodeId(*id), info.clone()))
                     .collect();
-                let ring = Ring::new(nodes.iter().map(|(id, _)| *id), epoch, DEFAULT_VNODES);
-                tracing::info!(%epoch, members = nodes.len(), "ring changed");
+                let up = nodes
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !down.contains(&id.0));
+                let ring = Ring::new(up, epoch, DEFAULT_VNODES);
+                tracing::info!(%epoch, members = nodes.len(), down = down.len(), "ring changed");
                 let _ = nodes_tx.send(Arc::new(nodes));
                 let _ = ring_tx.send(Arc::new(ring));
             }
             if metrics.changed().await.is_err() {
                 return;
+            }
+        }
+    });
+}
+
+/// The leader's failure detector. Every few hundred milliseconds the leader pings each
+/// member; one it has not heard from for `timeout` is marked down through Raft (the ring
+/// drops it, so its conversations and users move to nodes that answer, which catch up from
+/// the replicas), and one that answers again for a few rounds is marked up. Only the leader
+/// decides, and the decision is a log entry, so every node moves ownership at the same epoch.
+fn spawn_failure_detector(meta: std::sync::Weak<Metadata>, timeout: Duration) {
+    use std::collections::HashMap;
+    let period = Duration::from_millis(300)
+        .min(timeout / 2)
+        .max(Duration::from_millis(50));
+    tokio::spawn(async move {
+        let mut last_ok: HashMap<u64, tokio::time::Instant> = HashMap::new();
+        let mut ok_streak: HashMap<u64, u32> = HashMap::new();
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(meta) = meta.upgrade() else { return };
+            if !meta.is_leader() {
+                last_ok.clear();
+                ok_streak.clear();
+                continue;
+            }
+            let down = meta.read(|s| s.down_nodes().clone());
+            let now = tokio::time::Instant::now();
+            for (node, info) in meta.nodes().iter() {
+                if *node == meta.node_id {
+                    continue;
+                }
+                let seen = *last_ok.entry(node.0).or_insert(now);
+                let ping = encode(&ClusterRequest::Ping);
+                let answered = match ping {
+                    Ok(bytes) => meta
+                        .transport
+                        .request(
+                            &info.peer_addr,
+                            Channel::Cluster,
+                            bytes,
+                            period.max(Duration::from_millis(250)),
+                        )
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                };
+                if answered {
+                    last_ok.insert(node.0, tokio::time::Instant::now());
+                    let streak = ok_streak.entry(node.0).or_insert(0);
+                    *streak += 1;
+                    if down.contains(&node.0) && *streak >= 3 {
+                        tracing::info!(%node, "node answers again; marking it up");
+                        let _ = meta
+                            .write(MetaCommand::SetNodeDown {
+                                node: node.0,
+                                down: false,
+                            })
+                            .await;
+                    }
+                } else {
+                    ok_streak.insert(node.0, 0);
+                    if !down.contains(&node.0) && now.duration_since(seen) >= timeout {
+                        tracing::warn!(%node, "node unreachable; marking it down");
+                        let _ = meta
+                            .write(MetaCommand::SetNodeDown {
+                                node: node.0,
+                                down: true,
+                            })
+                            .await;
+                    }
+                }
             }
         }
     });

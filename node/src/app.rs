@@ -113,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         heartbeat_ms: config.cluster.heartbeat_ms,
         election_timeout_min_ms: config.cluster.election_timeout_min_ms,
         election_timeout_max_ms: config.cluster.election_timeout_max_ms,
+        failure_timeout_ms: config.cluster.failure_timeout_ms,
     };
     // The peer listener must answer Raft before the Raft node can be elected or joined, so
     // it is served first and learns about the router once that exists.

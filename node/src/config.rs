@@ -58,6 +58,9 @@ pub struct ClusterConfig {
     /// Raft election timeout range.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// A member the Raft leader cannot reach for this long is marked down: its conversations
+    /// and users move to the other nodes until it answers again. 0 turns detection off.
+    pub failure_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -67,6 +70,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 150,
             election_timeout_min_ms: 800,
             election_timeout_max_ms: 1600,
+            failure_timeout_ms: 2000,
         }
     }
 }
@@ -190,6 +194,9 @@ impl Config {
         let c = &self.cluster;
         if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms {
             return bad("cluster.election_timeout_min_ms must exceed cluster.heartbeat_ms > 0");
+        }
+        if c.failure_timeout_ms != 0 && c.failure_timeout_ms < 2 * c.heartbeat_ms {
+            return bad("cluster.failure_timeout_ms must be 0 (off) or at least two heartbeats");
         }
         if c.election_timeout_max_ms <= c.election_timeout_min_ms {
             return bad("cluster.election_timeout_max_ms must exceed election_timeout_min_ms");

@@ -292,7 +292,7 @@ impl StateMachineStore {
         for entry in entries {
             match entry.payload {
                 EntryPayload::Blank => responses.push(MetaResponse::None),
-                EntryPayload::Normal(cmd) => match m.meta.apply(&cmd) {
+                EntryPayload::Normal(cmd) => match m.meta.apply_at(entry.log_id.index, &cmd) {
                     Ok((response, state_writes)) => {
                         writes.extend(state_writes.into_iter().map(|w| (w.key, w.value)));
                         responses.push(response);

@@ -154,6 +154,16 @@ impl Drop for NodeProc {
 /// Polls `/readyz` until the node is ready with `members` ring members, up to three of
 /// them voters.
 pub async fn must_be_ready(node: &NodeProc, members: usize) -> serde_json::Value {
+    must_be_ready_with(node, members, members.min(3)).await
+}
+
+/// Polls `/readyz` until the node is ready with `members` ring members and `voters` voters
+/// (a node marked down leaves the ring but stays a voter).
+pub async fn must_be_ready_with(
+    node: &NodeProc,
+    members: usize,
+    voters: usize,
+) -> serde_json::Value {
     let client = reqwest_lite::Client;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -164,7 +174,7 @@ pub async fn must_be_ready(node: &NodeProc, members: usize) -> serde_json::Value
             let count = |k: &str| v[k].as_array().map(|m| m.len());
             if v["ready"] == true
                 && count("members") == Some(members)
-                && count("voters") == Some(members.min(3))
+                && count("voters") == Some(voters)
             {
                 return v;
             }
