@@ -12,7 +12,9 @@ use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chat_storage::{AppendRequest, ConversationLog};
-use chat_types::{ClientMsgId, ConversationId, Message, MessageRef, RingEpoch, Seq, UserId};
+use chat_types::{
+    ClientMsgId, ConversationId, GroupChange, Message, MessageRef, NodeId, RingEpoch, Seq, UserId,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
@@ -103,18 +105,22 @@ impl ConversationState {
 /// Delivers one message to one member, retrying for a while; false when it gave up.
 async fn deliver_with_retries(
     router: &Router,
-    member: UserId,
+    node: NodeId,
+    users: Vec<UserId>,
     message: &Message,
     origin: Option<ConnRef>,
 ) -> bool {
     let mut delay = std::time::Duration::from_millis(50);
     for attempt in 1..=DELIVERY_ATTEMPTS {
-        match router.deliver(member, message.clone(), origin).await {
+        match router
+            .deliver_batch(node, users.clone(), message.clone(), origin)
+            .await
+        {
             Ok(()) => return true,
             Err(e) if attempt == DELIVERY_ATTEMPTS => tracing::warn!(
                 conv = %message.conversation,
                 seq = %message.seq,
-                user = %member,
+                %node,
                 error = %e,
                 "delivery failed; the next owner of the conversation delivers it again"
             ),
@@ -138,7 +144,10 @@ fn check_refers(
     let Some(r) = refers else {
         return Ok(());
     };
-    let seq = r.seq();
+    let Some(seq) = r.seq() else {
+        // A group change: written by the node itself, after the metadata agreed to it.
+        return Ok(());
+    };
     let target = match seq.0.checked_sub(1) {
         Some(before) => log
             .read_after(conv, Seq(before), 1)
@@ -187,22 +196,30 @@ impl Actor for ConversationActor {
         let router = args.router.clone();
         let log = args.log.clone();
         let conversation = args.conversation;
-        let members = conversation.direct_members();
-        // Deliveries leave in seq order: one at a time, each to every member's home node,
-        // where it becomes an event of the member's stream. A failed delivery is retried
-        // (the event log deduplicates) before the next message goes out; once a message has
-        // reached every member, the delivery watermark moves past it.
+        // Deliveries leave in seq order: one message at a time, sent once per node that is
+        // home to some member (never once per member across the network), where it becomes
+        // an event of each member's stream. A failed delivery is retried (event streams
+        // deduplicate) before the next message goes out; once a message has reached every
+        // member, the delivery watermark moves past it.
         tokio::spawn(async move {
             // After one message could not be delivered the watermark stays below it, so that
             // the next actor for this conversation delivers it (and what follows) again.
             let mut stuck = false;
             while let Some((message, origin)) = rx.recv().await {
+                let Some(router) = router.upgrade() else {
+                    return;
+                };
+                let mut recipients = router.members_of(&conversation);
+                // Whoever a change removes learns of it too, then hears nothing more.
+                if let Some(MessageRef::Group {
+                    change: GroupChange::MemberRemoved { user } | GroupChange::MemberLeft { user },
+                }) = message.refers
+                {
+                    recipients.push(user);
+                }
                 let mut all_delivered = true;
-                for member in &members {
-                    let Some(router) = router.upgrade() else {
-                        return;
-                    };
-                    if !deliver_with_retries(&router, *member, &message, origin).await {
+                for (node, users) in router.by_home(&recipients) {
+                    if !deliver_with_retries(&router, node, users, &message, origin).await {
                         all_delivered = false;
                     }
                 }
@@ -240,7 +257,12 @@ impl Actor for ConversationActor {
                 origin,
                 reply,
             } => {
-                if !state.conversation.is_member(sender) {
+                let system = matches!(refers, Some(MessageRef::Group { .. }));
+                let member = state
+                    .router
+                    .upgrade()
+                    .is_some_and(|r| r.is_member(&state.conversation, sender));
+                if !member && !system {
                     let _ = reply.send(Err(ActorError::Forbidden));
                     return Ok(());
                 }

@@ -54,6 +54,13 @@ pub enum ActorRequestBody {
         message: Message,
         origin: Option<ConnRef>,
     },
+    /// To a node that is home to some members of a conversation: deliver the message to
+    /// each of them (one request per node, not per member).
+    DeliverMany {
+        users: Vec<UserId>,
+        message: Message,
+        origin: Option<ConnRef>,
+    },
     /// To the node holding the connections.
     Push { conns: Vec<u64>, frame: PushFrame },
     /// To the reader's home node: record "read up to `seq`" (never backwards), tell the

@@ -7,7 +7,7 @@
 //! receives a request from a newer epoch than its own first waits (briefly) to catch up, so
 //! two nodes never both act as owner of one conversation under rings they both know.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -154,7 +154,8 @@ impl Router {
         refers: Option<MessageRef>,
         origin: Option<ConnRef>,
     ) -> Result<(Message, bool), ActorError> {
-        if !conversation.is_member(sender) {
+        let system = matches!(refers, Some(MessageRef::Group { .. }));
+        if !system && !self.is_member(&conversation, sender) {
             return Err(ActorError::Forbidden);
         }
         let body = ActorRequestBody::Append {
@@ -180,7 +181,7 @@ impl Router {
         before: Option<Seq>,
         limit: u32,
     ) -> Result<(Seq, Vec<Message>), ActorError> {
-        if !conversation.is_member(user) {
+        if !self.is_member(&conversation, user) {
             return Err(ActorError::Forbidden);
         }
         let body = ActorRequestBody::History {
@@ -204,7 +205,7 @@ impl Router {
         seq: Seq,
         origin: Option<ConnRef>,
     ) -> Result<(), ActorError> {
-        if !conversation.is_member(user) {
+        if !self.is_member(&conversation, user) {
             return Err(ActorError::Forbidden);
         }
         let body = ActorRequestBody::MarkRead {
@@ -222,10 +223,10 @@ impl Router {
         user: UserId,
         conversation: ConversationId,
     ) -> Result<(), ActorError> {
-        if !conversation.is_member(user) {
+        if !self.is_member(&conversation, user) {
             return Err(ActorError::Forbidden);
         }
-        for member in conversation.direct_members() {
+        for member in self.members_of(&conversation) {
             if member != user {
                 let frame = PushFrame::Typing {
                     conversation,
@@ -295,6 +296,100 @@ impl Router {
             seq,
         };
         self.route(Target::User(user), body).await.map(|_| ())
+    }
+
+    /// The members of a conversation: the two of a direct one, a group's from the metadata.
+    pub fn members_of(&self, conversation: &ConversationId) -> Vec<UserId> {
+        match conversation.group_id() {
+            Some(group) => self.meta.read(|s| s.group_members(group)),
+            None => conversation.direct_members(),
+        }
+    }
+
+    pub fn is_member(&self, conversation: &ConversationId, user: UserId) -> bool {
+        match conversation.group_id() {
+            Some(group) => self.meta.read(|s| {
+                s.group(group)
+                    .is_some_and(|g| g.members.contains_key(&user))
+            }),
+            None => conversation.is_member(user),
+        }
+    }
+
+    /// Users grouped by their home node under the current ring.
+    pub(crate) fn by_home(&self, users: &[UserId]) -> BTreeMap<NodeId, Vec<UserId>> {
+        let ring = self.meta.ring();
+        let mut out: BTreeMap<NodeId, Vec<UserId>> = BTreeMap::new();
+        for u in users {
+            if let Some(home) = ring.home_of_user(*u) {
+                out.entry(home).or_default().push(*u);
+            }
+        }
+        out
+    }
+
+    /// Delivers a message to several users whose home is `node`, in one request.
+    pub(crate) async fn deliver_batch(
+        &self,
+        node: NodeId,
+        users: Vec<UserId>,
+        message: Message,
+        origin: Option<ConnRef>,
+    ) -> Result<(), ActorError> {
+        if node == self.node_id {
+            return self.deliver_each(users, message, origin).await;
+        }
+        let body = ActorRequestBody::DeliverMany {
+            users,
+            message,
+            origin,
+        };
+        self.remote(node, self.meta.ring().epoch(), body)
+            .await
+            .map(|_| ())
+    }
+
+    /// Boxed: delivering routes requests, and a routed `DeliverMany` delivers again.
+    fn deliver_each(
+        &self,
+        users: Vec<UserId>,
+        message: Message,
+        origin: Option<ConnRef>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ActorError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let mut result = Ok(());
+            for user in users {
+                if let Err(e) = self.deliver(user, message.clone(), origin).await {
+                    result = Err(e);
+                }
+            }
+            result
+        })
+    }
+
+    /// Writes a group change into the group's log, ordered with its messages (after the
+    /// metadata has agreed to the change). `actor` is the member who made it.
+    pub async fn append_group_change(
+        &self,
+        actor: UserId,
+        group: chat_types::GroupId,
+        change: chat_types::GroupChange,
+    ) -> Result<Message, ActorError> {
+        let id = format!("sys-{}", self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let client_msg_id = ClientMsgId::new(format!("{id}-{}", crate::now_ms()))
+            .map_err(|e| ActorError::InvalidArgument(e.to_string()))?;
+        let (message, _) = self
+            .append(
+                actor,
+                ConversationId::group(group),
+                client_msg_id,
+                String::new(),
+                Some(MessageRef::Group { change }),
+                None,
+            )
+            .await?;
+        Ok(message)
     }
 
     /// The user's contacts, from the local copy of the metadata.
@@ -526,6 +621,7 @@ impl Router {
             | ActorRequestBody::SetPresence { user, .. }
             | ActorRequestBody::ListConversations { user, .. } => Some(Target::User(*user)),
             ActorRequestBody::Push { .. }
+            | ActorRequestBody::DeliverMany { .. }
             | ActorRequestBody::Replicate { .. }
             | ActorRequestBody::Seal { .. }
             | ActorRequestBody::Fetch { .. } => None,
@@ -615,6 +711,14 @@ impl Router {
                 self.push_local(&conns, frame);
                 Ok(ActorReply::Done)
             }
+            ActorRequestBody::DeliverMany {
+                users,
+                message,
+                origin,
+            } => self
+                .deliver_each(users, message, origin)
+                .await
+                .map(|()| ActorReply::Done),
             ActorRequestBody::MarkRead {
                 user,
                 conversation,

@@ -152,7 +152,7 @@ impl SessionState {
         if let Some((_, event)) = self.append_event(event).await? {
             self.push(&router, PushFrame::Event(event), origin).await;
         }
-        for member in conversation.direct_members() {
+        for member in router.members_of(&conversation) {
             if member != self.user {
                 if let Err(e) = router.receipt(member, conversation, self.user, seq).await {
                     tracing::warn!(conv = %conversation, user = %member, error = %e, "receipt not delivered");

@@ -17,8 +17,8 @@ use std::time::Duration;
 use chat_types::rest::{ContactsResponse, ProfileUpdate, SettingsUpdate};
 use chat_types::{
     ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo, ConversationSummary,
-    EventSeq, Limits, Message, MessageRef, NodeId, PresenceStatus, Profile, Relation, Seq,
-    ServerFrame, SessionInfo, Settings, UserId, PROTOCOL_VERSION,
+    EventSeq, GroupInfo, Limits, Message, MessageRef, NodeId, PresenceStatus, Profile, Relation,
+    Role, Seq, ServerFrame, SessionInfo, Settings, UserId, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -335,6 +335,100 @@ impl Connection {
         {
             ServerFrame::Conversations { conversations, .. } => Ok(conversations),
             other => Err(unexpected("conversations", &other)),
+        }
+    }
+
+    /// Creates a group owned by this user with `members`.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: Vec<UserId>,
+    ) -> Result<GroupInfo, ClientError> {
+        let name = name.to_owned();
+        self.group_request(|id| ClientFrame::CreateGroup {
+            id,
+            name,
+            description: String::new(),
+            members,
+        })
+        .await
+    }
+
+    pub async fn get_group(&self, group: ConversationId) -> Result<GroupInfo, ClientError> {
+        self.group_request(|id| ClientFrame::GetGroup { id, group })
+            .await
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupInfo>, ClientError> {
+        match self.request(|id| ClientFrame::ListGroups { id }).await? {
+            ServerFrame::Groups { groups, .. } => Ok(groups),
+            other => Err(unexpected("groups", &other)),
+        }
+    }
+
+    pub async fn add_members(
+        &self,
+        group: ConversationId,
+        user_ids: Vec<UserId>,
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_request(|id| ClientFrame::AddMembers {
+            id,
+            group,
+            user_ids,
+        })
+        .await
+    }
+
+    pub async fn remove_member(
+        &self,
+        group: ConversationId,
+        user_id: UserId,
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_request(|id| ClientFrame::RemoveMember { id, group, user_id })
+            .await
+    }
+
+    pub async fn set_role(
+        &self,
+        group: ConversationId,
+        user_id: UserId,
+        role: Role,
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_request(|id| ClientFrame::SetRole {
+            id,
+            group,
+            user_id,
+            role,
+        })
+        .await
+    }
+
+    pub async fn transfer_group(
+        &self,
+        group: ConversationId,
+        user_id: UserId,
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_request(|id| ClientFrame::TransferGroup { id, group, user_id })
+            .await
+    }
+
+    pub async fn leave_group(&self, group: ConversationId) -> Result<(), ClientError> {
+        self.expect_ok(|id| ClientFrame::LeaveGroup { id, group })
+            .await
+    }
+
+    pub async fn delete_group(&self, group: ConversationId) -> Result<(), ClientError> {
+        self.expect_ok(|id| ClientFrame::DeleteGroup { id, group })
+            .await
+    }
+
+    async fn group_request(
+        &self,
+        make: impl FnOnce(String) -> ClientFrame,
+    ) -> Result<GroupInfo, ClientError> {
+        match self.request(make).await? {
+            ServerFrame::Group { group, .. } => Ok(group),
+            other => Err(unexpected("group", &other)),
         }
     }
 
@@ -978,6 +1072,8 @@ fn frame_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::Blocks { .. } => "blocks",
         ServerFrame::Relation { .. } => "relation",
         ServerFrame::Ok { .. } => "ok",
+        ServerFrame::Group { .. } => "group",
+        ServerFrame::Groups { .. } => "groups",
         ServerFrame::Conversations { .. } => "conversations",
         ServerFrame::Read { .. } => "read",
         ServerFrame::Receipt { .. } => "receipt",

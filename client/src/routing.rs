@@ -84,6 +84,8 @@ impl Pending {
             | ServerFrame::SessionRevoked { id, .. }
             | ServerFrame::Contacts { id, .. }
             | ServerFrame::Ok { id }
+            | ServerFrame::Group { id, .. }
+            | ServerFrame::Groups { id, .. }
             | ServerFrame::Conversations { id, .. }
             | ServerFrame::Blocks { id, .. }
             | ServerFrame::Relation { id, .. } => Some(id.clone()),

@@ -21,6 +21,9 @@
 //! | `b/` ++ blocker ++ blocked | blocked since (ms) |
 //! | `c/next_user` | next user id |
 //! | `c/revision` | count of applied social changes (see [`MetaState::revision`]) |
+//! | `g/` ++ group | group: name, description, members and roles |
+//! | `c/next_group` | next group id |
+//! | `c/down`, `c/down_at` | nodes marked down, and the log index of the last change |
 //!
 //! The per-user session index and the incoming-request index are not stored: `load` rebuilds
 //! them from `s/` and `q/`, so they can never disagree with what they index (and sessions
@@ -32,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chat_storage::keys::{decode_u64_v1, decode_versioned, encode_u64_v1, encode_versioned};
 use chat_storage::raft_kv::KvPair;
 use chat_storage::StorageError;
-use chat_types::{DmPolicy, Profile, Relation, Settings, UserId};
+use chat_types::{DmPolicy, GroupChange, GroupId, Profile, Relation, Role, Settings, UserId};
 use serde::{Deserialize, Serialize};
 
 const CF: &str = "metakey_value";
@@ -40,6 +43,8 @@ const FORMAT: u8 = 1;
 const KEY_NEXT_USER: &[u8] = b"c/next_user";
 const KEY_REVISION: &[u8] = b"c/revision";
 const KEY_DOWN: &[u8] = b"c/down";
+const KEY_NEXT_GROUP: &[u8] = b"c/next_group";
+const GROUP: &[u8; 2] = b"g/";
 const KEY_DOWN_AT: &[u8] = b"c/down_at";
 /// Characters of the token hash that name a session to its user.
 pub const SESSION_ID_LEN: usize = 16;
@@ -119,6 +124,51 @@ pub enum DirectCheck {
 /// A change to the metadata, proposed through Raft.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
+    /// Creates a group owned by `creator` with `members` (unknown users refused).
+    CreateGroup {
+        creator: UserId,
+        name: String,
+        description: String,
+        members: Vec<UserId>,
+        now_ms: u64,
+        max_members: u32,
+    },
+    UpdateGroup {
+        actor: UserId,
+        group: GroupId,
+        name: Option<String>,
+        description: Option<String>,
+    },
+    AddMembers {
+        actor: UserId,
+        group: GroupId,
+        users: Vec<UserId>,
+        max_members: u32,
+    },
+    RemoveMember {
+        actor: UserId,
+        group: GroupId,
+        user: UserId,
+    },
+    LeaveGroup {
+        user: UserId,
+        group: GroupId,
+    },
+    SetRole {
+        actor: UserId,
+        group: GroupId,
+        user: UserId,
+        role: Role,
+    },
+    TransferGroup {
+        actor: UserId,
+        group: GroupId,
+        to: UserId,
+    },
+    DeleteGroup {
+        actor: UserId,
+        group: GroupId,
+    },
     /// Marks a member node down (unreachable: out of the ring, its work moves to the others)
     /// or up again. Proposed by the leader's failure detector.
     SetNodeDown {
@@ -208,6 +258,14 @@ pub enum MetaResponse {
     NodeDownChanged {
         changed: bool,
     },
+    /// The group command was applied; the changes go into the group's log, in this order.
+    GroupChanged {
+        group: GroupId,
+        changes: Vec<GroupChange>,
+    },
+    GroupRefused {
+        reason: GroupRefusal,
+    },
     Registered {
         user_id: UserId,
     },
@@ -282,6 +340,34 @@ pub struct MetaState {
     down: BTreeSet<u64>,
     /// The log index of the last change to `down`: part of the ring epoch.
     down_changed_at: u64,
+    groups: BTreeMap<GroupId, GroupRecord>,
+    /// Groups of each member. Derived from `groups`; not stored.
+    groups_by_user: BTreeMap<UserId, BTreeSet<GroupId>>,
+    next_group: u64,
+}
+
+/// Why a group command was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupRefusal {
+    NotFound,
+    Forbidden,
+    Full,
+    Invalid(String),
+}
+
+/// One group, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: String,
+    pub description: String,
+    pub members: BTreeMap<UserId, Role>,
+    pub created_ms: u64,
+}
+
+fn group_key(id: GroupId) -> Vec<u8> {
+    let mut k = GROUP.to_vec();
+    k.extend_from_slice(&id.0.to_be_bytes());
+    k
 }
 
 fn edge_insert(edges: &mut Edges, a: UserId, b: UserId, ms: u64) {
@@ -585,6 +671,269 @@ impl MetaState {
         removed
     }
 
+    pub fn group(&self, id: GroupId) -> Option<&GroupRecord> {
+        self.groups.get(&id)
+    }
+
+    /// The groups `user` is a member of.
+    pub fn groups_of(&self, user: UserId) -> Vec<GroupId> {
+        self.groups_by_user
+            .get(&user)
+            .map(|g| g.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The members of a group (empty when it does not exist).
+    pub fn group_members(&self, id: GroupId) -> Vec<UserId> {
+        self.groups
+            .get(&id)
+            .map(|g| g.members.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn index_group(&mut self, id: GroupId) {
+        for set in self.groups_by_user.values_mut() {
+            set.remove(&id);
+        }
+        if let Some(g) = self.groups.get(&id) {
+            for user in g.members.keys() {
+                self.groups_by_user.entry(*user).or_default().insert(id);
+            }
+        }
+        self.groups_by_user.retain(|_, set| !set.is_empty());
+    }
+
+    /// Group commands: permissions are checked here, so every node agrees on them.
+    fn apply_group(&mut self, cmd: &MetaCommand) -> Applied {
+        use GroupRefusal::*;
+        let refuse = |reason| Ok((MetaResponse::GroupRefused { reason }, Vec::new()));
+        let role_of = |g: &GroupRecord, u: UserId| g.members.get(&u).copied();
+        let (id, changes) = match cmd {
+            MetaCommand::CreateGroup {
+                creator,
+                name,
+                description,
+                members,
+                now_ms,
+                max_members,
+            } => {
+                let mut set: BTreeMap<UserId, Role> = BTreeMap::new();
+                set.insert(*creator, Role::Owner);
+                for m in members {
+                    if !self.users.contains_key(m) {
+                        return refuse(Invalid(format!("no user {m}")));
+                    }
+                    set.entry(*m).or_insert(Role::Member);
+                }
+                if set.len() > *max_members as usize {
+                    return refuse(Full);
+                }
+                let id = GroupId(self.next_group.max(1));
+                self.next_group = id.0 + 1;
+                let mut changes = vec![GroupChange::Created];
+                changes.extend(
+                    set.keys()
+                        .filter(|u| *u != creator)
+                        .map(|u| GroupChange::MemberAdded { user: *u }),
+                );
+                self.groups.insert(
+                    id,
+                    GroupRecord {
+                        name: name.clone(),
+                        description: description.clone(),
+                        members: set,
+                        created_ms: *now_ms,
+                    },
+                );
+                (id, changes)
+            }
+            MetaCommand::UpdateGroup {
+                actor,
+                group,
+                name,
+                description,
+            } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return refuse(NotFound);
+                };
+                if !matches!(role_of(g, *actor), Some(Role::Owner | Role::Admin)) {
+                    return refuse(if g.members.contains_key(actor) {
+                        Forbidden
+                    } else {
+                        NotFound
+                    });
+                }
+                if let Some(n) = name {
+                    g.name = n.clone();
+                }
+                if let Some(d) = description {
+                    g.description = d.clone();
+                }
+                (*group, vec![GroupChange::Updated])
+            }
+            MetaCommand::AddMembers {
+                actor,
+                group,
+                users,
+                max_members,
+            } => {
+                if let Some(u) = users.iter().find(|u| !self.users.contains_key(u)) {
+                    return refuse(Invalid(format!("no user {u}")));
+                }
+                let Some(g) = self.groups.get_mut(group) else {
+                    return refuse(NotFound);
+                };
+                if !matches!(role_of(g, *actor), Some(Role::Owner | Role::Admin)) {
+                    return refuse(if g.members.contains_key(actor) {
+                        Forbidden
+                    } else {
+                        NotFound
+                    });
+                }
+                let new: Vec<UserId> = users
+                    .iter()
+                    .copied()
+                    .filter(|u| !g.members.contains_key(u))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if g.members.len() + new.len() > *max_members as usize {
+                    return refuse(Full);
+                }
+                for u in &new {
+                    g.members.insert(*u, Role::Member);
+                }
+                (
+                    *group,
+                    new.into_iter()
+                        .map(|user| GroupChange::MemberAdded { user })
+                        .collect(),
+                )
+            }
+            MetaCommand::RemoveMember { actor, group, user } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return refuse(NotFound);
+                };
+                let (Some(by), Some(target)) = (role_of(g, *actor), role_of(g, *user)) else {
+                    return refuse(NotFound);
+                };
+                // The owner removes anyone but itself; an admin removes plain members.
+                let allowed = match by {
+                    Role::Owner => target != Role::Owner,
+                    Role::Admin => target == Role::Member,
+                    Role::Member => false,
+                };
+                if !allowed {
+                    return refuse(Forbidden);
+                }
+                g.members.remove(user);
+                (*group, vec![GroupChange::MemberRemoved { user: *user }])
+            }
+            MetaCommand::LeaveGroup { user, group } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return refuse(NotFound);
+                };
+                match role_of(g, *user) {
+                    None => return refuse(NotFound),
+                    Some(Role::Owner) => {
+                        return refuse(Invalid(
+                            "the owner transfers the group or deletes it instead".into(),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                g.members.remove(user);
+                (*group, vec![GroupChange::MemberLeft { user: *user }])
+            }
+            MetaCommand::SetRole {
+                actor,
+                group,
+                user,
+                role,
+            } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return refuse(NotFound);
+                };
+                if role_of(g, *actor) != Some(Role::Owner) {
+                    return refuse(if g.members.contains_key(actor) {
+                        Forbidden
+                    } else {
+                        NotFound
+                    });
+                }
+                if *role == Role::Owner {
+                    return refuse(Invalid(
+                        "transfer the group to make someone its owner".into(),
+                    ));
+                }
+                match role_of(g, *user) {
+                    None => return refuse(NotFound),
+                    Some(Role::Owner) => {
+                        return refuse(Invalid("the owner's role is owner".into()))
+                    }
+                    Some(_) => {}
+                }
+                g.members.insert(*user, *role);
+                (
+                    *group,
+                    vec![GroupChange::RoleChanged {
+                        user: *user,
+                        role: *role,
+                    }],
+                )
+            }
+            MetaCommand::TransferGroup { actor, group, to } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return refuse(NotFound);
+                };
+                if role_of(g, *actor) != Some(Role::Owner) {
+                    return refuse(if g.members.contains_key(actor) {
+                        Forbidden
+                    } else {
+                        NotFound
+                    });
+                }
+                if role_of(g, *to).is_none() || to == actor {
+                    return refuse(Invalid("transfer to another member".into()));
+                }
+                g.members.insert(*actor, Role::Admin);
+                g.members.insert(*to, Role::Owner);
+                (*group, vec![GroupChange::OwnerChanged { user: *to }])
+            }
+            MetaCommand::DeleteGroup { actor, group } => {
+                let Some(g) = self.groups.get(group) else {
+                    return refuse(NotFound);
+                };
+                if role_of(g, *actor) != Some(Role::Owner) {
+                    return refuse(if g.members.contains_key(actor) {
+                        Forbidden
+                    } else {
+                        NotFound
+                    });
+                }
+                self.groups.remove(group);
+                (*group, vec![GroupChange::Deleted])
+            }
+            _ => return refuse(Invalid("not a group command".into())),
+        };
+        self.index_group(id);
+        let mut writes = vec![MetaWrite {
+            key: KEY_NEXT_GROUP.to_vec(),
+            value: Some(encode_u64_v1(self.next_group).to_vec()),
+        }];
+        writes.push(match self.groups.get(&id) {
+            Some(g) => MetaWrite {
+                key: group_key(id),
+                value: Some(encode_versioned(CF, FORMAT, g)?),
+            },
+            None => MetaWrite {
+                key: group_key(id),
+                value: None,
+            },
+        });
+        Ok((MetaResponse::GroupChanged { group: id, changes }, writes))
+    }
+
     /// Member nodes currently marked down.
     pub fn down_nodes(&self) -> &BTreeSet<u64> {
         &self.down
@@ -628,6 +977,14 @@ impl MetaState {
     pub fn apply(&mut self, cmd: &MetaCommand) -> Applied {
         match cmd {
             MetaCommand::SetNodeDown { .. } => self.apply_at(0, cmd),
+            MetaCommand::CreateGroup { .. }
+            | MetaCommand::UpdateGroup { .. }
+            | MetaCommand::AddMembers { .. }
+            | MetaCommand::RemoveMember { .. }
+            | MetaCommand::LeaveGroup { .. }
+            | MetaCommand::SetRole { .. }
+            | MetaCommand::TransferGroup { .. }
+            | MetaCommand::DeleteGroup { .. } => self.apply_group(cmd),
             MetaCommand::RegisterUser {
                 username,
                 password_hash,
@@ -944,6 +1301,20 @@ impl MetaState {
                 state.next_user = decode_u64_v1(CF, &k, &v)?;
             } else if k == KEY_REVISION {
                 state.revision = decode_u64_v1(CF, &k, &v)?;
+            } else if let Some(rest) = k.strip_prefix(GROUP.as_slice()) {
+                if rest.len() != 8 {
+                    return Err(corrupt(&k));
+                }
+                let id = GroupId(u64::from_be_bytes(
+                    rest.try_into().map_err(|_| corrupt(&k))?,
+                ));
+                let record: GroupRecord = decode_versioned(CF, FORMAT, &k, &v)?;
+                for user in record.members.keys() {
+                    state.groups_by_user.entry(*user).or_default().insert(id);
+                }
+                state.groups.insert(id, record);
+            } else if k == KEY_NEXT_GROUP {
+                state.next_group = decode_u64_v1(CF, &k, &v)?;
             } else if k == KEY_DOWN {
                 let nodes: Vec<u64> = decode_versioned(CF, FORMAT, &k, &v)?;
                 state.down = nodes.into_iter().collect();
@@ -998,6 +1369,13 @@ impl MetaState {
             encode_u64_v1(self.next_user).to_vec(),
         ));
         out.push((KEY_REVISION.to_vec(), encode_u64_v1(self.revision).to_vec()));
+        for (id, record) in &self.groups {
+            out.push((group_key(*id), encode_versioned(CF, FORMAT, record)?));
+        }
+        out.push((
+            KEY_NEXT_GROUP.to_vec(),
+            encode_u64_v1(self.next_group).to_vec(),
+        ));
         let down: Vec<u64> = self.down.iter().copied().collect();
         out.push((KEY_DOWN.to_vec(), encode_versioned(CF, FORMAT, &down)?));
         out.push((
@@ -1066,6 +1444,93 @@ mod tests {
             MetaResponse::SessionRevoked { existed: true }
         );
         assert!(s.session("ab").is_none());
+    }
+
+    #[test]
+    fn group_roles_decide_who_may_do_what() {
+        let mut s = MetaState::default();
+        for name in ["owner", "admin", "member", "outsider"] {
+            register(&mut s, name);
+        }
+        let (o, a, m, x) = (UserId(1), UserId(2), UserId(3), UserId(4));
+        let create = MetaCommand::CreateGroup {
+            creator: o,
+            name: "g".into(),
+            description: String::new(),
+            members: vec![a, m],
+            now_ms: 1,
+            max_members: 3,
+        };
+        let (r, _) = s.apply(&create).expect("apply");
+        let MetaResponse::GroupChanged { group, changes } = r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(changes[0], GroupChange::Created);
+        let refused = |s: &mut MetaState, cmd: MetaCommand| match s.apply(&cmd).expect("apply").0 {
+            MetaResponse::GroupRefused { reason } => reason,
+            other => panic!("accepted: {other:?}"),
+        };
+        let full = MetaCommand::AddMembers {
+            actor: o,
+            group,
+            users: vec![x],
+            max_members: 3,
+        };
+        assert_eq!(refused(&mut s, full), GroupRefusal::Full);
+        let by_member = MetaCommand::AddMembers {
+            actor: m,
+            group,
+            users: vec![x],
+            max_members: 9,
+        };
+        assert_eq!(refused(&mut s, by_member), GroupRefusal::Forbidden);
+        let by_outsider = MetaCommand::RemoveMember {
+            actor: x,
+            group,
+            user: m,
+        };
+        assert_eq!(refused(&mut s, by_outsider), GroupRefusal::NotFound);
+        s.apply(&MetaCommand::SetRole {
+            actor: o,
+            group,
+            user: a,
+            role: Role::Admin,
+        })
+        .expect("apply");
+        let admin_removes_owner = MetaCommand::RemoveMember {
+            actor: a,
+            group,
+            user: o,
+        };
+        assert_eq!(
+            refused(&mut s, admin_removes_owner),
+            GroupRefusal::Forbidden
+        );
+        let owner_leaves = MetaCommand::LeaveGroup { user: o, group };
+        assert!(matches!(
+            refused(&mut s, owner_leaves),
+            GroupRefusal::Invalid(_)
+        ));
+        s.apply(&MetaCommand::RemoveMember {
+            actor: a,
+            group,
+            user: m,
+        })
+        .expect("apply");
+        assert_eq!(s.group_members(group), vec![o, a]);
+        assert!(s.groups_of(m).is_empty());
+        s.apply(&MetaCommand::TransferGroup {
+            actor: o,
+            group,
+            to: a,
+        })
+        .expect("apply");
+        assert_eq!(s.group(group).map(|g| g.members[&a]), Some(Role::Owner));
+        assert_eq!(MetaState::load(s.dump().expect("dump")).expect("load"), s);
+        s.apply(&MetaCommand::DeleteGroup { actor: a, group })
+            .expect("apply");
+        assert!(s.group(group).is_none() && s.groups_of(a).is_empty());
+        assert_eq!(MetaState::load(s.dump().expect("dump")).expect("load"), s);
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Malformed frames in a row before the connection is closed.
     pub max_bad_frames: u32,
+    /// Most members a group may have.
+    pub max_group_members: u32,
     /// Clients must send something this often.
     pub heartbeat_ms: u64,
 }
@@ -100,6 +102,7 @@ impl Default for LimitsConfig {
             max_history_page: 200,
             outbound_queue: 1024,
             max_bad_frames: 10,
+            max_group_members: 100_000,
             heartbeat_ms: 30_000,
         }
     }

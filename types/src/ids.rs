@@ -58,25 +58,39 @@ impl Seq {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("malformed conversation id {0:?}: expected \"dm:<user>:<user>\"")]
+    #[error("malformed conversation id {0:?}: expected \"dm:<user>:<user>\" or \"g:<group>\"")]
     MalformedConversation(String),
     #[error("client message id must be 1 to {max} printable ASCII characters", max = ClientMsgId::MAX_LEN)]
     MalformedClientMsgId,
 }
 
+/// A group's id, assigned by the metadata state machine when the group is created. From 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GroupId(pub u64);
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A conversation. Direct conversations are named by their two members, so opening one needs
-/// no coordination: `dm:<low>:<high>` with `low <= high` (equal for notes to self).
+/// no coordination: `dm:<low>:<high>` with `low <= high` (equal for notes to self). A group's
+/// conversation is `g:<group id>`; its members live in the replicated metadata.
 ///
 /// Keys in storage use the fixed-width form of [`ConversationId::to_key`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ConversationId {
     Direct { low: UserId, high: UserId },
+    Group { id: GroupId },
 }
 
 impl ConversationId {
     /// Width of [`ConversationId::to_key`].
     pub const KEY_LEN: usize = 17;
     const KIND_DIRECT: u8 = 1;
+    const KIND_GROUP: u8 = 2;
 
     /// The direct conversation between two users, whichever order they are given in.
     pub fn direct(a: UserId, b: UserId) -> Self {
@@ -84,21 +98,38 @@ impl ConversationId {
         ConversationId::Direct { low, high }
     }
 
-    /// The members of a direct conversation (one for notes to self).
+    pub fn group(id: GroupId) -> Self {
+        ConversationId::Group { id }
+    }
+
+    /// The group, for a group conversation.
+    pub fn group_id(&self) -> Option<GroupId> {
+        match *self {
+            ConversationId::Group { id } => Some(id),
+            ConversationId::Direct { .. } => None,
+        }
+    }
+
+    /// The members of a direct conversation (one for notes to self); empty for a group,
+    /// whose members only the metadata knows.
     pub fn direct_members(&self) -> Vec<UserId> {
         match *self {
             ConversationId::Direct { low, high } if low == high => vec![low],
             ConversationId::Direct { low, high } => vec![low, high],
+            ConversationId::Group { .. } => Vec::new(),
         }
     }
 
+    /// Membership of a direct conversation; always false for a group (ask the metadata).
     pub fn is_member(&self, user: UserId) -> bool {
         match *self {
             ConversationId::Direct { low, high } => user == low || user == high,
+            ConversationId::Group { .. } => false,
         }
     }
 
-    /// Fixed-width big-endian key: kind byte, then two u64s. Sorts by kind, then members.
+    /// Fixed-width big-endian key: kind byte, then two u64s (a group: its id, then zero).
+    /// Sorts by kind, then members or id.
     pub fn to_key(&self) -> [u8; Self::KEY_LEN] {
         let mut out = [0u8; Self::KEY_LEN];
         match *self {
@@ -107,24 +138,29 @@ impl ConversationId {
                 out[1..9].copy_from_slice(&low.0.to_be_bytes());
                 out[9..17].copy_from_slice(&high.0.to_be_bytes());
             }
+            ConversationId::Group { id } => {
+                out[0] = Self::KIND_GROUP;
+                out[1..9].copy_from_slice(&id.0.to_be_bytes());
+            }
         }
         out
     }
 
     /// Inverse of [`ConversationId::to_key`]; `None` for bytes no build of ours wrote.
     pub fn from_key(key: &[u8]) -> Option<Self> {
-        if key.len() != Self::KEY_LEN || key[0] != Self::KIND_DIRECT {
+        if key.len() != Self::KEY_LEN {
             return None;
         }
-        let low = u64::from_be_bytes(key[1..9].try_into().ok()?);
-        let high = u64::from_be_bytes(key[9..17].try_into().ok()?);
-        if low > high || low == 0 {
-            return None;
+        let a = u64::from_be_bytes(key[1..9].try_into().ok()?);
+        let b = u64::from_be_bytes(key[9..17].try_into().ok()?);
+        match key[0] {
+            Self::KIND_DIRECT if a != 0 && a <= b => Some(ConversationId::Direct {
+                low: UserId(a),
+                high: UserId(b),
+            }),
+            Self::KIND_GROUP if a != 0 && b == 0 => Some(ConversationId::Group { id: GroupId(a) }),
+            _ => None,
         }
-        Some(ConversationId::Direct {
-            low: UserId(low),
-            high: UserId(high),
-        })
     }
 }
 
@@ -132,6 +168,7 @@ impl fmt::Display for ConversationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConversationId::Direct { low, high } => write!(f, "dm:{}:{}", low.0, high.0),
+            ConversationId::Group { id } => write!(f, "g:{}", id.0),
         }
     }
 }
@@ -140,6 +177,13 @@ impl FromStr for ConversationId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || IdError::MalformedConversation(s.chars().take(64).collect());
+        if let Some(id) = s.strip_prefix("g:") {
+            let id: u64 = id.parse().map_err(|_| bad())?;
+            if id == 0 {
+                return Err(bad());
+            }
+            return Ok(ConversationId::Group { id: GroupId(id) });
+        }
         let rest = s.strip_prefix("dm:").ok_or_else(bad)?;
         let (a, b) = rest.split_once(':').ok_or_else(bad)?;
         let a: u64 = a.parse().map_err(|_| bad())?;

@@ -18,15 +18,15 @@ pub mod wire;
 
 pub use error::{close, ErrorCode, WireError};
 pub use event::{Event, EventSeq, UserEvent};
-pub use ids::{ClientMsgId, ConversationId, IdError, NodeId, RingEpoch, Seq, UserId};
+pub use ids::{ClientMsgId, ConversationId, GroupId, IdError, NodeId, RingEpoch, Seq, UserId};
 pub use limits::{
     validate_avatar, validate_body, validate_display_name, validate_password, validate_session_id,
     validate_status_text, validate_username, Limits, ValidationError,
 };
 pub use wire::{
-    ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy, Message,
-    MessageRef, PresenceStatus, Profile, Relation, ServerFrame, SessionInfo, Settings, UserSummary,
-    MAX_REACTION_BYTES, TYPING_TTL_MS,
+    ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy, GroupChange,
+    GroupInfo, GroupMember, Message, MessageRef, PresenceStatus, Profile, Relation, Role,
+    ServerFrame, SessionInfo, Settings, UserSummary, MAX_REACTION_BYTES, TYPING_TTL_MS,
 };
 
 /// The protocol version this build speaks. A client's `hello` must name it.

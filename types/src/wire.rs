@@ -171,6 +171,69 @@ pub enum ClientFrame {
         #[serde(default)]
         limit: Option<u32>,
     },
+    /// Creates a group owned by the sender, with these first members. Answered by `group`.
+    CreateGroup {
+        id: String,
+        name: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default)]
+        members: Vec<UserId>,
+    },
+    /// A group the user is a member of. Answered by `group`.
+    GetGroup {
+        id: String,
+        group: ConversationId,
+    },
+    /// The groups the user is a member of. Answered by `groups`.
+    ListGroups {
+        id: String,
+    },
+    /// Owner or admin: rename or describe the group. Answered by `group`.
+    UpdateGroup {
+        id: String,
+        group: ConversationId,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        description: Option<String>,
+    },
+    /// Owner or admin: add members. Answered by `group`.
+    AddMembers {
+        id: String,
+        group: ConversationId,
+        user_ids: Vec<UserId>,
+    },
+    /// Owner or admin: remove a member (admins only plain members). Answered by `group`.
+    RemoveMember {
+        id: String,
+        group: ConversationId,
+        user_id: UserId,
+    },
+    /// Leave a group (an owner transfers ownership first). Answered by `ok`.
+    LeaveGroup {
+        id: String,
+        group: ConversationId,
+    },
+    /// Owner: make a member an admin or a plain member. Answered by `group`.
+    SetRole {
+        id: String,
+        group: ConversationId,
+        user_id: UserId,
+        role: Role,
+    },
+    /// Owner: hand the group to another member (the old owner becomes an admin). Answered by
+    /// `group`.
+    TransferGroup {
+        id: String,
+        group: ConversationId,
+        user_id: UserId,
+    },
+    /// Owner: delete the group. Answered by `ok`.
+    DeleteGroup {
+        id: String,
+        group: ConversationId,
+    },
 }
 
 /// How long a `typing` indicator lasts unless repeated.
@@ -226,6 +289,16 @@ const CLIENT_FRAME_TYPES: &[&str] = &[
     "typing",
     "set_presence",
     "list_conversations",
+    "create_group",
+    "get_group",
+    "list_groups",
+    "update_group",
+    "add_members",
+    "remove_member",
+    "leave_group",
+    "set_role",
+    "transfer_group",
+    "delete_group",
 ];
 
 /// For `Option<Option<T>>` fields that tell "left out" (`None`, with `#[serde(default)]`)
@@ -265,7 +338,17 @@ impl ClientFrame {
             | ClientFrame::MarkRead { id, .. }
             | ClientFrame::Typing { id, .. }
             | ClientFrame::SetPresence { id, .. }
-            | ClientFrame::ListConversations { id, .. } => Some(id),
+            | ClientFrame::ListConversations { id, .. }
+            | ClientFrame::CreateGroup { id, .. }
+            | ClientFrame::GetGroup { id, .. }
+            | ClientFrame::ListGroups { id }
+            | ClientFrame::UpdateGroup { id, .. }
+            | ClientFrame::AddMembers { id, .. }
+            | ClientFrame::RemoveMember { id, .. }
+            | ClientFrame::LeaveGroup { id, .. }
+            | ClientFrame::SetRole { id, .. }
+            | ClientFrame::TransferGroup { id, .. }
+            | ClientFrame::DeleteGroup { id, .. } => Some(id),
         }
     }
 
@@ -355,17 +438,62 @@ pub enum MessageRef {
     Delete { seq: Seq },
     /// A reaction to `seq`: the body is the reaction (an emoji, at most 32 bytes).
     Reaction { seq: Seq },
+    /// Written by the server, never by a client: a change to the group, ordered with its
+    /// messages. The sender is the member who made the change.
+    Group { change: GroupChange },
 }
 
 impl MessageRef {
-    pub fn seq(&self) -> Seq {
+    /// The message referred to (none for group changes).
+    pub fn seq(&self) -> Option<Seq> {
         match *self {
             MessageRef::Reply { seq }
             | MessageRef::Edit { seq }
             | MessageRef::Delete { seq }
-            | MessageRef::Reaction { seq } => seq,
+            | MessageRef::Reaction { seq } => Some(seq),
+            MessageRef::Group { .. } => None,
         }
     }
+}
+
+/// A member's role in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+/// A change to a group, as it appears in the group's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum GroupChange {
+    Created,
+    Updated,
+    MemberAdded { user: UserId },
+    MemberRemoved { user: UserId },
+    MemberLeft { user: UserId },
+    RoleChanged { user: UserId, role: Role },
+    OwnerChanged { user: UserId },
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub user_id: UserId,
+    pub role: Role,
+}
+
+/// A group as its members see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group's conversation, `g:<id>`.
+    pub conversation: ConversationId,
+    pub name: String,
+    pub description: String,
+    pub members: Vec<GroupMember>,
+    pub created_ms: u64,
 }
 
 /// Largest reaction body, in bytes.
@@ -532,6 +660,14 @@ pub enum ServerFrame {
     /// A request that needs no other answer was done.
     Ok {
         id: String,
+    },
+    Group {
+        id: String,
+        group: GroupInfo,
+    },
+    Groups {
+        id: String,
+        groups: Vec<GroupInfo>,
     },
     Conversations {
         id: String,

@@ -186,6 +186,7 @@ fn check_send_body(
 ) -> Result<(), WireError> {
     let invalid = |m: &str| Err(WireError::new(ErrorCode::InvalidArgument, m));
     match refers {
+        Some(MessageRef::Group { .. }) => invalid("group changes are written by the server"),
         Some(MessageRef::Delete { .. }) if !body.is_empty() => {
             invalid("a deletion has an empty body")
         }
@@ -413,6 +414,22 @@ impl Conn {
             | ClientFrame::Typing { .. }
             | ClientFrame::SetPresence { .. }
             | ClientFrame::ListConversations { .. } => self.handle_state(frame).await,
+            ClientFrame::CreateGroup { .. }
+            | ClientFrame::GetGroup { .. }
+            | ClientFrame::ListGroups { .. }
+            | ClientFrame::UpdateGroup { .. }
+            | ClientFrame::AddMembers { .. }
+            | ClientFrame::RemoveMember { .. }
+            | ClientFrame::LeaveGroup { .. }
+            | ClientFrame::SetRole { .. }
+            | ClientFrame::TransferGroup { .. }
+            | ClientFrame::DeleteGroup { .. } => {
+                let state = self.state.clone();
+                match super::groups::handle(&state, &self.principal, frame).await {
+                    Ok(f) => self.reply(f).await,
+                    Err((id, e)) => self.error(Some(id), e).await,
+                }
+            }
             social_frame => self.handle_social(social_frame).await,
         }
     }
@@ -628,7 +645,17 @@ impl Conn {
             | ClientFrame::MarkRead { .. }
             | ClientFrame::Typing { .. }
             | ClientFrame::SetPresence { .. }
-            | ClientFrame::ListConversations { .. } => {
+            | ClientFrame::ListConversations { .. }
+            | ClientFrame::CreateGroup { .. }
+            | ClientFrame::GetGroup { .. }
+            | ClientFrame::ListGroups { .. }
+            | ClientFrame::UpdateGroup { .. }
+            | ClientFrame::AddMembers { .. }
+            | ClientFrame::RemoveMember { .. }
+            | ClientFrame::LeaveGroup { .. }
+            | ClientFrame::SetRole { .. }
+            | ClientFrame::TransferGroup { .. }
+            | ClientFrame::DeleteGroup { .. } => {
                 // Served by `handle_text`; nothing reaches here.
                 return Next::Continue;
             }

@@ -1,0 +1,201 @@
+//! Groups across three nodes: roles decide who may change what, membership changes are
+//! ordered with the messages in the group's log, and nothing reaches a non-member.
+
+mod harness;
+
+use std::time::Duration;
+
+use chat_client::Connection;
+use chat_types::{ClientMsgId, ErrorCode, GroupChange, MessageRef, Role};
+use harness::{must_be_ready, NodeProc};
+
+fn cmid(s: &str) -> ClientMsgId {
+    ClientMsgId::new(s).expect("valid client message id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_roles_and_changes_in_order_across_nodes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut n1 = NodeProc::new(root.path(), "n1", None);
+    n1.start();
+    must_be_ready(&n1, 1).await;
+    let mut n2 = NodeProc::new(root.path(), "n2", Some(n1.peer.clone()));
+    let mut n3 = NodeProc::new(root.path(), "n3", Some(n1.peer.clone()));
+    n2.start();
+    n3.start();
+    for n in [&n1, &n2, &n3] {
+        must_be_ready(n, 3).await;
+    }
+    let nodes = [&n1, &n2, &n3];
+    let mut users = Vec::new();
+    let mut conns = Vec::new();
+    for (i, name) in ["gr_owner", "gr_admin", "gr_member", "gr_outsider"]
+        .iter()
+        .enumerate()
+    {
+        let node = nodes[i % 3];
+        let reg = node
+            .api()
+            .register(name, "correct horse")
+            .await
+            .expect("register");
+        let token = node
+            .api()
+            .login(name, "correct horse")
+            .await
+            .expect("login")
+            .token;
+        let (c, _) = Connection::connect(&node.api().ws_url(&token))
+            .await
+            .expect("connect");
+        users.push(reg.user_id);
+        conns.push(c);
+    }
+    let (owner, admin, member, outsider) = (&conns[0], &conns[1], &conns[2], &conns[3]);
+
+    let info = owner
+        .create_group("team", vec![users[1], users[2]])
+        .await
+        .expect("create");
+    let group = info.conversation;
+    assert_eq!(info.members.len(), 3);
+    owner
+        .set_role(group, users[1], Role::Admin)
+        .await
+        .expect("promote");
+
+    // Plain members and outsiders cannot manage; outsiders cannot even see the group.
+    let err = member
+        .add_members(group, vec![users[3]])
+        .await
+        .expect_err("member adds");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let err = outsider.get_group(group).await.expect_err("outsider looks");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound));
+    let err = outsider
+        .send(group, cmid("x1"), "let me in")
+        .await
+        .expect_err("outsider writes");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let err = admin
+        .remove_member(group, users[0])
+        .await
+        .expect_err("admin removes owner");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+
+    let forged = member
+        .send_related(
+            group,
+            cmid("f1"),
+            "",
+            Some(MessageRef::Group {
+                change: GroupChange::Deleted,
+            }),
+        )
+        .await
+        .expect_err("clients cannot forge group changes");
+    assert_eq!(forged.code(), Some(ErrorCode::InvalidArgument));
+    let first = member
+        .send(group, cmid("m1"), "hello team")
+        .await
+        .expect("member writes");
+    admin
+        .add_members(group, vec![users[3]])
+        .await
+        .expect("admin adds");
+    let joined = outsider
+        .send(group, cmid("m2"), "thanks")
+        .await
+        .expect("new member writes");
+    assert!(joined.seq > first.seq);
+    admin
+        .remove_member(group, users[2])
+        .await
+        .expect("admin removes member");
+    let err = member
+        .send(group, cmid("m3"), "still here?")
+        .await
+        .expect_err("removed");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let err = member
+        .history(group, None, None, None)
+        .await
+        .expect_err("removed reads");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let last = owner
+        .send(group, cmid("m4"), "bye")
+        .await
+        .expect("owner writes");
+
+    // The log orders the changes with the messages.
+    let page = owner
+        .history(group, None, None, Some(100))
+        .await
+        .expect("history");
+    let log: Vec<String> = page
+        .messages
+        .iter()
+        .map(|m| match m.refers {
+            Some(MessageRef::Group { change }) => format!("{change:?}"),
+            _ => m.body.clone(),
+        })
+        .collect();
+    let pos = |s: &str| {
+        log.iter()
+            .position(|l| l.contains(s))
+            .unwrap_or_else(|| panic!("{s} not in {log:?}"))
+    };
+    assert!(pos("Created") < pos("hello team"));
+    assert!(pos("hello team") < pos(&format!("MemberAdded {{ user: UserId({}) }}", users[3].0)));
+    assert!(pos("thanks") < pos(&format!("MemberRemoved {{ user: UserId({}) }}", users[2].0)));
+    assert!(pos("MemberRemoved") < pos("bye"));
+    assert_eq!(page.head, last.seq);
+
+    // Pushes: the removed member got the change that removed it, then nothing more.
+    let mut seen = Vec::new();
+    while let Some(m) = member
+        .next_message(Duration::from_millis(800))
+        .await
+        .expect("read")
+    {
+        seen.push(m);
+    }
+    assert!(seen.iter().any(|m| m.refers
+        == Some(MessageRef::Group {
+            change: GroupChange::MemberRemoved { user: users[2] }
+        })));
+    assert!(
+        seen.iter().all(|m| m.body != "bye"),
+        "nothing after removal reaches it"
+    );
+    let mut got_bye = false;
+    while let Some(m) = outsider
+        .next_message(Duration::from_millis(800))
+        .await
+        .expect("read")
+    {
+        got_bye |= m.body == "bye";
+    }
+    assert!(got_bye, "a member on another node gets the owner's message");
+
+    // Ownership, leaving, deletion.
+    let err = owner.leave_group(group).await.expect_err("owner leaves");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+    let info = owner
+        .transfer_group(group, users[1])
+        .await
+        .expect("transfer");
+    assert!(info
+        .members
+        .iter()
+        .any(|m| m.user_id == users[1] && m.role == Role::Owner));
+    owner.leave_group(group).await.expect("former owner leaves");
+    assert_eq!(admin.list_groups().await.expect("list").len(), 1);
+    admin.delete_group(group).await.expect("delete");
+    assert!(admin.list_groups().await.expect("list").is_empty());
+    let err = outsider
+        .send(group, cmid("m5"), "anyone?")
+        .await
+        .expect_err("deleted");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+}
