@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use chat_types::rest::{ContactsResponse, ProfileUpdate, SettingsUpdate};
 use chat_types::{
-    ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo, ConversationSummary,
-    EventSeq, GroupInfo, Limits, Message, MessageRef, NodeId, PresenceStatus, Profile, Relation,
-    Role, Seq, ServerFrame, SessionInfo, Settings, UserId, PROTOCOL_VERSION,
+    BroadcastOutcome, ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo,
+    ConversationSummary, EventSeq, GroupInfo, Limits, Message, MessageRef, NodeId, PresenceStatus,
+    Profile, Relation, Role, Seq, ServerFrame, SessionInfo, Settings, UserId, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -420,6 +420,30 @@ impl Connection {
     pub async fn delete_group(&self, group: ConversationId) -> Result<(), ClientError> {
         self.expect_ok(|id| ClientFrame::DeleteGroup { id, group })
             .await
+    }
+
+    /// One message to many users and groups; the result says what happened per target.
+    pub async fn broadcast(
+        &self,
+        client_msg_id: ClientMsgId,
+        body: impl Into<String>,
+        users: Vec<UserId>,
+        groups: Vec<ConversationId>,
+    ) -> Result<Vec<BroadcastOutcome>, ClientError> {
+        let body = body.into();
+        match self
+            .request(|id| ClientFrame::Broadcast {
+                id,
+                client_msg_id,
+                body,
+                users,
+                groups,
+            })
+            .await?
+        {
+            ServerFrame::BroadcastResult { results, .. } => Ok(results),
+            other => Err(unexpected("broadcast_result", &other)),
+        }
     }
 
     async fn group_request(
@@ -1074,6 +1098,7 @@ fn frame_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::Ok { .. } => "ok",
         ServerFrame::Group { .. } => "group",
         ServerFrame::Groups { .. } => "groups",
+        ServerFrame::BroadcastResult { .. } => "broadcast_result",
         ServerFrame::Conversations { .. } => "conversations",
         ServerFrame::Read { .. } => "read",
         ServerFrame::Receipt { .. } => "receipt",

@@ -86,6 +86,7 @@ impl Pending {
             | ServerFrame::Ok { id }
             | ServerFrame::Group { id, .. }
             | ServerFrame::Groups { id, .. }
+            | ServerFrame::BroadcastResult { id, .. }
             | ServerFrame::Conversations { id, .. }
             | ServerFrame::Blocks { id, .. }
             | ServerFrame::Relation { id, .. } => Some(id.clone()),

@@ -90,6 +90,8 @@ pub struct LimitsConfig {
     pub max_bad_frames: u32,
     /// Most members a group may have.
     pub max_group_members: u32,
+    /// Most targets (users and groups) of one broadcast.
+    pub max_broadcast_targets: u32,
     /// Clients must send something this often.
     pub heartbeat_ms: u64,
 }
@@ -103,6 +105,7 @@ impl Default for LimitsConfig {
             outbound_queue: 1024,
             max_bad_frames: 10,
             max_group_members: 100_000,
+            max_broadcast_targets: 10_000,
             heartbeat_ms: 30_000,
         }
     }

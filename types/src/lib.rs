@@ -24,9 +24,9 @@ pub use limits::{
     validate_status_text, validate_username, Limits, ValidationError,
 };
 pub use wire::{
-    ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy, GroupChange,
-    GroupInfo, GroupMember, Message, MessageRef, PresenceStatus, Profile, Relation, Role,
-    ServerFrame, SessionInfo, Settings, UserSummary, MAX_REACTION_BYTES, TYPING_TTL_MS,
+    BroadcastOutcome, ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy,
+    GroupChange, GroupInfo, GroupMember, Message, MessageRef, PresenceStatus, Profile, Relation,
+    Role, ServerFrame, SessionInfo, Settings, UserSummary, MAX_REACTION_BYTES, TYPING_TTL_MS,
 };
 
 /// The protocol version this build speaks. A client's `hello` must name it.

@@ -234,6 +234,28 @@ pub enum ClientFrame {
         id: String,
         group: ConversationId,
     },
+    /// One message to many users (each in the direct conversation with them) and groups.
+    /// `client_msg_id` makes a retry store nothing twice. Answered by `broadcast_result`.
+    Broadcast {
+        id: String,
+        client_msg_id: ClientMsgId,
+        body: String,
+        #[serde(default)]
+        users: Vec<UserId>,
+        #[serde(default)]
+        groups: Vec<ConversationId>,
+    },
+}
+
+/// What a broadcast did for one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastOutcome {
+    pub conversation: ConversationId,
+    /// The message's seq, when stored (also for a retry: the original seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
 }
 
 /// How long a `typing` indicator lasts unless repeated.
@@ -299,6 +321,7 @@ const CLIENT_FRAME_TYPES: &[&str] = &[
     "set_role",
     "transfer_group",
     "delete_group",
+    "broadcast",
 ];
 
 /// For `Option<Option<T>>` fields that tell "left out" (`None`, with `#[serde(default)]`)
@@ -348,7 +371,8 @@ impl ClientFrame {
             | ClientFrame::LeaveGroup { id, .. }
             | ClientFrame::SetRole { id, .. }
             | ClientFrame::TransferGroup { id, .. }
-            | ClientFrame::DeleteGroup { id, .. } => Some(id),
+            | ClientFrame::DeleteGroup { id, .. }
+            | ClientFrame::Broadcast { id, .. } => Some(id),
         }
     }
 
@@ -668,6 +692,10 @@ pub enum ServerFrame {
     Groups {
         id: String,
         groups: Vec<GroupInfo>,
+    },
+    BroadcastResult {
+        id: String,
+        results: Vec<BroadcastOutcome>,
     },
     Conversations {
         id: String,

@@ -3,6 +3,7 @@
 //! operator endpoints `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
+pub mod broadcast;
 pub mod groups;
 pub mod health;
 pub mod rest;

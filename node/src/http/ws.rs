@@ -414,6 +414,29 @@ impl Conn {
             | ClientFrame::Typing { .. }
             | ClientFrame::SetPresence { .. }
             | ClientFrame::ListConversations { .. } => self.handle_state(frame).await,
+            ClientFrame::Broadcast {
+                id,
+                client_msg_id,
+                body,
+                users,
+                groups,
+            } => {
+                let state = self.state.clone();
+                let req = super::broadcast::BroadcastRequest {
+                    client_msg_id,
+                    body,
+                    users,
+                    groups,
+                };
+                match super::broadcast::handle(&state, &self.principal, self.conn, req).await {
+                    Ok(ServerFrame::BroadcastResult { results, .. }) => {
+                        self.reply(ServerFrame::BroadcastResult { id, results })
+                            .await
+                    }
+                    Ok(other) => self.reply(other).await,
+                    Err(e) => self.error(Some(id), e).await,
+                }
+            }
             ClientFrame::CreateGroup { .. }
             | ClientFrame::GetGroup { .. }
             | ClientFrame::ListGroups { .. }
@@ -655,7 +678,8 @@ impl Conn {
             | ClientFrame::LeaveGroup { .. }
             | ClientFrame::SetRole { .. }
             | ClientFrame::TransferGroup { .. }
-            | ClientFrame::DeleteGroup { .. } => {
+            | ClientFrame::DeleteGroup { .. }
+            | ClientFrame::Broadcast { .. } => {
                 // Served by `handle_text`; nothing reaches here.
                 return Next::Continue;
             }
