@@ -15,6 +15,7 @@ pub mod connection;
 pub mod conversation;
 pub mod error;
 pub mod logs;
+pub mod offline;
 pub mod peer_wire;
 pub mod replication;
 pub mod router;
@@ -23,6 +24,7 @@ pub mod session;
 pub use connection::{ConnRef, Outbound, PushFrame};
 pub use error::ActorError;
 pub use logs::LocalLogs;
+pub use offline::{OfflineNotice, OfflinePush};
 pub use router::{Router, RouterBreakage, RouterStats};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -63,6 +63,7 @@ pub struct Router {
     /// Rings seen since this process started, oldest first (bounded): where a conversation's
     /// log may still be when ownership moves.
     pub(crate) rings: Mutex<Vec<Arc<Ring>>>,
+    offline: std::sync::OnceLock<Arc<dyn crate::offline::OfflinePush>>,
     conversations: Mutex<HashMap<ConversationId, ActorRef<ConversationMsg>>>,
     sessions: Mutex<HashMap<UserId, ActorRef<SessionMsg>>>,
     connections: Mutex<HashMap<u64, (UserId, ActorRef<ConnectionMsg>)>>,
@@ -116,6 +117,7 @@ impl Router {
             breakage,
             node_id: meta.node_id(),
             rings: Mutex::new(vec![meta.ring()]),
+            offline: std::sync::OnceLock::new(),
             meta,
             logs,
             me: me.clone(),
@@ -390,6 +392,24 @@ impl Router {
             )
             .await?;
         Ok(message)
+    }
+
+    /// Where notices for users without a live connection go (set once, at start).
+    pub fn set_offline_push(&self, sink: Arc<dyn crate::offline::OfflinePush>) {
+        let _ = self.offline.set(sink);
+    }
+
+    /// Hands a notice for an offline user to the push sink, if one is configured.
+    pub(crate) fn notify_offline(&self, user: UserId, event_seq: EventSeq, message: Message) {
+        if let Some(sink) = self.offline.get() {
+            let preview = self.meta.read(|s| s.settings(user).push_preview);
+            sink.notify(crate::offline::OfflineNotice {
+                user,
+                event_seq,
+                message,
+                preview,
+            });
+        }
     }
 
     /// The user's contacts, from the local copy of the metadata.

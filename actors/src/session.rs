@@ -127,6 +127,14 @@ impl SessionState {
         origin: Option<ConnRef>,
     ) -> Result<(), ActorError> {
         if let Some((router, event)) = self.append_event(UserEvent::Message { message }).await? {
+            if self.conns.is_empty() {
+                if let UserEvent::Message { message } = &event.event {
+                    let system = message.refers.is_some_and(|r| r.seq().is_none());
+                    if message.sender != self.user && !system {
+                        router.notify_offline(self.user, event.event_seq, message.clone());
+                    }
+                }
+            }
             self.push(&router, PushFrame::Event(event), origin).await;
         }
         Ok(())

@@ -612,6 +612,7 @@ impl Connection {
             .request(|id| ClientFrame::UpdateSettings {
                 id,
                 dm_policy: update.dm_policy,
+                push_preview: update.push_preview,
             })
             .await?;
         self.settings_reply(reply)

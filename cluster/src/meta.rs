@@ -96,9 +96,25 @@ pub struct ProfileRecord {
     pub updated_ms: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettingsRecord {
     pub dm_policy: DmPolicy,
+    /// Added later: absent (true) in older records.
+    #[serde(default = "yes")]
+    pub push_preview: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SettingsRecord {
+    fn default() -> Self {
+        SettingsRecord {
+            dm_policy: DmPolicy::default(),
+            push_preview: true,
+        }
+    }
 }
 
 /// A change to the avatar. (Not `Option<Option<_>>`: MessagePack cannot tell its two
@@ -202,6 +218,8 @@ pub enum MetaCommand {
     UpdateSettings {
         user_id: UserId,
         dm_policy: Option<DmPolicy>,
+        #[serde(default)]
+        push_preview: Option<bool>,
     },
     /// Revokes the session of `user_id` named by `session_id` (see [`session_id`]); another
     /// user's session is not found.
@@ -527,12 +545,10 @@ impl MetaState {
 
     /// A user's settings (the defaults for a user who never changed them).
     pub fn settings(&self, id: UserId) -> Settings {
+        let rec = self.settings.get(&id).cloned().unwrap_or_default();
         Settings {
-            dm_policy: self
-                .settings
-                .get(&id)
-                .map(|s| s.dm_policy)
-                .unwrap_or_default(),
+            dm_policy: rec.dm_policy,
+            push_preview: rec.push_preview,
         }
     }
 
@@ -1094,13 +1110,20 @@ impl MetaState {
                     writes,
                 ))
             }
-            MetaCommand::UpdateSettings { user_id, dm_policy } => {
+            MetaCommand::UpdateSettings {
+                user_id,
+                dm_policy,
+                push_preview,
+            } => {
                 if !self.users.contains_key(user_id) {
                     return Ok((MetaResponse::UnknownUser, Vec::new()));
                 }
                 let mut rec = self.settings.get(user_id).cloned().unwrap_or_default();
                 if let Some(policy) = dm_policy {
                     rec.dm_policy = *policy;
+                }
+                if let Some(preview) = push_preview {
+                    rec.push_preview = *preview;
                 }
                 let mut writes = vec![MetaWrite {
                     key: settings_key(*user_id),
@@ -1696,13 +1719,18 @@ mod tests {
     fn settings_default_to_anyone_and_can_be_changed() {
         let mut s = three();
         assert_eq!(s.settings(A).dm_policy, DmPolicy::Anyone);
-        let set = |user_id, dm_policy| MetaCommand::UpdateSettings { user_id, dm_policy };
+        let set = |user_id, dm_policy| MetaCommand::UpdateSettings {
+            user_id,
+            dm_policy,
+            push_preview: None,
+        };
         assert_eq!(
             run(&mut s, set(A, Some(DmPolicy::Contacts))),
             MetaResponse::SettingsUpdated {
                 revision: 1,
                 settings: SettingsRecord {
-                    dm_policy: DmPolicy::Contacts
+                    dm_policy: DmPolicy::Contacts,
+                    push_preview: true,
                 }
             }
         );
@@ -1886,6 +1914,7 @@ mod tests {
             MetaCommand::UpdateSettings {
                 user_id: C,
                 dm_policy: Some(DmPolicy::Contacts),
+                push_preview: None,
             },
         );
         assert_eq!(s.direct_message_check(A, C), DirectCheck::ContactsOnly);
@@ -2001,6 +2030,7 @@ mod tests {
             MetaCommand::UpdateSettings {
                 user_id: C,
                 dm_policy: Some(DmPolicy::Contacts),
+                push_preview: None,
             },
             request(A, B),
             accept(B, A),

@@ -139,12 +139,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let router = Router::with_breakage(meta.clone(), logs, router_breakage);
     let _ = dispatch.router.set(router.clone());
 
+    let metrics = Arc::new(Metrics::default());
+    if let Some(url) = &config.push.webhook_url {
+        let url = crate::push::WebhookUrl::parse(url).map_err(anyhow::Error::msg)?;
+        let sink =
+            crate::push::WebhookPush::start(&config.push, url, meta.clone(), metrics.clone());
+        router.set_offline_push(sink);
+        tracing::info!("offline push through the configured webhook");
+    }
     let state = web::Data::new(AppState {
         auth: Auth::new(meta.clone(), config.auth.hash_concurrency),
         config: config.clone(),
         meta: meta.clone(),
         router: router.clone(),
-        metrics: Metrics::default(),
+        metrics: metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
     });
     let json_limit = config.limits.max_frame_bytes as usize;

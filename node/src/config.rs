@@ -13,6 +13,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub push: PushConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,6 +137,31 @@ impl Default for AuthConfig {
     }
 }
 
+/// Offline push notifications through a gateway's webhook.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// `http://host:port/path` of the push gateway; none: no offline push.
+    pub webhook_url: Option<String>,
+    /// Tries per notification (with backoff from 250 ms, doubling).
+    pub attempts: u32,
+    /// How long one try waits for the gateway.
+    pub timeout_ms: u64,
+    /// Notifications waiting to be sent; beyond this they are dropped (and counted).
+    pub queue: usize,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            webhook_url: None,
+            attempts: 5,
+            timeout_ms: 5_000,
+            queue: 10_000,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
@@ -223,6 +249,12 @@ impl Config {
         }
         if self.auth.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return bad("the admin token must be at least 16 characters");
+        }
+        if let Some(url) = &self.push.webhook_url {
+            crate::push::WebhookUrl::parse(url).map_err(ConfigError::Invalid)?;
+        }
+        if self.push.attempts == 0 || self.push.queue == 0 || self.push.timeout_ms == 0 {
+            return bad("push: attempts, queue and timeout_ms must be > 0");
         }
         if self.auth.hash_concurrency == 0 {
             return bad("auth.hash_concurrency must be > 0");

@@ -11,6 +11,7 @@ mod auth;
 mod config;
 mod http;
 mod metrics;
+mod push;
 
 use std::path::PathBuf;
 

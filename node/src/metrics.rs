@@ -12,6 +12,9 @@ pub struct Metrics {
     pub client_errors_total: AtomicU64,
     pub registrations_total: AtomicU64,
     pub logins_total: AtomicU64,
+    pub push_sent_total: AtomicU64,
+    pub push_failed_total: AtomicU64,
+    pub push_dropped_total: AtomicU64,
 }
 
 /// Gauges read at scrape time.
@@ -75,6 +78,24 @@ impl Metrics {
             "counter",
             "Accounts registered through this node.",
             c(&self.registrations_total),
+        );
+        line(
+            "chat_push_sent_total",
+            "counter",
+            "Offline push notifications the gateway accepted.",
+            c(&self.push_sent_total),
+        );
+        line(
+            "chat_push_failed_total",
+            "counter",
+            "Offline push notifications given up after retries.",
+            c(&self.push_failed_total),
+        );
+        line(
+            "chat_push_dropped_total",
+            "counter",
+            "Offline push notifications dropped on a full queue.",
+            c(&self.push_dropped_total),
         );
         line(
             "chat_logins_total",

@@ -363,6 +363,7 @@ async fn profiles_contacts_blocks_policy_and_sessions_work_across_nodes() {
             &carol.token,
             &SettingsUpdate {
                 dm_policy: Some(DmPolicy::Contacts),
+                push_preview: None,
             },
         )
         .await
@@ -410,7 +411,8 @@ async fn profiles_contacts_blocks_policy_and_sessions_work_across_nodes() {
     c2.open_direct_by_id(carol.id).await.expect("notes to self");
     assert_eq!(
         c2.update_settings(SettingsUpdate {
-            dm_policy: Some(DmPolicy::Anyone)
+            dm_policy: Some(DmPolicy::Anyone),
+            push_preview: None,
         })
         .await
         .expect("ws settings")

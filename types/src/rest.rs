@@ -75,6 +75,8 @@ pub struct ProfileUpdate {
 pub struct SettingsUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dm_policy: Option<DmPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_preview: Option<bool>,
 }
 
 /// `GET /v1/me/sessions`.

@@ -90,6 +90,8 @@ pub enum ClientFrame {
         id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         dm_policy: Option<DmPolicy>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        push_preview: Option<bool>,
     },
     /// One's own sessions (logged-in devices). Answered by `sessions`.
     ListSessions {
@@ -548,9 +550,26 @@ pub enum DmPolicy {
 }
 
 /// A user's own settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     pub dm_policy: DmPolicy,
+    /// Whether offline push notifications carry the sender and a preview of the message
+    /// (`false`: only "you have a new message").
+    #[serde(default = "yes")]
+    pub push_preview: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            dm_policy: DmPolicy::default(),
+            push_preview: true,
+        }
+    }
 }
 
 /// How another user stands with the one asking. Being blocked by the other user is not
@@ -881,6 +900,7 @@ mod tests {
                 id: "1".into(),
                 settings: Settings {
                     dm_policy: DmPolicy::Contacts,
+                    push_preview: true,
                 },
             },
             ServerFrame::Contacts {

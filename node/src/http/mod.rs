@@ -8,6 +8,9 @@ pub mod groups;
 pub mod health;
 pub mod rest;
 pub mod social;
+// The web client. Its file is web.rs; the module has another name because `web` is actix-web's.
+#[path = "web.rs"]
+pub mod web_client;
 pub mod ws;
 
 use std::sync::Arc;
@@ -28,7 +31,7 @@ pub struct AppState {
     pub meta: Arc<Metadata>,
     pub router: Arc<Router>,
     pub auth: Auth,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// The node's main runtime: long-lived work is spawned here, not on an actix worker.
     pub runtime: tokio::runtime::Handle,
 }
@@ -80,6 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(admin::remove_node),
         )
         .route("/v1/admin/drain", web::post().to(admin::drain));
+    web_client::routes(cfg);
 }
 
 /// A REST error reply: the status from the code, the body a [`WireError`].

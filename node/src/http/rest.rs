@@ -198,7 +198,7 @@ pub async fn update_my_settings(
     body: web::Json<SettingsUpdate>,
 ) -> HttpResponse {
     let me = principal!(state, req);
-    let result = social::update_settings(&state, &me, body.dm_policy).await;
+    let result = social::update_settings(&state, &me, body.dm_policy, body.push_preview).await;
     json_reply(&state, result)
 }
 

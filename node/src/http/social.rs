@@ -164,16 +164,19 @@ pub async fn update_settings(
     state: &AppState,
     me: &Principal,
     dm_policy: Option<DmPolicy>,
+    push_preview: Option<bool>,
 ) -> Result<Settings, WireError> {
     let cmd = MetaCommand::UpdateSettings {
         user_id: me.user_id,
         dm_policy,
+        push_preview,
     };
     match write(state, cmd).await? {
         MetaResponse::SettingsUpdated { revision, settings } => {
             caught_up(state, revision).await;
             Ok(Settings {
                 dm_policy: settings.dm_policy,
+                push_preview: settings.push_preview,
             })
         }
         other => Err(refusal(&other)),

@@ -588,15 +588,17 @@ impl Conn {
                 id,
                 settings: social::settings(&state, me),
             }),
-            ClientFrame::UpdateSettings { id, dm_policy } => {
-                social::update_settings(&state, me, dm_policy)
-                    .await
-                    .map(|settings| ServerFrame::Settings {
-                        id: id.clone(),
-                        settings,
-                    })
-                    .map_err(|e| (id, e))
-            }
+            ClientFrame::UpdateSettings {
+                id,
+                dm_policy,
+                push_preview,
+            } => social::update_settings(&state, me, dm_policy, push_preview)
+                .await
+                .map(|settings| ServerFrame::Settings {
+                    id: id.clone(),
+                    settings,
+                })
+                .map_err(|e| (id, e)),
             ClientFrame::ListSessions { id } => Ok(ServerFrame::Sessions {
                 id,
                 sessions: social::sessions(&state, me),
