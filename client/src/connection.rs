@@ -551,6 +551,7 @@ impl Connection {
                 conversation,
                 after,
                 before,
+                around: None,
                 limit,
             })
             .await?;

@@ -336,6 +336,7 @@ impl HttpApi {
         let params: Vec<(&str, String)> = [
             ("after", query.after.map(|s| s.0.to_string())),
             ("before", query.before.map(|s| s.0.to_string())),
+            ("around", query.around.map(|s| s.0.to_string())),
             ("limit", query.limit.map(|l| l.to_string())),
         ]
         .into_iter()
@@ -436,6 +437,7 @@ mod tests {
         let q = HistoryQuery {
             after: Some(Seq(5)),
             before: None,
+            around: None,
             limit: Some(10),
         };
         assert_eq!(

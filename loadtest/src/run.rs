@@ -356,6 +356,7 @@ async fn read_history(
         let query = HistoryQuery {
             after: Some(after),
             before: None,
+            around: None,
             limit: Some(limit),
         };
         let page = api

@@ -163,6 +163,37 @@ async fn replies_edits_deletions_and_reactions_follow_their_rules() {
         ]
     );
     assert_eq!(page.messages[0].body, "lunch?", "the original stays");
+    // A page around a seq has it in the middle; around goes alone.
+    let around = api
+        .history(
+            &at,
+            conv,
+            chat_types::rest::HistoryQuery {
+                around: Some(Seq(3)),
+                limit: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("around");
+    assert_eq!(
+        around.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    let err = api
+        .history(
+            &at,
+            conv,
+            chat_types::rest::HistoryQuery {
+                around: Some(Seq(3)),
+                after: Some(Seq(1)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("around with after");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+
     let mut pushed = Vec::new();
     while let Some(m) = a
         .next_message(Duration::from_millis(500))

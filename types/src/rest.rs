@@ -39,6 +39,8 @@ pub struct LoginResponse {
 pub struct HistoryQuery {
     pub after: Option<Seq>,
     pub before: Option<Seq>,
+    /// A page with this seq in its middle (alone).
+    pub around: Option<Seq>,
     pub limit: Option<u32>,
 }
 

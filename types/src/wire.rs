@@ -54,6 +54,9 @@ pub enum ClientFrame {
         after: Option<Seq>,
         #[serde(default)]
         before: Option<Seq>,
+        /// A page with this seq in its middle (alone: not with `after` or `before`).
+        #[serde(default)]
+        around: Option<Seq>,
         #[serde(default)]
         limit: Option<u32>,
     },
@@ -258,6 +261,27 @@ pub struct BroadcastOutcome {
     pub seq: Option<Seq>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<WireError>,
+}
+
+/// Turns `around` into the `after` of the page that has `around` in its middle. Errors when
+/// `around` comes with `after` or `before`.
+pub fn history_window(
+    after: Option<Seq>,
+    before: Option<Seq>,
+    around: Option<Seq>,
+    limit: u32,
+) -> Result<(Option<Seq>, Option<Seq>), WireError> {
+    match around {
+        None => Ok((after, before)),
+        Some(_) if after.is_some() || before.is_some() => Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            "around goes alone, without after or before",
+        )),
+        Some(seq) => Ok((
+            Some(Seq(seq.0.saturating_sub(u64::from(limit / 2) + 1))),
+            None,
+        )),
+    }
 }
 
 /// How long a `typing` indicator lasts unless repeated.

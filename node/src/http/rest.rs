@@ -90,13 +90,18 @@ pub async fn history(
         .limit
         .unwrap_or(50)
         .clamp(1, state.config.limits.max_history_page);
+    let (after, before) =
+        match chat_types::wire::history_window(query.after, query.before, query.around, limit) {
+            Ok(w) => w,
+            Err(e) => return error_response(&state, e),
+        };
     let router = state.router.clone();
     let user = principal.user_id;
     let result = state
         .runtime
         .spawn(async move {
             router
-                .history(user, conversation, query.after, query.before, limit)
+                .history(user, conversation, after, before, limit)
                 .await
         })
         .await;

@@ -386,11 +386,17 @@ impl Conn {
                 conversation,
                 after,
                 before,
+                around,
                 limit,
             } => {
                 let limit = limit
                     .unwrap_or(DEFAULT_PAGE)
                     .min(self.state.config.limits.max_history_page);
+                let (after, before) =
+                    match chat_types::wire::history_window(after, before, around, limit) {
+                        Ok(w) => w,
+                        Err(e) => return self.error(Some(id), e).await,
+                    };
                 let user = self.principal.user_id;
                 match self
                     .state
