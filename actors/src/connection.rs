@@ -60,6 +60,14 @@ impl PushFrame {
                     user,
                     seq,
                 },
+                UserEvent::Contact { user, relation } => ServerFrame::Contact {
+                    event_seq,
+                    user,
+                    relation,
+                },
+                UserEvent::ProfileChanged { user } => {
+                    ServerFrame::ProfileChanged { event_seq, user }
+                }
             },
             PushFrame::Resync { event_head } => ServerFrame::Resync { event_head },
             PushFrame::Typing {

@@ -3,7 +3,7 @@
 
 use chat_types::{
     ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef,
-    PresenceStatus, RingEpoch, Seq, UserId,
+    PresenceStatus, RingEpoch, Seq, UserEvent, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +63,9 @@ pub enum ActorRequestBody {
     },
     /// To the node holding the connections.
     Push { conns: Vec<u64>, frame: PushFrame },
+    /// To a user's home node: record an event of the user's stream (a contact or profile
+    /// change) and push it.
+    Notify { user: UserId, event: UserEvent },
     /// To the reader's home node: record "read up to `seq`" (never backwards), tell the
     /// reader's other connections, and send a receipt to the other members.
     MarkRead {

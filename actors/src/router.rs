@@ -394,6 +394,18 @@ impl Router {
         Ok(message)
     }
 
+    /// Records `event` in `user`'s stream (on the user's home node) and pushes it to the
+    /// user's connections.
+    pub async fn notify(
+        &self,
+        user: UserId,
+        event: chat_types::UserEvent,
+    ) -> Result<(), ActorError> {
+        self.route(Target::User(user), ActorRequestBody::Notify { user, event })
+            .await
+            .map(|_| ())
+    }
+
     /// Where notices for users without a live connection go (set once, at start).
     pub fn set_offline_push(&self, sink: Arc<dyn crate::offline::OfflinePush>) {
         let _ = self.offline.set(sink);
@@ -635,6 +647,7 @@ impl Router {
             ActorRequestBody::Attach { user, .. }
             | ActorRequestBody::Detach { user, .. }
             | ActorRequestBody::Deliver { user, .. }
+            | ActorRequestBody::Notify { user, .. }
             | ActorRequestBody::MarkRead { user, .. }
             | ActorRequestBody::Receipt { user, .. }
             | ActorRequestBody::Ephemeral { user, .. }
@@ -739,6 +752,12 @@ impl Router {
                 .deliver_each(users, message, origin)
                 .await
                 .map(|()| ActorReply::Done),
+            ActorRequestBody::Notify { user, event } => {
+                let session = self.session_actor(user).await?;
+                call(&session, |reply| SessionMsg::Notify { event, reply })
+                    .await?
+                    .map(|()| ActorReply::Done)
+            }
             ActorRequestBody::MarkRead {
                 user,
                 conversation,

@@ -48,6 +48,11 @@ pub enum SessionMsg {
         seq: Seq,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
+    /// Record an event of the user's stream and push it.
+    Notify {
+        event: UserEvent,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    },
     /// Push to every connection; nothing is stored.
     Ephemeral(PushFrame),
     SetPresence(PresenceStatus),
@@ -342,6 +347,17 @@ impl Actor for SessionActor {
                 reply,
             } => {
                 let _ = reply.send(state.receipt(conversation, reader, seq).await);
+            }
+            SessionMsg::Notify { event, reply } => {
+                let done = match state.append_event(event).await {
+                    Ok(Some((router, event))) => {
+                        state.push(&router, PushFrame::Event(event), None).await;
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(done);
             }
             SessionMsg::Ephemeral(frame) => {
                 if let Some(router) = state.router.upgrade() {

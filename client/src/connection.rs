@@ -987,7 +987,9 @@ async fn read_loop(
                         }
                         Routed::Unsolicited(frame) => {
                             if let ServerFrame::Read { event_seq, .. }
-                            | ServerFrame::Receipt { event_seq, .. } = &frame
+                            | ServerFrame::Receipt { event_seq, .. }
+                            | ServerFrame::Contact { event_seq, .. }
+                            | ServerFrame::ProfileChanged { event_seq, .. } = &frame
                             {
                                 inner
                                     .last_event_seq
@@ -1106,6 +1108,8 @@ fn frame_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::Receipt { .. } => "receipt",
         ServerFrame::Typing { .. } => "typing",
         ServerFrame::Presence { .. } => "presence",
+        ServerFrame::Contact { .. } => "contact",
+        ServerFrame::ProfileChanged { .. } => "profile_changed",
         ServerFrame::Error { .. } => "error",
     }
 }

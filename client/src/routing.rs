@@ -70,7 +70,9 @@ impl Pending {
             | ServerFrame::Read { .. }
             | ServerFrame::Receipt { .. }
             | ServerFrame::Typing { .. }
-            | ServerFrame::Presence { .. } => None,
+            | ServerFrame::Presence { .. }
+            | ServerFrame::Contact { .. }
+            | ServerFrame::ProfileChanged { .. } => None,
             ServerFrame::Welcome { id, .. } | ServerFrame::Error { id, .. } => {
                 id.clone().or_else(|| self.hello.clone())
             }

@@ -73,6 +73,35 @@ async fn read_marks_receipts_unread_typing_and_presence_reach_the_right_connecti
         .expect("connect");
     a.request_contact(bob.user_id).await.expect("request");
     b1.accept_contact(alice.user_id).await.expect("accept");
+    // Contact changes and profile changes are events of the streams of those concerned.
+    let relation = must_see(&b2, "contact request", |f| match f {
+        ServerFrame::Contact { user, relation, .. } if *user == alice.user_id => Some(*relation),
+        _ => None,
+    })
+    .await;
+    assert_eq!(relation, chat_types::Relation::Incoming);
+    let relation = must_see(&a, "contact accepted", |f| match f {
+        ServerFrame::Contact { user, relation, .. }
+            if *user == bob.user_id && *relation == chat_types::Relation::Contact =>
+        {
+            Some(*relation)
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(relation, chat_types::Relation::Contact);
+    b1.update_profile(chat_types::rest::ProfileUpdate {
+        display_name: Some("Bob B.".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("profile");
+    let who = must_see(&a, "profile change", |f| match f {
+        ServerFrame::ProfileChanged { user, .. } => Some(*user),
+        _ => None,
+    })
+    .await;
+    assert_eq!(who, bob.user_id);
     let conv = ConversationId::direct(alice.user_id, bob.user_id);
 
     for i in 1..=3 {

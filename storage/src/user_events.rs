@@ -100,16 +100,19 @@ fn apply_to_summary(user: UserId, event: &UserEvent, summary: &mut SummaryV1) {
             }
         }
         UserEvent::Read { seq, .. } => summary.read_upto = summary.read_upto.max(seq.0),
-        UserEvent::Receipt { .. } => {}
+        UserEvent::Receipt { .. }
+        | UserEvent::Contact { .. }
+        | UserEvent::ProfileChanged { .. } => {}
     }
 }
 
-fn event_conversation(event: &UserEvent) -> ConversationId {
+fn event_conversation(event: &UserEvent) -> Option<ConversationId> {
     match event {
-        UserEvent::Message { message } => message.conversation,
+        UserEvent::Message { message } => Some(message.conversation),
         UserEvent::Read { conversation, .. } | UserEvent::Receipt { conversation, .. } => {
-            *conversation
+            Some(*conversation)
         }
+        UserEvent::Contact { .. } | UserEvent::ProfileChanged { .. } => None,
     }
 }
 
@@ -133,6 +136,7 @@ fn dedup_key(user: UserId, conv: &ConversationId, seq: chat_types::Seq) -> Vec<u
 /// The lengths keep the kinds apart.
 fn event_dedup_key(user: UserId, event: &UserEvent) -> Option<Vec<u8>> {
     match event {
+        UserEvent::Contact { .. } | UserEvent::ProfileChanged { .. } => None,
         UserEvent::Message { message } => Some(dedup_key(user, &message.conversation, message.seq)),
         UserEvent::Read { conversation, seq } => {
             let mut k = summary_key(user, conversation);
@@ -234,7 +238,9 @@ impl RocksUserEventLog {
         user: UserId,
         event: &UserEvent,
     ) -> Result<(), StorageError> {
-        let conv = event_conversation(event);
+        let Some(conv) = event_conversation(event) else {
+            return Ok(());
+        };
         let summary = match changed.entry(conv) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.summary(user, &conv)?),

@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConversationId, Seq, UserId};
-use crate::wire::Message;
+use crate::wire::{Message, Relation};
 
 /// A position in one user's event stream. The first event is 1; 0 means "nothing yet".
 #[derive(
@@ -44,6 +44,12 @@ pub enum UserEvent {
         user: UserId,
         seq: Seq,
     },
+    /// The user's relation with `user` changed (a contact request arrived or was answered, a
+    /// contact was removed; one's own changes too, for one's other devices). Blocks are told
+    /// only to the blocker.
+    Contact { user: UserId, relation: Relation },
+    /// `user` (a contact, or oneself) changed their profile.
+    ProfileChanged { user: UserId },
 }
 
 /// One entry of a user's event stream.

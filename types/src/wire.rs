@@ -757,6 +757,17 @@ pub enum ServerFrame {
         user: UserId,
         seq: Seq,
     },
+    /// The relation with `user` changed (see the event stream).
+    Contact {
+        event_seq: EventSeq,
+        user: UserId,
+        relation: Relation,
+    },
+    /// `user` changed their profile: fetch it again if shown.
+    ProfileChanged {
+        event_seq: EventSeq,
+        user: UserId,
+    },
     /// Ephemeral: `user` is typing; forget it after `expires_ms` unless repeated.
     Typing {
         conversation: ConversationId,

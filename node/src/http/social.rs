@@ -11,6 +11,7 @@
 use chat_cluster::meta::{session_id, AvatarChange, DirectCheck};
 use chat_cluster::{MetaCommand, MetaResponse, MetaState};
 use chat_types::rest::{BlocksResponse, ContactsResponse, ProfileUpdate, RelationResponse};
+use chat_types::UserEvent;
 use chat_types::{
     validate_avatar, validate_display_name, validate_session_id, validate_status_text,
     validate_username, ContactEntry, ConversationId, DmPolicy, ErrorCode, Profile, SessionInfo,
@@ -142,6 +143,20 @@ pub async fn update_profile(
     match write(state, cmd).await? {
         MetaResponse::ProfileUpdated { revision, profile } => {
             caught_up(state, revision).await;
+            // Contacts (and one's own other devices) learn that the profile changed.
+            let mut audience: Vec<UserId> = state
+                .meta
+                .read(|s| s.contacts_of(me.user_id))
+                .into_iter()
+                .map(|(u, _)| u)
+                .collect();
+            audience.push(me.user_id);
+            notify_all(
+                state,
+                audience,
+                UserEvent::ProfileChanged { user: me.user_id },
+            )
+            .await;
             // What this write made, even if a later write has changed it since.
             Ok(Profile {
                 user_id: me.user_id,
@@ -279,12 +294,43 @@ pub async fn change_relation(
     match write(state, cmd).await? {
         MetaResponse::RelationChanged { revision, relation } => {
             caught_up(state, revision).await;
+            // Both sides learn the new relation through their event streams, except that a
+            // block is never shown to the blocked user.
+            let mine = UserEvent::Contact {
+                user: other,
+                relation,
+            };
+            notify_all(state, vec![user_id], mine).await;
+            if !matches!(action, ContactAction::Block | ContactAction::Unblock) {
+                let theirs = state.meta.read(|s| s.relation(other, user_id));
+                let event = UserEvent::Contact {
+                    user: user_id,
+                    relation: theirs,
+                };
+                notify_all(state, vec![other], event).await;
+            }
             Ok(RelationResponse {
                 user_id: other,
                 relation,
             })
         }
         other => Err(refusal(&other)),
+    }
+}
+
+/// Records `event` in each user's stream; a failure is logged (the change itself stands, and
+/// the lists can be read again).
+async fn notify_all(state: &AppState, users: Vec<UserId>, event: UserEvent) {
+    for user in users {
+        let router = state.router.clone();
+        let event = event.clone();
+        let sent = state
+            .runtime
+            .spawn(async move { router.notify(user, event).await })
+            .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!(%user, "could not record a contact or profile event");
+        }
     }
 }
 
