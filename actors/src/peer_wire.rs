@@ -89,6 +89,8 @@ pub enum ActorRequestBody {
         user: UserId,
         status: PresenceStatus,
     },
+    /// To a user's home node: the user's presence now.
+    GetPresence { user: UserId },
     /// To a user's home node: the user's conversations, latest first.
     ListConversations { user: UserId, limit: u32 },
     /// From a log's owner to one of its replicas: store these consecutive entries at their
@@ -132,6 +134,10 @@ pub enum ActorReply {
         entries: Entries,
     },
     Conversations(Vec<ConversationSummary>),
+    Presence {
+        status: PresenceStatus,
+        last_seen_ms: Option<u64>,
+    },
     /// The user's event head when a connection attached.
     Attached {
         event_head: EventSeq,

@@ -406,6 +406,25 @@ impl Router {
             .map(|_| ())
     }
 
+    /// A user's presence, asked of the user's home node: offline when no session is there.
+    pub async fn presence_of(
+        &self,
+        user: UserId,
+    ) -> Result<(PresenceStatus, Option<u64>), ActorError> {
+        match self
+            .route(Target::User(user), ActorRequestBody::GetPresence { user })
+            .await?
+        {
+            ActorReply::Presence {
+                status,
+                last_seen_ms,
+            } => Ok((status, last_seen_ms)),
+            _ => Err(ActorError::BadPayload(
+                "unexpected reply to get_presence".into(),
+            )),
+        }
+    }
+
     /// Where notices for users without a live connection go (set once, at start).
     pub fn set_offline_push(&self, sink: Arc<dyn crate::offline::OfflinePush>) {
         let _ = self.offline.set(sink);
@@ -648,6 +667,7 @@ impl Router {
             | ActorRequestBody::Detach { user, .. }
             | ActorRequestBody::Deliver { user, .. }
             | ActorRequestBody::Notify { user, .. }
+            | ActorRequestBody::GetPresence { user, .. }
             | ActorRequestBody::MarkRead { user, .. }
             | ActorRequestBody::Receipt { user, .. }
             | ActorRequestBody::Ephemeral { user, .. }
@@ -752,6 +772,18 @@ impl Router {
                 .deliver_each(users, message, origin)
                 .await
                 .map(|()| ActorReply::Done),
+            ActorRequestBody::GetPresence { user } => {
+                // No session here: the user has not connected since this node took it on.
+                let session = lock(&self.sessions).get(&user).cloned();
+                let (status, last_seen_ms) = match session {
+                    Some(s) => call(&s, SessionMsg::GetPresence).await?,
+                    None => (PresenceStatus::Offline, None),
+                };
+                Ok(ActorReply::Presence {
+                    status,
+                    last_seen_ms,
+                })
+            }
             ActorRequestBody::Notify { user, event } => {
                 let session = self.session_actor(user).await?;
                 call(&session, |reply| SessionMsg::Notify { event, reply })

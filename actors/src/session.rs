@@ -56,6 +56,7 @@ pub enum SessionMsg {
     /// Push to every connection; nothing is stored.
     Ephemeral(PushFrame),
     SetPresence(PresenceStatus),
+    GetPresence(RpcReplyPort<(PresenceStatus, Option<u64>)>),
     ListConversations {
         limit: u32,
         reply: RpcReplyPort<Result<Vec<ConversationSummary>, ActorError>>,
@@ -80,6 +81,8 @@ pub struct SessionState {
     away: bool,
     /// The presence last told to contacts.
     published: Option<PresenceStatus>,
+    /// When the user's last connection closed.
+    last_seen_ms: Option<u64>,
 }
 
 impl SessionState {
@@ -190,6 +193,14 @@ impl SessionState {
             self.push(&router, PushFrame::Event(event), None).await;
         }
         Ok(())
+    }
+
+    /// The presence now; offline with the time the last connection closed, if one did.
+    fn current_presence(&self) -> (PresenceStatus, Option<u64>) {
+        match self.presence() {
+            (PresenceStatus::Offline, _) => (PresenceStatus::Offline, self.last_seen_ms),
+            other => other,
+        }
     }
 
     fn presence(&self) -> (PresenceStatus, Option<u64>) {
@@ -306,6 +317,7 @@ impl Actor for SessionActor {
             synced_at: None,
             away: false,
             published: None,
+            last_seen_ms: None,
         })
     }
 
@@ -329,6 +341,9 @@ impl Actor for SessionActor {
                     if set.is_empty() {
                         state.conns.remove(&c.node);
                     }
+                }
+                if state.conns.is_empty() {
+                    state.last_seen_ms = Some(crate::now_ms());
                 }
                 state.publish_presence();
             }
@@ -363,6 +378,9 @@ impl Actor for SessionActor {
                 if let Some(router) = state.router.upgrade() {
                     state.push(&router, frame, None).await;
                 }
+            }
+            SessionMsg::GetPresence(reply) => {
+                let _ = reply.send(state.current_presence());
             }
             SessionMsg::SetPresence(status) => {
                 state.away = status == PresenceStatus::Away;

@@ -184,6 +184,12 @@ async fn read_marks_receipts_unread_typing_and_presence_reach_the_right_connecti
     assert_eq!(who, alice.user_id);
     assert!(expires > 0);
 
+    // The contact list shows presence.
+    let lists = a.contacts().await.expect("contacts");
+    assert_eq!(
+        lists.contacts[0].presence.map(|p| p.status),
+        Some(PresenceStatus::Online)
+    );
     // Presence goes to contacts: away, then offline when Bob's last connection closes.
     b1.set_presence(PresenceStatus::Away).await.expect("away");
     let status = must_see(&a, "presence away", |f| match f {
@@ -212,4 +218,8 @@ async fn read_marks_receipts_unread_typing_and_presence_reach_the_right_connecti
     .await;
     assert_eq!(status, PresenceStatus::Offline);
     assert!(last_seen.is_some(), "offline presence carries last seen");
+    let lists = a.contacts().await.expect("contacts");
+    let p = lists.contacts[0].presence.expect("presence");
+    assert_eq!(p.status, PresenceStatus::Offline);
+    assert!(p.last_seen_ms.is_some());
 }

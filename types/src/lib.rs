@@ -25,8 +25,9 @@ pub use limits::{
 };
 pub use wire::{
     BroadcastOutcome, ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy,
-    GroupChange, GroupInfo, GroupMember, Message, MessageRef, PresenceStatus, Profile, Relation,
-    Role, ServerFrame, SessionInfo, Settings, UserSummary, MAX_REACTION_BYTES, TYPING_TTL_MS,
+    GroupChange, GroupInfo, GroupMember, Message, MessageRef, PresenceInfo, PresenceStatus,
+    Profile, Relation, Role, ServerFrame, SessionInfo, Settings, UserSummary, MAX_REACTION_BYTES,
+    TYPING_TTL_MS,
 };
 
 /// The protocol version this build speaks. A client's `hello` must name it.

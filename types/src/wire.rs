@@ -628,6 +628,18 @@ pub struct ContactEntry {
     pub profile: Profile,
     /// When the relation (contact, request or block) began, ms since the Unix epoch.
     pub since_ms: u64,
+    /// For contacts: whether they are connected now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<PresenceInfo>,
+}
+
+/// A contact's presence as of the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    pub status: PresenceStatus,
+    /// While offline: when last connected, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
 }
 
 /// A frame from server to client.

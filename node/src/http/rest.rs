@@ -231,7 +231,7 @@ pub async fn revoke_my_session(
 /// `GET /v1/contacts`.
 pub async fn contacts(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     let me = principal!(state, req);
-    HttpResponse::Ok().json(social::contacts(&state, &me))
+    HttpResponse::Ok().json(social::contacts_with_presence(&state, &me).await)
 }
 
 /// `POST /v1/contacts/requests` with `{"user_id"}` or `{"username"}`.

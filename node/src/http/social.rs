@@ -233,8 +233,11 @@ pub async fn revoke_session(state: &AppState, me: &Principal, id: &str) -> Resul
 fn entries(s: &MetaState, list: Vec<(UserId, u64)>) -> Vec<ContactEntry> {
     list.into_iter()
         .filter_map(|(user, since_ms)| {
-            s.profile(user)
-                .map(|profile| ContactEntry { profile, since_ms })
+            s.profile(user).map(|profile| ContactEntry {
+                profile,
+                since_ms,
+                presence: None,
+            })
         })
         .collect()
 }
@@ -247,6 +250,26 @@ pub fn contacts(state: &AppState, me: &Principal) -> ContactsResponse {
         incoming: entries(s, s.incoming_requests(user)),
         outgoing: entries(s, s.outgoing_requests(user)),
     })
+}
+
+/// [`contacts`], with each contact's presence asked of the contact's home node.
+pub async fn contacts_with_presence(state: &AppState, me: &Principal) -> ContactsResponse {
+    let mut lists = contacts(state, me);
+    for entry in &mut lists.contacts {
+        let router = state.router.clone();
+        let user = entry.profile.user_id;
+        let asked = state
+            .runtime
+            .spawn(async move { router.presence_of(user).await })
+            .await;
+        if let Ok(Ok((status, last_seen_ms))) = asked {
+            entry.presence = Some(chat_types::PresenceInfo {
+                status,
+                last_seen_ms,
+            });
+        }
+    }
+    lists
 }
 
 /// The users the caller blocked, ordered by user id.

@@ -619,7 +619,7 @@ impl Conn {
                     .map_err(|e| (id, e))
             }
             ClientFrame::ListContacts { id } => {
-                let lists = social::contacts(&state, me);
+                let lists = social::contacts_with_presence(&state, me).await;
                 Ok(ServerFrame::Contacts {
                     id,
                     contacts: lists.contacts,
