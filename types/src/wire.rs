@@ -955,6 +955,10 @@ mod tests {
                 contacts: vec![ContactEntry {
                     profile,
                     since_ms: 7,
+                    presence: Some(PresenceInfo {
+                        status: PresenceStatus::Offline,
+                        last_seen_ms: Some(5),
+                    }),
                 }],
                 incoming: vec![],
                 outgoing: vec![],
