@@ -5,84 +5,34 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use chat_client::{Ack, Connection};
-use chat_cluster::ring::{Ring, DEFAULT_VNODES};
+use chat_client::Connection;
 use chat_types::rest::HistoryQuery;
-use chat_types::{ClientMsgId, ConversationId, NodeId, RingEpoch, Seq};
-use harness::{must_be_ready, NodeProc};
+use chat_types::{ClientMsgId, Seq};
+use harness::{
+    must_be_ready, must_find_conversation_on, must_send_retrying, must_start_trio, NodeProc, Trio,
+};
 
 fn cmid(s: &str) -> ClientMsgId {
     ClientMsgId::new(s).expect("valid client message id")
 }
 
-fn node_id(ready: &serde_json::Value) -> NodeId {
-    NodeId(ready["node_id"].as_u64().expect("node_id in readyz"))
-}
-
-/// Sends until acknowledged, with the same client message id each time, as a client does
-/// while ownership moves.
-async fn must_send(conn: &Connection, conv: ConversationId, id: &str, body: &str) -> Ack {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match conn.send(conv, cmid(id), body).await {
-            Ok(ack) => return ack,
-            Err(e) if Instant::now() < deadline && e.code().is_some_and(|c| c.retryable()) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("send {id} failed: {e:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_survive_owner_kill_and_follow_ownership_on_join() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut n1 = NodeProc::new(root.path(), "n1", None);
-    n1.start();
-    must_be_ready(&n1, 1).await;
-    let mut n2 = NodeProc::new(root.path(), "n2", Some(n1.peer.clone()));
-    let mut n3 = NodeProc::new(root.path(), "n3", Some(n1.peer.clone()));
-    n2.start();
-    n3.start();
-    let r1 = must_be_ready(&n1, 3).await;
-    let r2 = must_be_ready(&n2, 3).await;
-    let r3 = must_be_ready(&n3, 3).await;
-    let (id1, id2, id3) = (node_id(&r1), node_id(&r2), node_id(&r3));
-    let ring = Ring::new(
-        [id1, id2, id3],
-        RingEpoch(r1["ring_epoch"].as_u64().expect("epoch")),
-        DEFAULT_VNODES,
-    );
-
+    let Trio { nodes, ids, ring } = must_start_trio(root.path(), &[]).await;
+    let [mut n1, n2, mut n3]: [NodeProc; 3] = nodes.try_into().ok().expect("three nodes");
+    let id3 = ids[2];
     let api = n1.api();
-    let mut users = Vec::new();
-    for i in 0..8 {
-        let name = format!("repl{i}");
-        users.push((
-            api.register(&name, "correct horse")
-                .await
-                .expect("register")
-                .user_id,
-            name,
-        ));
-    }
-    let (alice, bob) = users
-        .iter()
-        .flat_map(|a| users.iter().map(move |b| (a.clone(), b.clone())))
-        .find(|(a, b)| {
-            a.0 < b.0 && ring.owner_of_conversation(&ConversationId::direct(a.0, b.0)) == Some(id3)
-        })
-        .expect("a conversation owned by n3");
-    let conv = ConversationId::direct(alice.0, bob.0);
-    let alice_token = n1
-        .api()
-        .login(&alice.1, "correct horse")
+    let (users, conv) = must_find_conversation_on(&api, &ring, id3, "repl").await;
+    let bob_name = format!("repl{}", users.len() - 1);
+    let alice_token = api
+        .login("repl0", "correct horse")
         .await
         .expect("login")
         .token;
     let bob_token = n2
         .api()
-        .login(&bob.1, "correct horse")
+        .login(&bob_name, "correct horse")
         .await
         .expect("login")
         .token;
@@ -109,9 +59,9 @@ async fn acked_messages_survive_owner_kill_and_follow_ownership_on_join() {
     must_be_ready(&n2, 2).await;
 
     // The new owner has every acknowledged message: the log continues at 11, no gap, no reuse.
-    let ack = must_send(&a1, conv, "a11", "m11").await;
+    let ack = must_send_retrying(&a1, conv, "a11", "m11").await;
     assert_eq!((ack.seq, ack.duplicate), (Seq(11), false));
-    let retry = must_send(&a1, conv, "a3", "m3").await;
+    let retry = must_send_retrying(&a1, conv, "a3", "m3").await;
     assert_eq!(
         (retry.seq, retry.duplicate),
         (Seq(3), true),
@@ -154,7 +104,7 @@ async fn acked_messages_survive_owner_kill_and_follow_ownership_on_join() {
     for n in [&n1, &n2, &n4] {
         must_be_ready(n, 3).await;
     }
-    let ack = must_send(&a1, conv, "a12", "m12").await;
+    let ack = must_send_retrying(&a1, conv, "a12", "m12").await;
     assert_eq!(ack.seq, Seq(12));
     let (a4, _) = Connection::connect(&n4.api().ws_url(&alice_token))
         .await
@@ -188,7 +138,7 @@ async fn acked_messages_survive_owner_kill_and_follow_ownership_on_join() {
     let (a2, _) = Connection::connect(&n2.api().ws_url(&alice_token))
         .await
         .expect("alice reconnects to n2");
-    let ack = must_send(&a2, conv, "a13", "m13").await;
+    let ack = must_send_retrying(&a2, conv, "a13", "m13").await;
     assert_eq!(ack.seq, Seq(13));
     let page = a4
         .history(conv, None, None, Some(100))

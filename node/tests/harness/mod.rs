@@ -224,3 +224,87 @@ pub mod reqwest_lite {
         }
     }
 }
+
+/// Three nodes started on loopback (the first bootstraps, the others join it), all ready,
+/// with their ids and the ring they agree on.
+pub struct Trio {
+    pub nodes: Vec<NodeProc>,
+    pub ids: Vec<chat_types::NodeId>,
+    pub ring: chat_cluster::Ring,
+}
+
+pub async fn must_start_trio(root: &Path, env: &[(String, String)]) -> Trio {
+    let mut first = NodeProc::new(root, "n1", None);
+    first.env = env.to_vec();
+    first.start();
+    must_be_ready(&first, 1).await;
+    let mut nodes = vec![first];
+    for name in ["n2", "n3"] {
+        let mut n = NodeProc::new(root, name, Some(nodes[0].peer.clone()));
+        n.env = env.to_vec();
+        n.start();
+        nodes.push(n);
+    }
+    let mut ids = Vec::new();
+    let mut epoch = 0;
+    for n in &nodes {
+        let r = must_be_ready(n, 3).await;
+        ids.push(chat_types::NodeId(r["node_id"].as_u64().expect("node_id")));
+        epoch = r["ring_epoch"].as_u64().expect("ring_epoch");
+    }
+    let ring = chat_cluster::Ring::new(
+        ids.clone(),
+        chat_types::RingEpoch(epoch),
+        chat_cluster::ring::DEFAULT_VNODES,
+    );
+    Trio { nodes, ids, ring }
+}
+
+/// Registers users `<prefix>0`, `<prefix>1`, ... (password "correct horse") until the direct
+/// conversation of user 0 with one of them is owned by `owner`; returns the user ids (user 0
+/// first, the partner last) and that conversation.
+pub async fn must_find_conversation_on(
+    api: &HttpApi,
+    ring: &chat_cluster::Ring,
+    owner: chat_types::NodeId,
+    prefix: &str,
+) -> (Vec<chat_types::UserId>, chat_types::ConversationId) {
+    let mut users = Vec::new();
+    for i in 0..40 {
+        let name = format!("{prefix}{i}");
+        let id = api
+            .register(&name, "correct horse")
+            .await
+            .expect("register")
+            .user_id;
+        users.push(id);
+        if i > 0 {
+            let conv = chat_types::ConversationId::direct(users[0], id);
+            if ring.owner_of_conversation(&conv) == Some(owner) {
+                return (users, conv);
+            }
+        }
+    }
+    panic!("no conversation owned by node {owner} among 40 users");
+}
+
+/// Sends until acknowledged, with the same client message id each time (as a client does
+/// while ownership moves).
+pub async fn must_send_retrying(
+    conn: &chat_client::Connection,
+    conv: chat_types::ConversationId,
+    id: &str,
+    body: &str,
+) -> chat_client::Ack {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cmid = chat_types::ClientMsgId::new(id).expect("valid client message id");
+        match conn.send(conv, cmid, body).await {
+            Ok(ack) => return ack,
+            Err(e) if Instant::now() < deadline && e.code().is_some_and(|c| c.retryable()) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("send {id}: {e:?}"),
+        }
+    }
+}
