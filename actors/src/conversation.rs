@@ -309,7 +309,10 @@ impl Actor for ConversationActor {
                     }
                 };
                 let log_ref = LogRef::Conversation(state.conversation);
-                let entries = Entries::Messages(vec![outcome.message.clone()]);
+                let entries = Entries::Messages(vec![chat_storage::Written {
+                    message: outcome.message.clone(),
+                    epoch: ring.epoch(),
+                }]);
                 let replicated = if router.breakage.ack_before_quorum {
                     // Deliberately broken (tests only): acknowledge now, replicate later.
                     let (router, ring) = (router.clone(), ring.clone());
@@ -323,9 +326,9 @@ impl Actor for ConversationActor {
                 };
                 if let Err(e) = replicated {
                     tracing::warn!(conv = %state.conversation, seq = %outcome.message.seq, error = %e, "no replica quorum; not acknowledged");
-                    if matches!(e, ActorError::StaleEpoch { .. }) {
-                        state.synced_at = None;
-                    }
+                    // Catch up again before the next append: this node may no longer be the
+                    // owner others see, and must not pile up writes nobody acknowledged.
+                    state.synced_at = None;
                     let _ = reply.send(Err(ActorError::Unavailable(format!(
                         "not stored on a majority of replicas; retry with the same client_msg_id ({e})"
                     ))));

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use chat_cluster::ring::{conversation_key, user_key, Ring};
-use chat_storage::{ConversationLog, StorageError, UserEventLog};
-use chat_types::{ConversationId, Event, EventSeq, Message, NodeId, RingEpoch, Seq, UserId};
+use chat_storage::{ConversationLog, StorageError, UserEventLog, Written};
+use chat_types::{ConversationId, Event, EventSeq, NodeId, RingEpoch, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ActorError;
@@ -43,7 +43,8 @@ impl LogRef {
 /// Consecutive entries of one log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Entries {
-    Messages(Vec<Message>),
+    /// Messages with the epoch each was written under (the newer wins a diverged seq).
+    Messages(Vec<Written>),
     Events(Vec<Event>),
 }
 
@@ -51,14 +52,14 @@ impl Entries {
     /// The position of the first entry.
     pub fn first(&self) -> Option<u64> {
         match self {
-            Entries::Messages(m) => m.first().map(|m| m.seq.0),
+            Entries::Messages(m) => m.first().map(|w| w.message.seq.0),
             Entries::Events(e) => e.first().map(|e| e.event_seq.0),
         }
     }
 
     pub fn last(&self) -> Option<u64> {
         match self {
-            Entries::Messages(m) => m.last().map(|m| m.seq.0),
+            Entries::Messages(m) => m.last().map(|w| w.message.seq.0),
             Entries::Events(e) => e.last().map(|e| e.event_seq.0),
         }
     }
@@ -67,7 +68,7 @@ impl Entries {
     pub fn before(self, before: u64) -> Entries {
         match self {
             Entries::Messages(m) => {
-                Entries::Messages(m.into_iter().filter(|m| m.seq.0 < before).collect())
+                Entries::Messages(m.into_iter().filter(|w| w.message.seq.0 < before).collect())
             }
             Entries::Events(e) => {
                 Entries::Events(e.into_iter().filter(|e| e.event_seq.0 < before).collect())
@@ -78,7 +79,7 @@ impl Entries {
     fn belongs_to(&self, log: &LogRef) -> bool {
         match (self, log) {
             (Entries::Messages(m), LogRef::Conversation(c)) => {
-                m.iter().all(|m| m.conversation == *c)
+                m.iter().all(|w| w.message.conversation == *c)
             }
             (Entries::Events(_), LogRef::User(_)) => true,
             _ => false,
@@ -134,7 +135,7 @@ impl LocalLogs {
         match log {
             LogRef::Conversation(c) => self
                 .conversations
-                .read_after(&c, Seq(after), limit)
+                .read_written_after(&c, Seq(after), limit)
                 .map(Entries::Messages),
             LogRef::User(u) => self
                 .events

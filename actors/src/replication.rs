@@ -31,6 +31,8 @@ use crate::router::{lock, Router};
 /// Entries per catch-up or repair page.
 const PAGE: u32 = 500;
 const SEAL_ATTEMPTS: u32 = 10;
+/// How far below the shorter head a catch-up compares entries (see `catch_up`).
+const RECONCILE_WINDOW: u64 = 16;
 
 impl Router {
     pub(crate) fn ring(&self) -> std::sync::Arc<Ring> {
@@ -184,21 +186,28 @@ impl Router {
         // Fetch from the fullest source first; the others then only add what it lacked.
         heads.sort_by_key(|h| std::cmp::Reverse(h.1));
         for (node, their_head) in &heads {
-            let mut local = self.logs.head(log)?;
-            while local < *their_head {
+            // Start a little below the shorter head: the last entries this node wrote as an
+            // earlier owner may never have reached a quorum and been replaced by a newer
+            // owner's (an owner whose quorum write fails stops appending until it has caught
+            // up again, so there are only a few such entries). Fetched entries of a newer
+            // epoch replace them.
+            let local_head = self.logs.head(log)?;
+            let mut after = local_head.min(*their_head).saturating_sub(RECONCILE_WINDOW);
+            while after < *their_head {
                 let body = ActorRequestBody::Fetch {
                     log,
-                    after: local,
+                    after,
                     limit: PAGE,
                 };
                 let page = match self.direct(*node, epoch, body).await? {
                     ActorReply::Entries { entries, .. } => entries,
                     _ => return Err(ActorError::BadPayload("unexpected reply to fetch".into())),
                 };
-                if page.first().is_none() {
+                let Some(last) = page.last() else {
                     break;
-                }
-                local = self.logs.apply(log, epoch, page).await?;
+                };
+                self.logs.apply(log, epoch, page).await?;
+                after = last;
             }
         }
         let head = self.logs.head(log)?;

@@ -10,8 +10,8 @@ use chat_client::Connection;
 use chat_types::rest::HistoryQuery;
 use chat_types::Seq;
 use harness::{
-    must_be_ready, must_be_ready_with, must_find_conversation_on, must_send_retrying,
-    must_start_trio,
+    must_be_ready, must_be_ready_with, must_find_conversation_on, must_partition,
+    must_send_retrying, must_start_trio,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,4 +81,79 @@ async fn a_killed_owner_is_replaced_without_an_operator_and_rejoins_when_back() 
         history.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
         (1..=7).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_owner_is_routed_around_and_cannot_fork_the_log() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let trio = must_start_trio(root.path(), &[]).await;
+    let api = trio.nodes[0].api();
+    let (_, conv) = must_find_conversation_on(&api, &trio.ring, trio.ids[2], "pt").await;
+    let token = api
+        .login("pt0", "correct horse")
+        .await
+        .expect("login")
+        .token;
+    let (conn, _) = Connection::connect(&api.ws_url(&token))
+        .await
+        .expect("connect");
+    // A second client of the same user stays on the node that will be cut off.
+    let (cut_off, _) = Connection::connect(&trio.nodes[2].api().ws_url(&token))
+        .await
+        .expect("connect to n3");
+    for i in 1..=3u64 {
+        assert_eq!(
+            must_send_retrying(&conn, conv, &format!("m{i}"), "x")
+                .await
+                .seq,
+            Seq(i)
+        );
+    }
+
+    must_partition(&trio.nodes, Some(2)).await;
+    let ack = must_send_retrying(&conn, conv, "m4", "x").await;
+    assert_eq!(
+        ack.seq,
+        Seq(4),
+        "the majority side takes over with every message"
+    );
+    must_be_ready_with(&trio.nodes[0], 2, 3).await;
+    // The cut-off node cannot get a write acknowledged: no replica takes its epoch.
+    let lonely = cut_off
+        .send(
+            conv,
+            chat_types::ClientMsgId::new("lonely").expect("id"),
+            "x",
+        )
+        .await;
+    assert!(
+        lonely.is_err(),
+        "a minority owner must not acknowledge: {lonely:?}"
+    );
+
+    must_partition(&trio.nodes, None).await;
+    for n in &trio.nodes {
+        must_be_ready(n, 3).await;
+    }
+    let ack = must_send_retrying(&conn, conv, "m5", "x").await;
+    assert_eq!(ack.seq, Seq(5), "one history after healing, no fork");
+    let history = api
+        .history(
+            &token,
+            conv,
+            HistoryQuery {
+                limit: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        history.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+        (1..=5).collect::<Vec<_>>()
+    );
+    assert!(history
+        .messages
+        .iter()
+        .all(|m| m.client_msg_id.as_str() != "lonely"));
 }

@@ -63,8 +63,12 @@ pub trait ConversationLog: Send + Sync {
     fn head(&self, conv: &ConversationId) -> Result<Seq, StorageError>;
     /// Stores messages assigned by the owner at `epoch`, at their own seqs. Messages already
     /// present are skipped (a message already stored at a seq wins). Returns the new head.
-    fn apply_replicated(&self, epoch: RingEpoch, messages: &[Message])
-        -> Result<Seq, StorageError>;
+    ///
+    /// Where a different message already sits at the same seq, the one written under the
+    /// newer epoch wins: a message at a seq that a newer owner also wrote cannot have been
+    /// acknowledged (the newer owner caught up from a majority first), so it is an old
+    /// owner's unacknowledged write and gives way.
+    fn apply_replicated(&self, epoch: RingEpoch, entries: &[Written]) -> Result<Seq, StorageError>;
     /// Raises the fence to `epoch` (refusing an older one) and returns the head: after this,
     /// writes from older epochs are refused.
     fn seal(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<Seq, StorageError>;
@@ -75,6 +79,14 @@ pub trait ConversationLog: Send + Sync {
     fn set_delivered(&self, conv: &ConversationId, seq: Seq) -> Result<(), StorageError>;
     /// Conversations held here with messages beyond their delivery watermark.
     fn undelivered(&self) -> Result<Vec<ConversationId>, StorageError>;
+    /// [`ConversationLog::read_after`] with the epoch each message was written under, for
+    /// replication and catch-up.
+    fn read_written_after(
+        &self,
+        conv: &ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Written>, StorageError>;
     /// Up to `limit` messages with seq > `after`, ascending.
     fn read_after(
         &self,
@@ -91,6 +103,13 @@ pub trait ConversationLog: Send + Sync {
     ) -> Result<Vec<Message>, StorageError>;
 }
 
+/// A message with the ring epoch of the owner that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    pub message: Message,
+    pub epoch: RingEpoch,
+}
+
 /// The record stored per message; the conversation and seq are in the key.
 #[derive(Serialize, Deserialize)]
 struct StoredMessageV1 {
@@ -101,6 +120,9 @@ struct StoredMessageV1 {
     /// Added after the first release of this format: absent in older records.
     #[serde(default)]
     refers: Option<MessageRef>,
+    /// The epoch of the owner that wrote it (0 in older records).
+    #[serde(default)]
+    epoch: u64,
 }
 
 /// Switches that break a guarantee on purpose, so that tests can show their checks fail.
@@ -148,17 +170,24 @@ impl RocksConversationLog {
     }
 
     fn decode_message(key: &[u8], value: &[u8]) -> Result<Message, StorageError> {
+        Self::decode_written(key, value).map(|w| w.message)
+    }
+
+    fn decode_written(key: &[u8], value: &[u8]) -> Result<Written, StorageError> {
         let (conversation, seq) =
             split_message_key(key).ok_or_else(|| StorageError::corrupt(CF_MSG, key))?;
         let m: StoredMessageV1 = decode_versioned(CF_MSG, MESSAGE_FORMAT, key, value)?;
-        Ok(Message {
-            conversation,
-            seq,
-            sender: m.sender,
-            client_msg_id: m.client_msg_id,
-            body: m.body,
-            ts_ms: m.ts_ms,
-            refers: m.refers,
+        Ok(Written {
+            message: Message {
+                conversation,
+                seq,
+                sender: m.sender,
+                client_msg_id: m.client_msg_id,
+                body: m.body,
+                ts_ms: m.ts_ms,
+                refers: m.refers,
+            },
+            epoch: RingEpoch(m.epoch),
         })
     }
 
@@ -198,6 +227,7 @@ impl ConversationLog for RocksConversationLog {
             body: req.body,
             ts_ms: req.ts_ms,
             refers: req.refers,
+            epoch: req.epoch.0,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(
@@ -244,24 +274,32 @@ impl ConversationLog for RocksConversationLog {
         }
     }
 
-    fn apply_replicated(
-        &self,
-        epoch: RingEpoch,
-        messages: &[Message],
-    ) -> Result<Seq, StorageError> {
-        let Some(first) = messages.first() else {
+    fn apply_replicated(&self, epoch: RingEpoch, entries: &[Written]) -> Result<Seq, StorageError> {
+        let Some(first) = entries.first() else {
             return Ok(Seq(0));
         };
-        let conv = first.conversation;
+        let conv = first.message.conversation;
         let _guard = self.stripe(&conv).lock().unwrap_or_else(|p| p.into_inner());
         self.check_fence(&conv, epoch)?;
         let db = self.store.db();
         let mut head = self.head(&conv)?;
         let mut batch = WriteBatch::default();
-        for m in messages.iter().filter(|m| m.conversation == conv) {
+        for w in entries.iter().filter(|w| w.message.conversation == conv) {
+            let m = &w.message;
             let mkey = message_key(&conv, m.seq);
-            if db.get_pinned_cf(self.store.cf(CF_MSG)?, mkey)?.is_some() {
-                continue;
+            if let Some(existing) = db.get_pinned_cf(self.store.cf(CF_MSG)?, mkey)? {
+                let existing = Self::decode_written(&mkey, &existing)?;
+                if existing.message == *m || existing.epoch >= w.epoch {
+                    continue;
+                }
+                // An old owner's unacknowledged write gives way to the newer owner's.
+                tracing::warn!(conv = %conv, seq = %m.seq, old = %existing.epoch, new = %w.epoch, "replacing a diverged message");
+                let old = dedup_key(
+                    &conv,
+                    existing.message.sender,
+                    existing.message.client_msg_id.as_str(),
+                );
+                batch.delete_cf(self.store.cf(CF_DEDUP)?, old);
             }
             let record = StoredMessageV1 {
                 sender: m.sender,
@@ -269,6 +307,7 @@ impl ConversationLog for RocksConversationLog {
                 body: m.body.clone(),
                 ts_ms: m.ts_ms,
                 refers: m.refers,
+                epoch: w.epoch.0,
             };
             batch.put_cf(
                 self.store.cf(CF_MSG)?,
@@ -348,6 +387,18 @@ impl ConversationLog for RocksConversationLog {
         Ok(())
     }
 
+    fn read_written_after(
+        &self,
+        conv: &ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<Written>, StorageError> {
+        let Some(start) = after.0.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.scan_written(conv, Seq(start), Direction::Forward, limit)
+    }
+
     fn read_after(
         &self,
         conv: &ConversationId,
@@ -403,6 +454,20 @@ impl RocksConversationLog {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<Message>, StorageError> {
+        Ok(self
+            .scan_written(conv, from, direction, limit)?
+            .into_iter()
+            .map(|w| w.message)
+            .collect())
+    }
+
+    fn scan_written(
+        &self,
+        conv: &ConversationId,
+        from: Seq,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Written>, StorageError> {
         let from = message_key(conv, from);
         let prefix = conv.to_key();
         let mut out = Vec::new();
@@ -418,7 +483,7 @@ impl RocksConversationLog {
             if k.len() < CONV_LEN || k[..CONV_LEN] != prefix {
                 break;
             }
-            out.push(Self::decode_message(&k, &v)?);
+            out.push(Self::decode_written(&k, &v)?);
             if out.len() >= limit {
                 break;
             }
@@ -536,23 +601,68 @@ mod tests {
                     .message
             })
             .collect();
+        let written = owner.read_written_after(&c, Seq(0), 10).expect("read");
+        assert!(written.iter().all(|w| w.epoch == RingEpoch(1)));
         // Out of order and repeated: the replica ends with the owner's seqs, once each.
         assert_eq!(
             replica
-                .apply_replicated(RingEpoch(1), &msgs[2..])
+                .apply_replicated(RingEpoch(1), &written[2..])
                 .expect("apply"),
             Seq(4)
         );
         replica
-            .apply_replicated(RingEpoch(1), &msgs)
+            .apply_replicated(RingEpoch(1), &written)
             .expect("apply");
         replica
-            .apply_replicated(RingEpoch(1), &msgs[..1])
+            .apply_replicated(RingEpoch(1), &written[..1])
             .expect("apply again");
         assert_eq!(replica.read_after(&c, Seq(0), 10).expect("read"), msgs);
         // The dedup records came along: a retry at the replica (a new owner) finds them.
         let again = replica.append(req(c, 1, "m3", "x")).expect("append");
         assert_eq!((again.message.seq, again.duplicate), (Seq(3), true));
+    }
+
+    #[test]
+    fn a_newer_owners_message_replaces_an_old_owners_unacknowledged_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        log.append(req(c, 1, "m1", "kept")).expect("append");
+        // An old owner (epoch 1) stored seq 2 locally; it never reached a quorum.
+        log.append(req(c, 2, "lonely", "lost")).expect("append");
+        // The newer owner (epoch 3) wrote its own seq 2, which was acknowledged.
+        let newer = Written {
+            message: Message {
+                conversation: c,
+                seq: Seq(2),
+                sender: UserId(1),
+                client_msg_id: ClientMsgId::new("acked").expect("id"),
+                body: "acked".into(),
+                ts_ms: 9,
+                refers: None,
+            },
+            epoch: RingEpoch(3),
+        };
+        log.apply_replicated(RingEpoch(3), std::slice::from_ref(&newer))
+            .expect("apply");
+        let page = log.read_after(&c, Seq(0), 10).expect("read");
+        assert_eq!(page[1], newer.message, "the newer epoch wins the seq");
+        // The loser's dedup record is gone: its retry is a new message, not seq 2.
+        let mut retry = req(c, 2, "lonely", "lost");
+        retry.epoch = RingEpoch(3);
+        let out = log.append(retry).expect("append");
+        assert_eq!((out.message.seq, out.duplicate), (Seq(3), false));
+        // And the same entry again, or an older one, changes nothing.
+        let older = Written {
+            epoch: RingEpoch(2),
+            ..newer.clone()
+        };
+        log.apply_replicated(RingEpoch(3), &[newer, older])
+            .expect("apply");
+        assert_eq!(
+            log.read_after(&c, Seq(1), 1).expect("read")[0].body,
+            "acked"
+        );
     }
 
     #[test]
@@ -569,6 +679,10 @@ mod tests {
         let stale = Message {
             seq: Seq(2),
             ..log.read_after(&c, Seq(0), 1).expect("read")[0].clone()
+        };
+        let stale = Written {
+            message: stale,
+            epoch: RingEpoch(4),
         };
         assert!(log.apply_replicated(RingEpoch(4), &[stale]).is_err());
         assert!(log.seal(&c, RingEpoch(4)).is_err());

@@ -18,7 +18,7 @@ pub mod raft_kv;
 pub mod user_events;
 
 pub use conversation_log::{
-    AppendOutcome, AppendRequest, Breakage, ConversationLog, RocksConversationLog,
+    AppendOutcome, AppendRequest, Breakage, ConversationLog, RocksConversationLog, Written,
 };
 pub use db::{Durability, Store};
 pub use error::StorageError;

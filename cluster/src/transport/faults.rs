@@ -39,6 +39,19 @@ impl Faults {
         s.delay = Duration::ZERO;
     }
 
+    /// Replaces the set of unreachable peer addresses.
+    pub fn set_partitioned(&self, addrs: impl IntoIterator<Item = String>) {
+        self.state().partitioned = addrs.into_iter().collect();
+    }
+
+    /// The peer addresses currently cut off, and the added delay.
+    pub fn snapshot(&self) -> (Vec<String>, Duration) {
+        let s = self.state();
+        let mut cut: Vec<String> = s.partitioned.iter().cloned().collect();
+        cut.sort();
+        (cut, s.delay)
+    }
+
     pub fn set_delay(&self, delay: Duration) {
         self.state().delay = delay;
     }

@@ -118,3 +118,38 @@ pub async fn drain(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse
         Err(e) => error_response(&state, WireError::new(ErrorCode::Internal, e.to_string())),
     }
 }
+
+/// The fault switches of this node's peer transport, for fault-injection runs (our kernels
+/// have no netem): `{"partition": [peer addresses this node cannot reach], "delay_ms": n}`
+/// replaces both; `{}` heals. A partition is one-way: cut a node off by setting it on every
+/// side.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsBody {
+    #[serde(default)]
+    partition: Vec<String>,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+pub async fn set_faults(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<FaultsBody>,
+) -> HttpResponse {
+    if let Err(e) = check_admin(&state, &req) {
+        return error_response(&state, e);
+    }
+    if body.delay_ms > 60_000 {
+        return error_response(
+            &state,
+            WireError::new(ErrorCode::InvalidArgument, "delay_ms is at most 60000"),
+        );
+    }
+    let faults = state.meta.transport().faults();
+    faults.set_partitioned(body.partition.iter().cloned());
+    faults.set_delay(std::time::Duration::from_millis(body.delay_ms));
+    tracing::warn!(partition = ?body.partition, delay_ms = body.delay_ms, "peer faults set");
+    let (cut, delay) = faults.snapshot();
+    HttpResponse::Ok().json(json!({ "partition": cut, "delay_ms": delay.as_millis() as u64 }))
+}

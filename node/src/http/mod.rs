@@ -82,7 +82,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/v1/admin/nodes/{id}/remove",
             web::post().to(admin::remove_node),
         )
-        .route("/v1/admin/drain", web::post().to(admin::drain));
+        .route("/v1/admin/drain", web::post().to(admin::drain))
+        .route("/v1/admin/faults", web::put().to(admin::set_faults));
     web_client::routes(cfg);
 }
 

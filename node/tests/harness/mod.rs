@@ -218,6 +218,32 @@ pub mod reqwest_lite {
             Ok((status, body))
         }
 
+        /// PUT a JSON body with a bearer token; returns the status.
+        pub async fn put_json(
+            &self,
+            url: &str,
+            token: &str,
+            body: &serde_json::Value,
+        ) -> std::io::Result<u16> {
+            let rest = url.strip_prefix("http://").unwrap_or(url);
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let body = body.to_string();
+            let mut s = tokio::net::TcpStream::connect(host).await?;
+            let req = format!(
+                "PUT /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            Ok(text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0))
+        }
+
         pub async fn get_json(&self, url: &str) -> std::io::Result<serde_json::Value> {
             let (_, body) = self.get(url).await?;
             serde_json::from_str(&body).map_err(std::io::Error::other)
@@ -306,5 +332,32 @@ pub async fn must_send_retrying(
             }
             Err(e) => panic!("send {id}: {e:?}"),
         }
+    }
+}
+
+/// Cuts `victim` off from the other nodes on the peer wire (both directions), or heals all
+/// when `victim` is `None`.
+pub async fn must_partition(nodes: &[NodeProc], victim: Option<usize>) {
+    let client = reqwest_lite::Client;
+    for (i, n) in nodes.iter().enumerate() {
+        let cut: Vec<String> = match victim {
+            None => Vec::new(),
+            Some(v) if v == i => nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != v)
+                .map(|(_, o)| o.peer.clone())
+                .collect(),
+            Some(v) => vec![nodes[v].peer.clone()],
+        };
+        let status = client
+            .put_json(
+                &format!("{}/v1/admin/faults", n.base_url()),
+                ADMIN_TOKEN,
+                &serde_json::json!({ "partition": cut }),
+            )
+            .await
+            .expect("set faults");
+        assert_eq!(status, 200, "faults on {}", n.name);
     }
 }
