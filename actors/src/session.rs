@@ -115,13 +115,18 @@ impl SessionState {
                 self.synced_at = None;
             }
         })?;
-        router
+        let replicated = router
             .replicate_quorum(
                 LogRef::User(user),
                 &ring,
                 Entries::Events(vec![event.clone()]),
             )
-            .await?;
+            .await;
+        if let Err(e) = replicated {
+            // Catch up again before the next event, as a conversation owner does.
+            self.synced_at = None;
+            return Err(e);
+        }
         tracing::debug!(user = %user, event = %event.event_seq, duplicate, "event appended");
         // A repeated event (a retried delivery, a new conversation owner delivering again)
         // was pushed the first time; a client that missed it finds it by resuming.
