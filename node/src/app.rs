@@ -154,6 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         router: router.clone(),
         metrics: metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
+        limits: crate::ratelimit::RateLimits::new(&config.rate_limits),
     });
     let json_limit = config.limits.max_frame_bytes as usize;
     let server = HttpServer::new(move || {

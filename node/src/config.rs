@@ -14,6 +14,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub push: PushConfig,
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -253,6 +254,7 @@ impl Config {
         if let Some(url) = &self.push.webhook_url {
             crate::push::WebhookUrl::parse(url).map_err(ConfigError::Invalid)?;
         }
+        self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         if self.push.attempts == 0 || self.push.queue == 0 || self.push.timeout_ms == 0 {
             return bad("push: attempts, queue and timeout_ms must be > 0");
         }

@@ -12,6 +12,7 @@ mod config;
 mod http;
 mod metrics;
 mod push;
+mod ratelimit;
 
 use std::path::PathBuf;
 

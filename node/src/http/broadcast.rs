@@ -30,6 +30,7 @@ pub async fn handle(
     origin: Option<ConnRef>,
     req: BroadcastRequest,
 ) -> Result<ServerFrame, WireError> {
+    state.limits.send(me.user_id)?;
     validate_body(&req.body, &state.config.wire_limits())
         .map_err(|e| WireError::new(ErrorCode::InvalidArgument, e.to_string()))?;
     let mut targets: Vec<ConversationId> = Vec::new();

@@ -34,6 +34,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The node's main runtime: long-lived work is spawned here, not on an actix worker.
     pub runtime: tokio::runtime::Handle,
+    pub limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

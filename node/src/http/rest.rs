@@ -34,7 +34,15 @@ pub async fn register(
     }
 }
 
-pub async fn login(state: web::Data<AppState>, body: web::Json<LoginRequest>) -> HttpResponse {
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<LoginRequest>,
+) -> HttpResponse {
+    let ip = req.peer_addr().map(|a| a.ip());
+    if let Err(e) = state.limits.login(ip, &body.username) {
+        return error_response(&state, e);
+    }
     match state.auth.login(&body.username, &body.password).await {
         Ok((token, user_id, username)) => {
             Metrics::inc(&state.metrics.logins_total);

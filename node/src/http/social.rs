@@ -289,6 +289,9 @@ pub async fn change_relation(
     other: UserId,
 ) -> Result<RelationResponse, WireError> {
     let user_id = me.user_id;
+    if matches!(action, ContactAction::Request) {
+        state.limits.contact_request(user_id)?;
+    }
     let now_ms = now_ms();
     let cmd = match action {
         ContactAction::Request => MetaCommand::RequestContact {

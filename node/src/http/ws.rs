@@ -352,6 +352,9 @@ impl Conn {
                     return self.error(Some(id), e).await;
                 }
                 let user = self.principal.user_id;
+                if let Err(e) = self.state.limits.send(user) {
+                    return self.error(Some(id), e).await;
+                }
                 if let Err(e) = social::check_direct(&self.state, user, &conversation) {
                     return self.error(Some(id), e).await;
                 }
