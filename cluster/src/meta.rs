@@ -746,12 +746,8 @@ impl MetaState {
                 }
                 let id = GroupId(self.next_group.max(1));
                 self.next_group = id.0 + 1;
-                let mut changes = vec![GroupChange::Created];
-                changes.extend(
-                    set.keys()
-                        .filter(|u| *u != creator)
-                        .map(|u| GroupChange::MemberAdded { user: *u }),
-                );
+                // The first members are in the group itself; one change marks the creation.
+                let changes = vec![GroupChange::Created];
                 self.groups.insert(
                     id,
                     GroupRecord {

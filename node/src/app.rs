@@ -148,7 +148,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("offline push through the configured webhook");
     }
     let state = web::Data::new(AppState {
-        auth: Auth::new(meta.clone(), config.auth.hash_concurrency),
+        auth: Auth::new(
+            meta.clone(),
+            config.auth.hash_concurrency,
+            config.auth.argon2_memory_kib,
+        ),
         config: config.clone(),
         meta: meta.clone(),
         router: router.clone(),

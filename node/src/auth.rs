@@ -66,6 +66,8 @@ impl HashPool {
 pub struct Auth {
     meta: Arc<Metadata>,
     hashing: HashPool,
+    /// argon2id memory cost for new hashes (verification reads it from the stored hash).
+    memory_kib: u32,
 }
 
 /// An authenticated user.
@@ -74,6 +76,12 @@ pub struct Principal {
     pub user_id: UserId,
     pub username: String,
     pub token_hash: String,
+}
+
+/// argon2id with the given memory cost, two passes, one lane (the defaults but memory).
+fn hasher(memory_kib: u32) -> Argon2<'static> {
+    let params = argon2::Params::new(memory_kib, 2, 1, None).unwrap_or_default();
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
 /// Wall-clock milliseconds, for the timestamps that commands carry (the state machine reads no
@@ -95,10 +103,11 @@ fn internal(e: impl std::fmt::Display) -> WireError {
 }
 
 impl Auth {
-    pub fn new(meta: Arc<Metadata>, hash_concurrency: usize) -> Self {
+    pub fn new(meta: Arc<Metadata>, hash_concurrency: usize, memory_kib: u32) -> Self {
         Auth {
             meta,
             hashing: HashPool::new(hash_concurrency),
+            memory_kib,
         }
     }
 
@@ -121,11 +130,12 @@ impl Auth {
         if self.meta.read(|s| s.user_by_name(&username).is_some()) {
             return Err(WireError::new(ErrorCode::Conflict, "username is taken"));
         }
+        let memory_kib = self.memory_kib;
         let password = password.to_owned();
         let hash = self
             .blocking(move || {
                 let salt = SaltString::generate(&mut rand::rngs::OsRng);
-                Argon2::default()
+                hasher(memory_kib)
                     .hash_password(password.as_bytes(), &salt)
                     .map(|h| h.to_string())
             })

@@ -118,6 +118,9 @@ impl Default for LimitsConfig {
 pub struct AuthConfig {
     /// Password hashes computed at once (each holds ~19 MiB and a core for tens of ms).
     pub hash_concurrency: usize,
+    /// argon2id memory cost of new password hashes, KiB (19456, OWASP's minimum, by default;
+    /// lower only for tests).
+    pub argon2_memory_kib: u32,
     /// File holding the operator token for `/v1/admin` (the `CHAT_ADMIN_TOKEN` environment
     /// variable takes precedence). Without either, the admin API is disabled.
     pub admin_token_file: Option<PathBuf>,
@@ -132,6 +135,7 @@ impl Default for AuthConfig {
             hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            argon2_memory_kib: 19_456,
             admin_token_file: None,
             admin_token: None,
         }
@@ -257,6 +261,9 @@ impl Config {
         self.rate_limits.validate().map_err(ConfigError::Invalid)?;
         if self.push.attempts == 0 || self.push.queue == 0 || self.push.timeout_ms == 0 {
             return bad("push: attempts, queue and timeout_ms must be > 0");
+        }
+        if self.auth.argon2_memory_kib < 8 {
+            return bad("auth.argon2_memory_kib must be at least 8");
         }
         if self.auth.hash_concurrency == 0 {
             return bad("auth.hash_concurrency must be > 0");
