@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use chat_cluster::ring::{conversation_key, user_key, Ring};
-use chat_storage::{ConversationLog, StorageError, UserEventLog, Written};
-use chat_types::{ConversationId, Event, EventSeq, NodeId, RingEpoch, Seq, UserId};
+use chat_storage::{ConversationLog, StorageError, UserEventLog, Written, WrittenEvent};
+use chat_types::{ConversationId, EventSeq, NodeId, RingEpoch, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ActorError;
@@ -45,7 +45,8 @@ impl LogRef {
 pub enum Entries {
     /// Messages with the epoch each was written under (the newer wins a diverged seq).
     Messages(Vec<Written>),
-    Events(Vec<Event>),
+    /// Events with the epoch each was written under.
+    Events(Vec<WrittenEvent>),
 }
 
 impl Entries {
@@ -53,14 +54,14 @@ impl Entries {
     pub fn first(&self) -> Option<u64> {
         match self {
             Entries::Messages(m) => m.first().map(|w| w.message.seq.0),
-            Entries::Events(e) => e.first().map(|e| e.event_seq.0),
+            Entries::Events(e) => e.first().map(|w| w.event.event_seq.0),
         }
     }
 
     pub fn last(&self) -> Option<u64> {
         match self {
             Entries::Messages(m) => m.last().map(|w| w.message.seq.0),
-            Entries::Events(e) => e.last().map(|e| e.event_seq.0),
+            Entries::Events(e) => e.last().map(|w| w.event.event_seq.0),
         }
     }
 
@@ -70,9 +71,11 @@ impl Entries {
             Entries::Messages(m) => {
                 Entries::Messages(m.into_iter().filter(|w| w.message.seq.0 < before).collect())
             }
-            Entries::Events(e) => {
-                Entries::Events(e.into_iter().filter(|e| e.event_seq.0 < before).collect())
-            }
+            Entries::Events(e) => Entries::Events(
+                e.into_iter()
+                    .filter(|w| w.event.event_seq.0 < before)
+                    .collect(),
+            ),
         }
     }
 
@@ -139,7 +142,7 @@ impl LocalLogs {
                 .map(Entries::Messages),
             LogRef::User(u) => self
                 .events
-                .read_after(u, EventSeq(after), limit)
+                .read_written_after(u, EventSeq(after), limit)
                 .map(Entries::Events),
         }
         .map_err(storage_error)

@@ -119,7 +119,10 @@ impl SessionState {
             .replicate_quorum(
                 LogRef::User(user),
                 &ring,
-                Entries::Events(vec![event.clone()]),
+                Entries::Events(vec![chat_storage::WrittenEvent {
+                    event: event.clone(),
+                    epoch,
+                }]),
             )
             .await;
         if let Err(e) = replicated {

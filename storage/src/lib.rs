@@ -22,4 +22,4 @@ pub use conversation_log::{
 };
 pub use db::{Durability, Store};
 pub use error::StorageError;
-pub use user_events::{RocksUserEventLog, UserEventLog};
+pub use user_events::{RocksUserEventLog, UserEventLog, WrittenEvent};

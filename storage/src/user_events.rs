@@ -25,7 +25,35 @@ use crate::error::StorageError;
 use crate::fence;
 use crate::keys::{decode_u64_v1, decode_versioned, encode_u64_v1, encode_versioned};
 
-const EVENT_FORMAT: u8 = 1;
+/// Version 1 stored the bare event; version 2 adds the writer's epoch.
+const EVENT_FORMAT_V1: u8 = 1;
+const EVENT_FORMAT: u8 = 2;
+
+/// An event with the ring epoch of the home node that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenEvent {
+    pub event: Event,
+    pub epoch: RingEpoch,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEventV2 {
+    event: UserEvent,
+    epoch: u64,
+}
+
+fn decode_event(key: &[u8], value: &[u8]) -> Result<(UserEvent, RingEpoch), StorageError> {
+    match value.first() {
+        Some(&EVENT_FORMAT_V1) => Ok((
+            decode_versioned(CF_EVENTS, EVENT_FORMAT_V1, key, value)?,
+            RingEpoch(0),
+        )),
+        _ => {
+            let r: StoredEventV2 = decode_versioned(CF_EVENTS, EVENT_FORMAT, key, value)?;
+            Ok((r.event, RingEpoch(r.epoch)))
+        }
+    }
+}
 const LOCK_STRIPES: usize = 64;
 
 /// The event streams of the users this node holds.
@@ -45,13 +73,21 @@ pub trait UserEventLog: Send + Sync {
         after: EventSeq,
         limit: usize,
     ) -> Result<Vec<Event>, StorageError>;
-    /// Stores events assigned by the owner at `epoch` at their own seqs; present ones are
-    /// skipped. Returns the new head.
+    /// [`UserEventLog::read_after`] with each event's writer epoch, for replication.
+    fn read_written_after(
+        &self,
+        user: UserId,
+        after: EventSeq,
+        limit: usize,
+    ) -> Result<Vec<WrittenEvent>, StorageError>;
+    /// Stores events assigned by the owner at their own seqs; present ones are skipped, but
+    /// an event written under a newer epoch replaces a different one (an old home's
+    /// unacknowledged write; see the conversation log). Returns the new head.
     fn apply_replicated(
         &self,
         user: UserId,
         epoch: RingEpoch,
-        events: &[Event],
+        events: &[WrittenEvent],
     ) -> Result<EventSeq, StorageError>;
     /// Raises the fence to `epoch` (refusing an older one) and returns the head.
     fn seal(&self, user: UserId, epoch: RingEpoch) -> Result<EventSeq, StorageError>;
@@ -197,7 +233,7 @@ impl RocksUserEventLog {
             .ok_or_else(|| StorageError::corrupt(CF_EVENT_DEDUP, &key))?;
         Ok(Event {
             event_seq: seq,
-            event: decode_versioned(CF_EVENTS, EVENT_FORMAT, &key, &value)?,
+            event: decode_event(&key, &value)?.0,
         })
     }
 
@@ -255,11 +291,16 @@ impl RocksUserEventLog {
         user: UserId,
         seq: EventSeq,
         event: &UserEvent,
+        epoch: RingEpoch,
     ) -> Result<(), StorageError> {
+        let record = StoredEventV2 {
+            event: event.clone(),
+            epoch: epoch.0,
+        };
         batch.put_cf(
             self.store.cf(CF_EVENTS)?,
             event_key(user, seq),
-            encode_versioned(CF_EVENTS, EVENT_FORMAT, event)?,
+            encode_versioned(CF_EVENTS, EVENT_FORMAT, &record)?,
         );
         if let Some(dk) = event_dedup_key(user, event) {
             batch.put_cf(self.store.cf(CF_EVENT_DEDUP)?, dk, encode_u64_v1(seq.0));
@@ -290,7 +331,7 @@ impl UserEventLog for RocksUserEventLog {
         }
         let seq = self.head(user)?.next();
         let mut batch = WriteBatch::default();
-        self.put_event(&mut batch, user, seq, &event)?;
+        self.put_event(&mut batch, user, seq, &event, epoch)?;
         let mut changed = HashMap::new();
         self.fold_summary(&mut changed, user, &event)?;
         self.put_summaries(&mut batch, user, changed)?;
@@ -330,6 +371,19 @@ impl UserEventLog for RocksUserEventLog {
         after: EventSeq,
         limit: usize,
     ) -> Result<Vec<Event>, StorageError> {
+        Ok(self
+            .read_written_after(user, after, limit)?
+            .into_iter()
+            .map(|w| w.event)
+            .collect())
+    }
+
+    fn read_written_after(
+        &self,
+        user: UserId,
+        after: EventSeq,
+        limit: usize,
+    ) -> Result<Vec<WrittenEvent>, StorageError> {
         let mut out = Vec::new();
         let Some(start) = after.0.checked_add(1) else {
             return Ok(out);
@@ -349,9 +403,13 @@ impl UserEventLog for RocksUserEventLog {
             }
             let mut seq = [0u8; 8];
             seq.copy_from_slice(&k[8..]);
-            out.push(Event {
-                event_seq: EventSeq(u64::from_be_bytes(seq)),
-                event: decode_versioned(CF_EVENTS, EVENT_FORMAT, &k, &v)?,
+            let (event, epoch) = decode_event(&k, &v)?;
+            out.push(WrittenEvent {
+                event: Event {
+                    event_seq: EventSeq(u64::from_be_bytes(seq)),
+                    event,
+                },
+                epoch,
             });
             if out.len() >= limit {
                 break;
@@ -364,7 +422,7 @@ impl UserEventLog for RocksUserEventLog {
         &self,
         user: UserId,
         epoch: RingEpoch,
-        events: &[Event],
+        events: &[WrittenEvent],
     ) -> Result<EventSeq, StorageError> {
         let _guard = self.lock(user);
         let fkey = fence::user_fence_key(user);
@@ -372,17 +430,24 @@ impl UserEventLog for RocksUserEventLog {
         let mut head = self.head(user)?;
         let mut batch = WriteBatch::default();
         let mut changed = HashMap::new();
-        for e in events {
+        for w in events {
+            let e = &w.event;
             let key = event_key(user, e.event_seq);
-            if self
+            if let Some(existing) = self
                 .store
                 .db()
                 .get_pinned_cf(self.store.cf(CF_EVENTS)?, key)?
-                .is_some()
             {
-                continue;
+                let (old, old_epoch) = decode_event(&key, &existing)?;
+                if old == e.event || old_epoch >= w.epoch {
+                    continue;
+                }
+                // An old home's unacknowledged event gives way to the newer home's.
+                if let Some(dk) = event_dedup_key(user, &old) {
+                    batch.delete_cf(self.store.cf(CF_EVENT_DEDUP)?, dk);
+                }
             }
-            self.put_event(&mut batch, user, e.event_seq, &e.event)?;
+            self.put_event(&mut batch, user, e.event_seq, &e.event, w.epoch)?;
             self.fold_summary(&mut changed, user, &e.event)?;
             head = head.max(e.event_seq);
         }
@@ -571,28 +636,75 @@ mod tests {
                     .0
             })
             .collect();
+        let written = owner
+            .read_written_after(UserId(1), EventSeq(0), 10)
+            .expect("read");
+        assert!(written.iter().all(|w| w.epoch == RingEpoch(2)));
         replica
-            .apply_replicated(UserId(1), RingEpoch(2), &events[1..])
+            .apply_replicated(UserId(1), RingEpoch(2), &written[1..])
             .expect("apply");
         replica
-            .apply_replicated(UserId(1), RingEpoch(2), &events)
+            .apply_replicated(UserId(1), RingEpoch(2), &written)
+            .expect("apply");
+        // A different event at seq 3 from an older epoch does not replace the newer one...
+        let older = WrittenEvent {
+            event: Event {
+                event_seq: EventSeq(3),
+                event: msg(c, 7),
+            },
+            epoch: RingEpoch(1),
+        };
+        replica
+            .apply_replicated(UserId(1), RingEpoch(2), std::slice::from_ref(&older))
             .expect("apply");
         assert_eq!(
-            replica.read_after(UserId(1), EventSeq(0), 10).expect("r"),
+            replica.read_after(UserId(1), EventSeq(2), 1).expect("r"),
+            events[2..]
+        );
+        // ...and one from a newer epoch does, taking its dedup record along.
+        let newer = WrittenEvent {
+            epoch: RingEpoch(3),
+            ..older
+        };
+        replica
+            .apply_replicated(UserId(1), RingEpoch(3), std::slice::from_ref(&newer))
+            .expect("apply");
+        assert_eq!(
+            replica.read_after(UserId(1), EventSeq(2), 1).expect("r"),
+            vec![newer.event.clone()]
+        );
+        let (again, dup) = replica
+            .append(UserId(1), RingEpoch(3), msg(c, 3))
+            .expect("a");
+        assert_eq!(
+            (again.event_seq, dup),
+            (EventSeq(4), false),
+            "the replaced message is new again"
+        );
+        // Put seq 3 back as it was for the checks below.
+        let restore = WrittenEvent {
+            event: events[2].clone(),
+            epoch: RingEpoch(4),
+        };
+        replica
+            .apply_replicated(UserId(1), RingEpoch(4), &[restore])
+            .expect("apply");
+        assert_eq!(
+            replica.read_after(UserId(1), EventSeq(0), 3).expect("r"),
             events
         );
         // The replica becomes owner: the dedup records came along.
         let (e, dup) = replica
-            .append(UserId(1), RingEpoch(3), msg(c, 2))
+            .append(UserId(1), RingEpoch(4), msg(c, 2))
             .expect("a");
         assert_eq!((e.event_seq, dup), (EventSeq(2), true));
         assert_eq!(
-            replica.seal(UserId(1), RingEpoch(4)).expect("seal"),
-            EventSeq(3)
+            replica.seal(UserId(1), RingEpoch(5)).expect("seal"),
+            EventSeq(4)
         );
         assert!(matches!(
-            replica.append(UserId(1), RingEpoch(3), msg(c, 9)),
-            Err(StorageError::StaleEpoch { epoch: 3, fence: 4 })
+            replica.append(UserId(1), RingEpoch(4), msg(c, 9)),
+            Err(StorageError::StaleEpoch { epoch: 4, fence: 5 })
         ));
     }
 }
