@@ -258,6 +258,14 @@ impl Actor for ConversationActor {
                 reply,
             } => {
                 let system = matches!(refers, Some(MessageRef::Group { .. }));
+                if let (Some(MessageRef::Group { change }), Some(router)) =
+                    (refers, state.router.upgrade())
+                {
+                    // The change is agreed in Raft; before its note goes into the log, this
+                    // node's copy of the metadata must show it, so that every later message
+                    // is checked against the new membership.
+                    router.await_group_change(&state.conversation, change).await;
+                }
                 let member = state
                     .router
                     .upgrade()

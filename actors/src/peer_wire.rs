@@ -89,6 +89,10 @@ pub enum ActorRequestBody {
         user: UserId,
         status: PresenceStatus,
     },
+    /// To a user's home node: a device holds every event up to `event_seq`.
+    AckEvents { user: UserId, event_seq: EventSeq },
+    /// To a user's home node: the highest acknowledged event seq.
+    GetAcked { user: UserId },
     /// To a user's home node: the user's presence now.
     GetPresence { user: UserId },
     /// To a user's home node: the user's conversations, latest first.

@@ -318,6 +318,40 @@ impl Router {
         }
     }
 
+    /// Waits (up to a few seconds) until the local metadata shows a group change that Raft
+    /// has committed elsewhere.
+    pub(crate) async fn await_group_change(
+        &self,
+        conversation: &ConversationId,
+        change: chat_types::GroupChange,
+    ) {
+        use chat_types::GroupChange as C;
+        let Some(group) = conversation.group_id() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let shown = self.meta.read(|s| {
+                let g = s.group(group);
+                match change {
+                    C::Created | C::Updated | C::OwnerChanged { .. } => g.is_some(),
+                    C::MemberAdded { user } => g.is_some_and(|g| g.members.contains_key(&user)),
+                    C::MemberRemoved { user } | C::MemberLeft { user } => {
+                        g.is_none_or(|g| !g.members.contains_key(&user))
+                    }
+                    C::RoleChanged { user, role } => {
+                        g.is_some_and(|g| g.members.get(&user) == Some(&role))
+                    }
+                    C::Deleted => g.is_none(),
+                }
+            });
+            if shown || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Users grouped by their home node under the current ring.
     pub(crate) fn by_home(&self, users: &[UserId]) -> BTreeMap<NodeId, Vec<UserId>> {
         let ring = self.meta.ring();
@@ -404,6 +438,29 @@ impl Router {
         self.route(Target::User(user), ActorRequestBody::Notify { user, event })
             .await
             .map(|_| ())
+    }
+
+    /// Records a delivery acknowledgement of `user`'s events up to `event_seq`.
+    pub async fn ack_events(&self, user: UserId, event_seq: EventSeq) -> Result<(), ActorError> {
+        self.route(
+            Target::User(user),
+            ActorRequestBody::AckEvents { user, event_seq },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The highest event seq any device of `user` acknowledged.
+    pub async fn acked_events(&self, user: UserId) -> Result<EventSeq, ActorError> {
+        match self
+            .route(Target::User(user), ActorRequestBody::GetAcked { user })
+            .await?
+        {
+            ActorReply::Head(h) => Ok(EventSeq(h)),
+            _ => Err(ActorError::BadPayload(
+                "unexpected reply to get_acked".into(),
+            )),
+        }
     }
 
     /// A user's presence, asked of the user's home node: offline when no session is there.
@@ -668,6 +725,8 @@ impl Router {
             | ActorRequestBody::Deliver { user, .. }
             | ActorRequestBody::Notify { user, .. }
             | ActorRequestBody::GetPresence { user, .. }
+            | ActorRequestBody::AckEvents { user, .. }
+            | ActorRequestBody::GetAcked { user }
             | ActorRequestBody::MarkRead { user, .. }
             | ActorRequestBody::Receipt { user, .. }
             | ActorRequestBody::Ephemeral { user, .. }
@@ -772,6 +831,17 @@ impl Router {
                 .deliver_each(users, message, origin)
                 .await
                 .map(|()| ActorReply::Done),
+            ActorRequestBody::AckEvents { user, event_seq } => {
+                let events = self.logs.events.clone();
+                crate::logs::blocking(move || events.ack(user, event_seq)).await?;
+                Ok(ActorReply::Done)
+            }
+            ActorRequestBody::GetAcked { user } => self
+                .logs
+                .events
+                .acked(user)
+                .map(|s| ActorReply::Head(s.0))
+                .map_err(crate::logs::storage_error),
             ActorRequestBody::GetPresence { user } => {
                 // No session here: the user has not connected since this node took it on.
                 let session = lock(&self.sessions).get(&user).cloned();

@@ -101,6 +101,16 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
     let b = must_start(2, Some(a.peer.clone())).await;
     must_see_members(&a, 2).await;
     must_see_members(&b, 2).await;
+    // The join is two membership changes (learner, then voter); wait until both nodes have
+    // applied the same one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while *a.meta.ring() != *b.meta.ring() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rings never agreed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let ring = b.meta.ring();
     assert_eq!(*ring, *a.meta.ring(), "both nodes build the same ring");
 

@@ -80,6 +80,8 @@ pub struct Welcome {
     pub heartbeat_ms: u64,
     /// The user's latest event seq when this connection attached.
     pub event_head: EventSeq,
+    /// The highest event seq any device of the user acknowledged.
+    pub acked_event_seq: EventSeq,
 }
 
 /// The server's acknowledgement of a `send`: the message is stored under `seq`.
@@ -254,6 +256,7 @@ impl Connection {
             limits,
             heartbeat_ms,
             event_head,
+            acked_event_seq,
             ..
         } = reply
         else {
@@ -276,6 +279,7 @@ impl Connection {
             limits,
             heartbeat_ms,
             event_head,
+            acked_event_seq,
         })
     }
 
@@ -310,6 +314,12 @@ impl Connection {
             seq,
         })
         .await
+    }
+
+    /// Acknowledges delivery of this user's events up to `event_seq` on this device.
+    pub async fn ack_events(&self, event_seq: EventSeq) -> Result<(), ClientError> {
+        self.expect_ok(|id| ClientFrame::AckEvents { id, event_seq })
+            .await
     }
 
     /// Tells the other members that this user is typing (ephemeral).
@@ -1180,6 +1190,7 @@ mod tests {
             limits: Limits::default(),
             heartbeat_ms: 60_000,
             event_head: EventSeq(0),
+            acked_event_seq: EventSeq(0),
         }
     }
 

@@ -158,6 +158,18 @@ async fn reconnecting_with_a_cursor_replays_missed_events_in_order_even_after_ho
         "nothing is delivered twice"
     );
 
+    // The delivery acknowledgement: what a device confirms comes back to every new
+    // connection of the user, never beyond the stream's head.
+    let done = b.last_event_seq();
+    b.ack_events(done).await.expect("ack");
+    b.ack_events(EventSeq(done.0 + 1000))
+        .await
+        .expect("ack beyond the head");
+    let (_, w) = Connection::connect(&n2.api().ws_url(&bob_token))
+        .await
+        .expect("connect");
+    assert_eq!(w.acked_event_seq, done);
+
     // A cursor the stream cannot serve gets an explicit resync, never a silent gap.
     let c = must_connect(&n2.api().ws_url(&bob_token), Some(EventSeq(10_000))).await;
     let mut saw_resync = false;

@@ -99,6 +99,18 @@ pub trait UserEventLog: Send + Sync {
     ) -> Result<Vec<ConversationSummary>, StorageError>;
     /// The user's read mark in one conversation (0 when none).
     fn read_mark(&self, user: UserId, conv: &ConversationId) -> Result<Seq, StorageError>;
+    /// Records that a device of the user holds every event up to `seq` (the highest stays).
+    fn ack(&self, user: UserId, seq: EventSeq) -> Result<EventSeq, StorageError>;
+    /// The highest event seq a device of the user acknowledged (0 when none).
+    fn acked(&self, user: UserId) -> Result<EventSeq, StorageError>;
+}
+
+/// `user ++ 'a'` in `user_eventhead`: the highest acknowledged event seq.
+fn acked_key(user: UserId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..8].copy_from_slice(&user.0.to_be_bytes());
+    k[8] = b'a';
+    k
 }
 
 const SUMMARY_FORMAT: u8 = 1;
@@ -515,6 +527,35 @@ impl UserEventLog for RocksUserEventLog {
         });
         out.truncate(limit);
         Ok(out)
+    }
+
+    fn ack(&self, user: UserId, seq: EventSeq) -> Result<EventSeq, StorageError> {
+        let _guard = self.lock(user);
+        let seq = seq.min(self.head(user)?);
+        let current = self.acked(user)?;
+        if seq <= current {
+            return Ok(current);
+        }
+        // Losing this write only makes the mark lag: no fsync.
+        self.store.db().put_cf_opt(
+            self.store.cf(CF_EVENT_HEAD)?,
+            acked_key(user),
+            encode_u64_v1(seq.0),
+            &Store::write_opts(Durability::Wal),
+        )?;
+        Ok(seq)
+    }
+
+    fn acked(&self, user: UserId) -> Result<EventSeq, StorageError> {
+        let key = acked_key(user);
+        match self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_EVENT_HEAD)?, key)?
+        {
+            Some(v) => Ok(EventSeq(decode_u64_v1(CF_EVENT_HEAD, &key, &v)?)),
+            None => Ok(EventSeq(0)),
+        }
     }
 
     fn read_mark(&self, user: UserId, conv: &ConversationId) -> Result<Seq, StorageError> {

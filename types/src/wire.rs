@@ -170,6 +170,13 @@ pub enum ClientFrame {
         id: String,
         status: PresenceStatus,
     },
+    /// "This device holds every event up to `event_seq`": the delivery acknowledgement. The
+    /// highest over the user's devices comes back in `welcome` as `acked_event_seq`. Answered
+    /// by `ok`.
+    AckEvents {
+        id: String,
+        event_seq: EventSeq,
+    },
     /// The user's conversations, latest activity first. Answered by `conversations`.
     ListConversations {
         id: String,
@@ -334,6 +341,7 @@ const CLIENT_FRAME_TYPES: &[&str] = &[
     "unblock_user",
     "list_blocks",
     "mark_read",
+    "ack_events",
     "typing",
     "set_presence",
     "list_conversations",
@@ -385,6 +393,7 @@ impl ClientFrame {
             | ClientFrame::UnblockUser { id, .. }
             | ClientFrame::ListBlocks { id }
             | ClientFrame::MarkRead { id, .. }
+            | ClientFrame::AckEvents { id, .. }
             | ClientFrame::Typing { id, .. }
             | ClientFrame::SetPresence { id, .. }
             | ClientFrame::ListConversations { id, .. }
@@ -660,6 +669,9 @@ pub enum ServerFrame {
         /// The user's latest event seq when the connection attached.
         #[serde(default)]
         event_head: EventSeq,
+        /// The highest event seq any device of the user acknowledged (`ack_events`).
+        #[serde(default)]
+        acked_event_seq: EventSeq,
     },
     Pong {
         id: String,

@@ -571,6 +571,7 @@ mod tests {
             limits: Limits::default(),
             heartbeat_ms: 30_000,
             event_head: EventSeq(0),
+            acked_event_seq: EventSeq(0),
         }));
         app
     }
@@ -713,6 +714,7 @@ mod tests {
             limits: Limits::default(),
             heartbeat_ms: 30_000,
             event_head: EventSeq(5),
+            acked_event_seq: EventSeq(0),
         }));
         assert_eq!(
             cmds,

@@ -308,6 +308,12 @@ impl Conn {
             };
             self.conn = Some(conn);
             self.greeted = true;
+            let acked_event_seq = self
+                .state
+                .router
+                .acked_events(user)
+                .await
+                .unwrap_or_default();
             let welcome = ServerFrame::Welcome {
                 id,
                 version: PROTOCOL_VERSION,
@@ -317,6 +323,7 @@ impl Conn {
                 limits: self.state.config.wire_limits(),
                 heartbeat_ms: self.state.config.limits.heartbeat_ms,
                 event_head,
+                acked_event_seq,
             };
             return self.reply(welcome).await;
         }
@@ -420,6 +427,7 @@ impl Conn {
                 }
             }
             ClientFrame::MarkRead { .. }
+            | ClientFrame::AckEvents { .. }
             | ClientFrame::Typing { .. }
             | ClientFrame::SetPresence { .. }
             | ClientFrame::ListConversations { .. } => self.handle_state(frame).await,
@@ -490,6 +498,11 @@ impl Conn {
                 done.map(|()| ServerFrame::Ok { id: id.clone() })
                     .map_err(|e| (id, e))
             }
+            ClientFrame::AckEvents { id, event_seq } => router
+                .ack_events(user, event_seq)
+                .await
+                .map(|()| ServerFrame::Ok { id: id.clone() })
+                .map_err(|e| (id, e.to_wire())),
             ClientFrame::Typing { id, conversation } => {
                 // Someone who blocked the user, or does not take their messages, does not see
                 // them typing either.
@@ -677,6 +690,7 @@ impl Conn {
             | ClientFrame::Send { .. }
             | ClientFrame::History { .. }
             | ClientFrame::MarkRead { .. }
+            | ClientFrame::AckEvents { .. }
             | ClientFrame::Typing { .. }
             | ClientFrame::SetPresence { .. }
             | ClientFrame::ListConversations { .. }
