@@ -63,6 +63,9 @@ pub enum ActorRequestBody {
     },
     /// To the node holding the connections.
     Push { conns: Vec<u64>, frame: PushFrame },
+    /// To a node holding connections: several pushes at once (the per-node relay of a group
+    /// message: one request per node, whatever the number of members there).
+    PushMany { items: Vec<(Vec<u64>, PushFrame)> },
     /// To a user's home node: record an event of the user's stream (a contact or profile
     /// change) and push it.
     Notify { user: UserId, event: UserEvent },

@@ -44,6 +44,8 @@ pub struct RouterStats {
     pub connections: usize,
     pub conversations: usize,
     pub sessions: usize,
+    /// Push requests sent to other nodes (one per node per batch).
+    pub peer_push_requests: u64,
 }
 
 /// Switches that break a guarantee on purpose, for tests that must see the checks fail.
@@ -68,6 +70,7 @@ pub struct Router {
     sessions: Mutex<HashMap<UserId, ActorRef<SessionMsg>>>,
     connections: Mutex<HashMap<u64, (UserId, ActorRef<ConnectionMsg>)>>,
     next_conn: AtomicU64,
+    peer_push_requests: AtomicU64,
 }
 
 impl std::fmt::Debug for Router {
@@ -125,6 +128,7 @@ impl Router {
             sessions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            peer_push_requests: AtomicU64::new(0),
         });
         router.spawn_reattach_on_ring_change();
         router.wake_undelivered(&router.meta.ring());
@@ -140,6 +144,7 @@ impl Router {
             connections: lock(&self.connections).len(),
             conversations: lock(&self.conversations).len(),
             sessions: lock(&self.sessions).len(),
+            peer_push_requests: self.peer_push_requests.load(Ordering::Relaxed),
         }
     }
 
@@ -385,7 +390,9 @@ impl Router {
             .map(|_| ())
     }
 
-    /// Boxed: delivering routes requests, and a routed `DeliverMany` delivers again.
+    /// Delivers to several users: those whose home is this node through their sessions here,
+    /// with the resulting pushes batched into one request per connection node; the others
+    /// (the ring moved) through ordinary routing. Boxed: routing may come back here.
     fn deliver_each(
         &self,
         users: Vec<UserId>,
@@ -394,14 +401,69 @@ impl Router {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ActorError>> + Send + '_>>
     {
         Box::pin(async move {
+            let ring = self.meta.ring();
             let mut result = Ok(());
+            let mut pushes = Vec::new();
             for user in users {
-                if let Err(e) = self.deliver(user, message.clone(), origin).await {
+                let outcome = if ring.home_of_user(user) == Some(self.node_id) {
+                    match self.session_actor(user).await {
+                        Ok(session) => call(&session, |reply| SessionMsg::Deliver {
+                            message: message.clone(),
+                            origin,
+                            reply,
+                        })
+                        .await
+                        .and_then(|r| r)
+                        .map(|p| pushes.extend(p)),
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.deliver(user, message.clone(), origin).await
+                };
+                if let Err(e) = outcome {
                     result = Err(e);
                 }
             }
+            self.push_batch(pushes).await;
             result
         })
+    }
+
+    /// Makes pushes, one request per connection node.
+    async fn push_batch(&self, pushes: Vec<crate::session::PushTarget>) {
+        let mut by_node: BTreeMap<NodeId, Vec<(Vec<u64>, PushFrame)>> = BTreeMap::new();
+        for (node, conns, frame) in pushes {
+            by_node.entry(node).or_default().push((conns, frame));
+        }
+        for (node, items) in by_node {
+            if node == self.node_id {
+                for (conns, frame) in items {
+                    self.push_local(&conns, frame);
+                }
+                continue;
+            }
+            let Some(info) = self.meta.node_info(node) else {
+                continue;
+            };
+            let req = ActorRequest {
+                epoch: self.meta.ring().epoch(),
+                body: ActorRequestBody::PushMany { items },
+            };
+            self.peer_push_requests.fetch_add(1, Ordering::Relaxed);
+            let sent = match encode(&req) {
+                Ok(bytes) => self
+                    .meta
+                    .transport()
+                    .request(&info.peer_addr, Channel::Actor, bytes, PEER_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(transport_error),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::warn!(%node, error = %e, "pushes to node failed; its clients catch up on resume");
+            }
+        }
     }
 
     /// Writes a group change into the group's log, ordered with its messages (after the
@@ -607,6 +669,7 @@ impl Router {
             epoch: self.meta.ring().epoch(),
             body: ActorRequestBody::Push { conns, frame },
         };
+        self.peer_push_requests.fetch_add(1, Ordering::Relaxed);
         let bytes = self
             .meta
             .transport()
@@ -734,6 +797,7 @@ impl Router {
             | ActorRequestBody::ListConversations { user, .. } => Some(Target::User(*user)),
             ActorRequestBody::Push { .. }
             | ActorRequestBody::DeliverMany { .. }
+            | ActorRequestBody::PushMany { .. }
             | ActorRequestBody::Replicate { .. }
             | ActorRequestBody::Seal { .. }
             | ActorRequestBody::Fetch { .. } => None,
@@ -811,16 +875,23 @@ impl Router {
                 origin,
             } => {
                 let session = self.session_actor(user).await?;
-                call(&session, |reply| SessionMsg::Deliver {
+                let pushes = call(&session, |reply| SessionMsg::Deliver {
                     message,
                     origin,
                     reply,
                 })
-                .await?
-                .map(|()| ActorReply::Done)
+                .await??;
+                self.push_batch(pushes).await;
+                Ok(ActorReply::Done)
             }
             ActorRequestBody::Push { conns, frame } => {
                 self.push_local(&conns, frame);
+                Ok(ActorReply::Done)
+            }
+            ActorRequestBody::PushMany { items } => {
+                for (conns, frame) in items {
+                    self.push_local(&conns, frame);
+                }
                 Ok(ActorReply::Done)
             }
             ActorRequestBody::DeliverMany {

@@ -21,6 +21,9 @@ use crate::error::ActorError;
 use crate::logs::{blocking, Entries, LogRef};
 use crate::router::Router;
 
+/// Connections on one node and the frame to push to them.
+pub type PushTarget = (NodeId, Vec<u64>, PushFrame);
+
 /// Most events replayed to one resuming connection; further behind gets a resync notice.
 pub const MAX_REPLAY: u64 = 1000;
 
@@ -31,10 +34,12 @@ pub enum SessionMsg {
         reply: RpcReplyPort<Result<EventSeq, ActorError>>,
     },
     Detach(ConnRef),
+    /// Records the message as an event; the reply lists the pushes to make (connections
+    /// by node), which the router batches per node across users.
     Deliver {
         message: Message,
         origin: Option<ConnRef>,
-        reply: RpcReplyPort<Result<(), ActorError>>,
+        reply: RpcReplyPort<Result<Vec<PushTarget>, ActorError>>,
     },
     MarkRead {
         conversation: ConversationId,
@@ -141,7 +146,8 @@ impl SessionState {
         &mut self,
         message: Message,
         origin: Option<ConnRef>,
-    ) -> Result<(), ActorError> {
+    ) -> Result<Vec<PushTarget>, ActorError> {
+        let mut pushes = Vec::new();
         if let Some((router, event)) = self.append_event(UserEvent::Message { message }).await? {
             if self.conns.is_empty() {
                 if let UserEvent::Message { message } = &event.event {
@@ -151,9 +157,33 @@ impl SessionState {
                     }
                 }
             }
-            self.push(&router, PushFrame::Event(event), origin).await;
+            let frame = PushFrame::Event(event);
+            for (node, conns) in self.targets(origin) {
+                pushes.push((node, conns, frame.clone()));
+            }
         }
-        Ok(())
+        Ok(pushes)
+    }
+
+    /// The user's connections by node, but `skip`.
+    fn targets(&self, skip: Option<ConnRef>) -> Vec<(NodeId, Vec<u64>)> {
+        self.conns
+            .iter()
+            .map(|(node, conns)| {
+                let targets: Vec<u64> = conns
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        skip != Some(ConnRef {
+                            node: *node,
+                            conn: *c,
+                        })
+                    })
+                    .collect();
+                (*node, targets)
+            })
+            .filter(|(_, t)| !t.is_empty())
+            .collect()
     }
 
     /// Moves the user's read mark forward (never back), tells the user's other connections,

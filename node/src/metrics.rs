@@ -22,6 +22,7 @@ pub struct Gauges {
     pub connections: usize,
     pub conversations: usize,
     pub sessions: usize,
+    pub peer_push_requests: u64,
     pub ring_epoch: u64,
     pub ring_members: usize,
     pub is_leader: bool,
@@ -102,6 +103,12 @@ impl Metrics {
             "counter",
             "Successful logins through this node.",
             c(&self.logins_total),
+        );
+        line(
+            "chat_peer_push_requests_total",
+            "counter",
+            "Push requests sent to other nodes (batched per node).",
+            g.peer_push_requests,
         );
         line(
             "chat_connections",

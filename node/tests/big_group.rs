@@ -12,6 +12,24 @@ use harness::must_start_trio;
 use tokio::task::JoinSet;
 
 const MEMBERS: usize = 1000;
+
+/// The sum over the nodes of `chat_peer_push_requests_total`.
+async fn push_requests(trio: &harness::Trio) -> u64 {
+    let client = harness::reqwest_lite::Client;
+    let mut total = 0;
+    for n in &trio.nodes {
+        let (_, body) = client
+            .get(&format!("{}/metrics", n.base_url()))
+            .await
+            .expect("metrics");
+        total += body
+            .lines()
+            .find_map(|l| l.strip_prefix("chat_peer_push_requests_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("the push counter");
+    }
+    total
+}
 const MESSAGES: u64 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,6 +88,7 @@ async fn every_member_of_a_thousand_member_group_gets_every_message() {
     assert_eq!(group.members.len(), MEMBERS);
     let conv = group.conversation;
 
+    let before = push_requests(&trio).await;
     let mut seqs = Vec::new();
     for i in 1..=MESSAGES {
         let ack = owner
@@ -109,5 +128,13 @@ async fn every_member_of_a_thousand_member_group_gets_every_message() {
         complete += 1;
     }
     assert_eq!(complete, MEMBERS - 1);
+    // The relay: each message crosses to another node at most once per (home node, other
+    // node holding connections) pair, 3 x 2, not once per member. (The group's `created`
+    // change may still be fanning out when `before` is read: one more message.)
+    let sent = push_requests(&trio).await - before;
+    assert!(
+        sent <= (MESSAGES + 1) * 3 * 2,
+        "{sent} push requests between nodes for {MESSAGES} messages to {MEMBERS} members"
+    );
     assert!(seqs.windows(2).all(|w| w[0] < w[1]) && seqs[0] > Seq(0));
 }

@@ -36,6 +36,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         connections: stats.connections,
         conversations: stats.conversations,
         sessions: stats.sessions,
+        peer_push_requests: stats.peer_push_requests,
         ring_epoch: ring.epoch().0,
         ring_members: ring.members().len(),
         is_leader: state.meta.is_leader(),
