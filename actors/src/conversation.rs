@@ -225,11 +225,8 @@ impl Actor for ConversationActor {
                 }
                 stuck |= !all_delivered;
                 if !stuck {
-                    let log = log.clone();
-                    let seq = message.seq;
-                    let _ =
-                        tokio::task::spawn_blocking(move || log.set_delivered(&conversation, seq))
-                            .await;
+                    // A WAL write, no fsync: inline.
+                    let _ = log.set_delivered(&conversation, message.seq);
                 }
             }
         });
@@ -294,16 +291,20 @@ impl Actor for ConversationActor {
                     refers,
                     epoch: ring.epoch(),
                 };
-                // The write may fsync: it runs on the blocking pool, where concurrent appends of
-                // different conversations share RocksDB's group commit.
+                // An fsyncing write runs on the blocking pool, where concurrent appends of
+                // different conversations share RocksDB's group commit; a WAL write inline.
                 let log = state.log.clone();
-                let written = tokio::task::spawn_blocking(move || log.append(req))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(chat_storage::StorageError::Io(format!(
-                            "append task failed: {e}"
-                        )))
-                    });
+                let written = if log.syncs() {
+                    tokio::task::spawn_blocking(move || log.append(req))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(chat_storage::StorageError::Io(format!(
+                                "append task failed: {e}"
+                            )))
+                        })
+                } else {
+                    log.append(req)
+                };
                 let outcome = match written {
                     Ok(o) => o,
                     Err(e) => {

@@ -115,6 +115,19 @@ impl std::fmt::Debug for LocalLogs {
     }
 }
 
+/// Runs a log write: on the blocking pool when it fsyncs (milliseconds), inline when it only
+/// appends to the WAL (microseconds; a hop to another thread would cost more than the write).
+pub(crate) async fn write<T: Send + 'static>(
+    syncs: bool,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, ActorError> {
+    if syncs {
+        blocking(f).await
+    } else {
+        f().map_err(storage_error)
+    }
+}
+
 /// Runs a log operation on the blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
@@ -126,6 +139,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 impl LocalLogs {
+    fn syncs(&self, log: LogRef) -> bool {
+        match log {
+            LogRef::Conversation(_) => self.conversations.syncs(),
+            LogRef::User(_) => self.events.syncs(),
+        }
+    }
+
     pub fn head(&self, log: LogRef) -> Result<u64, ActorError> {
         match log {
             LogRef::Conversation(c) => self.conversations.head(&c).map(|s| s.0),
@@ -160,7 +180,8 @@ impl LocalLogs {
             )));
         }
         let me = self.clone();
-        blocking(move || match (log, entries) {
+        let syncs = self.syncs(log);
+        write(syncs, move || match (log, entries) {
             (LogRef::Conversation(_), Entries::Messages(m)) => {
                 me.conversations.apply_replicated(epoch, &m).map(|s| s.0)
             }
@@ -196,7 +217,8 @@ impl LocalLogs {
 
     pub async fn seal(&self, log: LogRef, epoch: RingEpoch) -> Result<u64, ActorError> {
         let me = self.clone();
-        blocking(move || match log {
+        let syncs = self.syncs(log);
+        write(syncs, move || match log {
             LogRef::Conversation(c) => me.conversations.seal(&c, epoch).map(|s| s.0),
             LogRef::User(u) => me.events.seal(u, epoch).map(|s| s.0),
         })

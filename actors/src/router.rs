@@ -904,7 +904,9 @@ impl Router {
                 .map(|()| ActorReply::Done),
             ActorRequestBody::AckEvents { user, event_seq } => {
                 let events = self.logs.events.clone();
-                crate::logs::blocking(move || events.ack(user, event_seq)).await?;
+                events
+                    .ack(user, event_seq)
+                    .map_err(crate::logs::storage_error)?;
                 Ok(ActorReply::Done)
             }
             ActorRequestBody::GetAcked { user } => self

@@ -18,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::connection::{ConnRef, PushFrame};
 use crate::error::ActorError;
-use crate::logs::{blocking, Entries, LogRef};
+use crate::logs::{Entries, LogRef};
 use crate::router::Router;
 
 /// Connections on one node and the frame to push to them.
@@ -114,7 +114,8 @@ impl SessionState {
         let events = self.events.clone();
         let user = self.user;
         let epoch = ring.epoch();
-        let appended = blocking(move || events.append(user, epoch, event)).await;
+        let syncs = events.syncs();
+        let appended = crate::logs::write(syncs, move || events.append(user, epoch, event)).await;
         let (event, duplicate) = appended.inspect_err(|e| {
             if matches!(e, ActorError::StaleEpoch { .. }) {
                 self.synced_at = None;

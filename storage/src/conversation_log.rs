@@ -57,6 +57,8 @@ pub struct AppendOutcome {
 
 /// The log of every conversation this node holds.
 pub trait ConversationLog: Send + Sync {
+    /// Whether writes wait for an fsync (then callers keep them off async worker threads).
+    fn syncs(&self) -> bool;
     /// Appends at `head + 1`, or returns the original message for a repeated client id.
     fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
     /// The last assigned seq (0 when empty).
@@ -203,6 +205,10 @@ impl RocksConversationLog {
 }
 
 impl ConversationLog for RocksConversationLog {
+    fn syncs(&self) -> bool {
+        self.durability == Durability::Fsync
+    }
+
     fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
         // A poisoned stripe only means another append panicked; the lock guards no data.
         let _guard = self

@@ -58,6 +58,8 @@ const LOCK_STRIPES: usize = 64;
 
 /// The event streams of the users this node holds.
 pub trait UserEventLog: Send + Sync {
+    /// Whether writes wait for an fsync (then callers keep them off async worker threads).
+    fn syncs(&self) -> bool;
     /// Appends `event` at `head + 1`, or returns the existing event for the same message.
     fn append(
         &self,
@@ -322,6 +324,10 @@ impl RocksUserEventLog {
 }
 
 impl UserEventLog for RocksUserEventLog {
+    fn syncs(&self) -> bool {
+        self.durability == Durability::Fsync
+    }
+
     fn append(
         &self,
         user: UserId,
