@@ -66,16 +66,10 @@ impl ConversationState {
     /// Catches up when not yet done under the current ring; returns the router and the ring
     /// to write under.
     async fn ready(&mut self) -> Result<(Arc<Router>, Arc<chat_cluster::Ring>), ActorError> {
-        let router = self
-            .router
-            .upgrade()
-            .ok_or_else(|| ActorError::Unavailable("node is shutting down".into()))?;
-        let ring = router.ring();
-        if self.synced_at != Some(ring.epoch()) {
-            router
-                .catch_up(LogRef::Conversation(self.conversation), &ring)
-                .await?;
-            self.synced_at = Some(ring.epoch());
+        let log = LogRef::Conversation(self.conversation);
+        let (router, ring, fresh) =
+            crate::replication::synced(&self.router, log, &mut self.synced_at).await?;
+        if fresh {
             self.deliver_again()?;
         }
         Ok((router, ring))

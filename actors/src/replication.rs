@@ -34,6 +34,26 @@ const SEAL_ATTEMPTS: u32 = 10;
 /// How far below the shorter head a catch-up compares entries (see `catch_up`).
 const RECONCILE_WINDOW: u64 = 16;
 
+/// The owner side's entry point to a log: the router and the current ring, after catching
+/// `log` up when `synced_at` is not the current epoch (then recorded). The flag says whether
+/// a catch-up just happened.
+pub(crate) async fn synced(
+    router: &std::sync::Weak<Router>,
+    log: LogRef,
+    synced_at: &mut Option<RingEpoch>,
+) -> Result<(std::sync::Arc<Router>, std::sync::Arc<Ring>, bool), ActorError> {
+    let router = router
+        .upgrade()
+        .ok_or_else(|| ActorError::Unavailable("node is shutting down".into()))?;
+    let ring = router.ring();
+    let fresh = *synced_at != Some(ring.epoch());
+    if fresh {
+        router.catch_up(log, &ring).await?;
+        *synced_at = Some(ring.epoch());
+    }
+    Ok((router, ring, fresh))
+}
+
 impl Router {
     pub(crate) fn ring(&self) -> std::sync::Arc<Ring> {
         self.meta.ring()

@@ -92,15 +92,9 @@ pub struct SessionState {
 
 impl SessionState {
     async fn ready(&mut self) -> Result<(Arc<Router>, Arc<chat_cluster::Ring>), ActorError> {
-        let router = self
-            .router
-            .upgrade()
-            .ok_or_else(|| ActorError::Unavailable("node is shutting down".into()))?;
-        let ring = router.ring();
-        if self.synced_at != Some(ring.epoch()) {
-            router.catch_up(LogRef::User(self.user), &ring).await?;
-            self.synced_at = Some(ring.epoch());
-        }
+        let log = LogRef::User(self.user);
+        let (router, ring, _) =
+            crate::replication::synced(&self.router, log, &mut self.synced_at).await?;
         Ok((router, ring))
     }
 
