@@ -94,8 +94,6 @@ pub enum ActorRequestBody {
     },
     /// To a user's home node: a device holds every event up to `event_seq`.
     AckEvents { user: UserId, event_seq: EventSeq },
-    /// To a user's home node: the highest acknowledged event seq.
-    GetAcked { user: UserId },
     /// To a user's home node: the user's presence now.
     GetPresence { user: UserId },
     /// To a user's home node: the user's conversations, latest first.
@@ -148,6 +146,8 @@ pub enum ActorReply {
     /// The user's event head when a connection attached.
     Attached {
         event_head: EventSeq,
+        /// The highest event seq a device of the user acknowledged.
+        acked_event_seq: EventSeq,
     },
     Done,
 }

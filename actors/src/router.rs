@@ -512,19 +512,6 @@ impl Router {
         .map(|_| ())
     }
 
-    /// The highest event seq any device of `user` acknowledged.
-    pub async fn acked_events(&self, user: UserId) -> Result<EventSeq, ActorError> {
-        match self
-            .route(Target::User(user), ActorRequestBody::GetAcked { user })
-            .await?
-        {
-            ActorReply::Head(h) => Ok(EventSeq(h)),
-            _ => Err(ActorError::BadPayload(
-                "unexpected reply to get_acked".into(),
-            )),
-        }
-    }
-
     /// A user's presence, asked of the user's home node: offline when no session is there.
     pub async fn presence_of(
         &self,
@@ -571,13 +558,13 @@ impl Router {
     /// Registers a new local connection of `user` whose frames go to `out`, and attaches it
     /// to the user's session on the user's home node. With `resume_from`, the session first
     /// sends the connection every event after that cursor (or a resync notice). Returns the
-    /// user's event head at the time of attaching.
+    /// user's event head at the time of attaching and the highest acknowledged event seq.
     pub async fn connect(
         &self,
         user: UserId,
         out: mpsc::Sender<Outbound>,
         resume_from: Option<EventSeq>,
-    ) -> Result<(ConnRef, EventSeq), ActorError> {
+    ) -> Result<(ConnRef, EventSeq, EventSeq), ActorError> {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (actor, _) = Actor::spawn(None, ConnectionActor, ConnectionArgs { user, out })
             .await
@@ -593,7 +580,10 @@ impl Router {
             resume_from,
         };
         match self.route(Target::User(user), body).await {
-            Ok(ActorReply::Attached { event_head }) => Ok((conn, event_head)),
+            Ok(ActorReply::Attached {
+                event_head,
+                acked_event_seq,
+            }) => Ok((conn, event_head, acked_event_seq)),
             Ok(_) => {
                 self.forget_connection(conn.conn);
                 Err(ActorError::BadPayload("unexpected reply to attach".into()))
@@ -789,7 +779,6 @@ impl Router {
             | ActorRequestBody::Notify { user, .. }
             | ActorRequestBody::GetPresence { user, .. }
             | ActorRequestBody::AckEvents { user, .. }
-            | ActorRequestBody::GetAcked { user }
             | ActorRequestBody::MarkRead { user, .. }
             | ActorRequestBody::Receipt { user, .. }
             | ActorRequestBody::Ephemeral { user, .. }
@@ -854,13 +843,21 @@ impl Router {
                 resume_from,
             } => {
                 let session = self.session_actor(user).await?;
-                call(&session, |reply| SessionMsg::Attach {
+                let event_head = call(&session, |reply| SessionMsg::Attach {
                     conn,
                     resume_from,
                     reply,
                 })
-                .await?
-                .map(|event_head| ActorReply::Attached { event_head })
+                .await??;
+                let acked_event_seq = self
+                    .logs
+                    .events
+                    .acked(user)
+                    .map_err(crate::logs::storage_error)?;
+                Ok(ActorReply::Attached {
+                    event_head,
+                    acked_event_seq,
+                })
             }
             ActorRequestBody::Detach { user, conn } => {
                 self.session_actor(user)
@@ -903,18 +900,12 @@ impl Router {
                 .await
                 .map(|()| ActorReply::Done),
             ActorRequestBody::AckEvents { user, event_seq } => {
-                let events = self.logs.events.clone();
-                events
+                self.logs
+                    .events
                     .ack(user, event_seq)
                     .map_err(crate::logs::storage_error)?;
                 Ok(ActorReply::Done)
             }
-            ActorRequestBody::GetAcked { user } => self
-                .logs
-                .events
-                .acked(user)
-                .map(|s| ActorReply::Head(s.0))
-                .map_err(crate::logs::storage_error),
             ActorRequestBody::GetPresence { user } => {
                 // No session here: the user has not connected since this node took it on.
                 let session = lock(&self.sessions).get(&user).cloned();

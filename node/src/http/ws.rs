@@ -299,7 +299,7 @@ impl Conn {
                 .router
                 .connect(user, self.out.clone(), resume_from)
                 .await;
-            let (conn, event_head) = match attached {
+            let (conn, event_head, acked_event_seq) = match attached {
                 Ok(a) => a,
                 Err(e) => {
                     let _ = self.error(id, e.to_wire()).await;
@@ -308,12 +308,6 @@ impl Conn {
             };
             self.conn = Some(conn);
             self.greeted = true;
-            let acked_event_seq = self
-                .state
-                .router
-                .acked_events(user)
-                .await
-                .unwrap_or_default();
             let welcome = ServerFrame::Welcome {
                 id,
                 version: PROTOCOL_VERSION,
