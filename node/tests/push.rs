@@ -9,7 +9,7 @@ use std::time::Duration;
 use chat_client::Connection;
 use chat_types::rest::SettingsUpdate;
 use chat_types::{ClientMsgId, ConversationId};
-use harness::{must_be_ready, NodeProc};
+use harness::{must_be_ready, must_sign_up, NodeProc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A push gateway on loopback: records each POST body; fails the very first request.
@@ -97,35 +97,19 @@ async fn offline_users_get_webhook_posts_retried_and_private_on_request() {
     n.start();
     must_be_ready(&n, 1).await;
     let api = n.api();
-    let alice = api
-        .register("push_alice", "correct horse")
-        .await
-        .expect("register");
-    let bob = api
-        .register("push_bob", "correct horse")
-        .await
-        .expect("register");
-    let at = api
-        .login("push_alice", "correct horse")
-        .await
-        .expect("login")
-        .token;
-    let bt = api
-        .login("push_bob", "correct horse")
-        .await
-        .expect("login")
-        .token;
+    let (alice, at) = must_sign_up(&api, "push_alice").await;
+    let (bob, bt) = must_sign_up(&api, "push_bob").await;
     let (a, _) = Connection::connect(&api.ws_url(&at))
         .await
         .expect("connect");
-    let conv = ConversationId::direct(alice.user_id, bob.user_id);
+    let conv = ConversationId::direct(alice, bob);
 
     // Bob is offline: a notification with a preview, delivered despite the first failure.
     a.send(conv, ClientMsgId::new("p1").expect("id"), "dinner at 8")
         .await
         .expect("send");
     let got = must_collect(&bodies, 1).await;
-    assert_eq!(got[0]["user_id"], bob.user_id.0);
+    assert_eq!(got[0]["user_id"], bob.0);
     assert_eq!(got[0]["body"], "dinner at 8");
     assert_eq!(got[0]["sender_username"], "push_alice");
     assert!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chat_client::Connection;
 use chat_types::{ClientMsgId, ConversationId, ErrorCode, MessageRef, Seq};
-use harness::{must_be_ready, NodeProc};
+use harness::{must_be_ready, must_sign_up, NodeProc};
 
 fn cmid(s: &str) -> ClientMsgId {
     ClientMsgId::new(s).expect("valid client message id")
@@ -19,31 +19,15 @@ async fn replies_edits_deletions_and_reactions_follow_their_rules() {
     n.start();
     must_be_ready(&n, 1).await;
     let api = n.api();
-    let alice = api
-        .register("rel_alice", "correct horse")
-        .await
-        .expect("register");
-    let bob = api
-        .register("rel_bob", "correct horse")
-        .await
-        .expect("register");
-    let at = api
-        .login("rel_alice", "correct horse")
-        .await
-        .expect("login")
-        .token;
-    let bt = api
-        .login("rel_bob", "correct horse")
-        .await
-        .expect("login")
-        .token;
+    let (alice, at) = must_sign_up(&api, "rel_alice").await;
+    let (bob, bt) = must_sign_up(&api, "rel_bob").await;
     let (a, _) = Connection::connect(&api.ws_url(&at))
         .await
         .expect("connect");
     let (b, _) = Connection::connect(&api.ws_url(&bt))
         .await
         .expect("connect");
-    let conv = ConversationId::direct(alice.user_id, bob.user_id);
+    let conv = ConversationId::direct(alice, bob);
 
     assert_eq!(
         a.send(conv, cmid("m1"), "lunch?").await.expect("send").seq,

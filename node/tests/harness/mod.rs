@@ -361,3 +361,14 @@ pub async fn must_partition(nodes: &[NodeProc], victim: Option<usize>) {
         assert_eq!(status, 200, "faults on {}", n.name);
     }
 }
+
+/// Registers `name` (password "correct horse") and logs it in: its id and bearer token.
+pub async fn must_sign_up(api: &HttpApi, name: &str) -> (chat_types::UserId, String) {
+    let id = api
+        .register(name, "correct horse")
+        .await
+        .expect("register")
+        .user_id;
+    let token = api.login(name, "correct horse").await.expect("login").token;
+    (id, token)
+}
