@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chat_storage::{AppendRequest, ConversationLog};
 use chat_types::{
-    ClientMsgId, ConversationId, GroupChange, Message, MessageRef, NodeId, RingEpoch, Seq, UserId,
+    Attachment, ClientMsgId, ConversationId, GroupChange, Message, MessageRef, NodeId, RingEpoch,
+    Seq, UserId,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
@@ -34,6 +35,7 @@ pub enum ConversationMsg {
         client_msg_id: ClientMsgId,
         body: String,
         refers: Option<MessageRef>,
+        attachments: Vec<Attachment>,
         origin: Option<ConnRef>,
         reply: RpcReplyPort<Result<(Message, bool), ActorError>>,
     },
@@ -245,6 +247,7 @@ impl Actor for ConversationActor {
                 client_msg_id,
                 body,
                 refers,
+                attachments,
                 origin,
                 reply,
             } => {
@@ -283,6 +286,7 @@ impl Actor for ConversationActor {
                     body,
                     ts_ms: now_ms(),
                     refers,
+                    attachments,
                     epoch: ring.epoch(),
                 };
                 // An fsyncing write runs on the blocking pool, where concurrent appends of

@@ -2,7 +2,7 @@
 //! Decoding is explicit and total: bad bytes are an error, never a panic.
 
 use chat_types::{
-    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef,
+    Attachment, ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef,
     PresenceStatus, RingEpoch, Seq, UserEvent, UserId,
 };
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,9 @@ pub enum ActorRequestBody {
         client_msg_id: ClientMsgId,
         body: String,
         refers: Option<MessageRef>,
+        /// Resolved and authorised by the node the client sent it to.
+        #[serde(default)]
+        attachments: Vec<Attachment>,
         origin: Option<ConnRef>,
     },
     /// To the conversation's owner.

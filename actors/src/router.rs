@@ -16,8 +16,8 @@ use chat_cluster::ring::Ring;
 use chat_cluster::transport::{Channel, PeerError, TransportError};
 use chat_cluster::Metadata;
 use chat_types::{
-    ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef, NodeId,
-    PresenceStatus, RingEpoch, Seq, UserId,
+    Attachment, ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef,
+    NodeId, PresenceStatus, RingEpoch, Seq, UserId,
 };
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
@@ -152,6 +152,8 @@ impl Router {
 
     /// Appends a message to a conversation at its owner. Returns the stored message and
     /// whether it was a retry of an earlier send.
+    // The parts of a message, each typed; a bundling struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn append(
         &self,
         sender: UserId,
@@ -159,6 +161,7 @@ impl Router {
         client_msg_id: ClientMsgId,
         body: String,
         refers: Option<MessageRef>,
+        attachments: Vec<Attachment>,
         origin: Option<ConnRef>,
     ) -> Result<(Message, bool), ActorError> {
         let system = matches!(refers, Some(MessageRef::Group { .. }));
@@ -171,6 +174,7 @@ impl Router {
             client_msg_id,
             body,
             refers,
+            attachments,
             origin,
         };
         match self.route(Target::Conversation(conversation), body).await? {
@@ -484,6 +488,7 @@ impl Router {
                 client_msg_id,
                 String::new(),
                 Some(MessageRef::Group { change }),
+                Vec::new(),
                 None,
             )
             .await?;
@@ -807,6 +812,7 @@ impl Router {
                 client_msg_id,
                 body,
                 refers,
+                attachments,
                 origin,
             } => {
                 let actor = self.conversation_actor(conversation).await?;
@@ -815,6 +821,7 @@ impl Router {
                     client_msg_id,
                     body,
                     refers,
+                    attachments,
                     origin,
                     reply,
                 })

@@ -171,6 +171,7 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
             cmid.clone(),
             "via node 2".into(),
             None,
+            Vec::new(),
             None,
         )
         .await
@@ -178,7 +179,15 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
     assert_eq!((m.seq, dup), (Seq(1), false));
     let (m, dup) = a
         .router
-        .append(UserId(1), conv, cmid, "again via node 1".into(), None, None)
+        .append(
+            UserId(1),
+            conv,
+            cmid,
+            "again via node 1".into(),
+            None,
+            Vec::new(),
+            None,
+        )
         .await
         .expect("retry at the owner");
     assert_eq!((m.seq, dup, m.body.as_str()), (Seq(1), true, "via node 2"));
@@ -227,6 +236,7 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
             ClientMsgId::new("x2").expect("id"),
             "no".into(),
             None,
+            Vec::new(),
             None,
         )
         .await

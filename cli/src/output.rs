@@ -166,6 +166,7 @@ mod tests {
             body: body.into(),
             ts_ms: 0,
             refers,
+            attachments: Vec::new(),
         }
     }
 

@@ -17,8 +17,9 @@ use std::time::Duration;
 use chat_types::rest::{ContactsResponse, ProfileUpdate, SettingsUpdate};
 use chat_types::{
     BroadcastOutcome, ClientFrame, ClientMsgId, ContactEntry, ConversationId, ConversationInfo,
-    ConversationSummary, EventSeq, GroupInfo, Limits, Message, MessageRef, NodeId, PresenceStatus,
-    Profile, Relation, Role, Seq, ServerFrame, SessionInfo, Settings, UserId, PROTOCOL_VERSION,
+    ConversationSummary, EventSeq, GroupInfo, Limits, MediaId, Message, MessageRef, NodeId,
+    PresenceStatus, Profile, Relation, Role, Seq, ServerFrame, SessionInfo, Settings, UserId,
+    PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -517,6 +518,31 @@ impl Connection {
         body: impl Into<String>,
         refers: Option<MessageRef>,
     ) -> Result<Ack, ClientError> {
+        self.send_full(conversation, client_msg_id, body, refers, Vec::new())
+            .await
+    }
+
+    /// [`Connection::send`] with uploaded media attached (see [`crate::HttpApi::upload`]);
+    /// the body may be empty when there are attachments.
+    pub async fn send_with_media(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: impl Into<String>,
+        attachments: Vec<MediaId>,
+    ) -> Result<Ack, ClientError> {
+        self.send_full(conversation, client_msg_id, body, None, attachments)
+            .await
+    }
+
+    async fn send_full(
+        &self,
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        body: impl Into<String>,
+        refers: Option<MessageRef>,
+        attachments: Vec<MediaId>,
+    ) -> Result<Ack, ClientError> {
         let body = body.into();
         let reply = self
             .request(|id| ClientFrame::Send {
@@ -525,6 +551,7 @@ impl Connection {
                 client_msg_id,
                 body,
                 refers,
+                attachments,
             })
             .await?;
         match reply {
@@ -1216,6 +1243,7 @@ mod tests {
             body: "hi".into(),
             ts_ms: 5,
             refers: None,
+            attachments: Vec::new(),
         }
     }
 

@@ -145,6 +145,7 @@ mod tests {
             body: "hi".into(),
             ts_ms: 1,
             refers: None,
+            attachments: Vec::new(),
         }
     }
 

@@ -19,6 +19,8 @@ pub mod ring;
 pub mod transport;
 
 pub use error::ClusterError;
-pub use meta::{MetaCommand, MetaResponse, MetaState, NodeInfo};
+pub use meta::{
+    BlobRef, MediaCommand, MediaRecord, MetaCommand, MetaResponse, MetaState, NodeInfo, ThumbRecord,
+};
 pub use metadata::{ClusterSettings, Metadata, MAX_VOTERS};
 pub use ring::Ring;

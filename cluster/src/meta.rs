@@ -1,5 +1,5 @@
 //! The metadata state machine that Raft replicates: accounts, usernames, sessions, profiles,
-//! settings, contacts, contact requests and blocks.
+//! settings, contacts, contact requests, blocks, groups and media records (`meta/media.rs`).
 //!
 //! `apply` is a pure, deterministic function of the state and the command: every node that
 //! applies the same log holds the same state. Timestamps come in the command; nothing reads a
@@ -24,6 +24,7 @@
 //! | `g/` ++ group | group: name, description, members and roles |
 //! | `c/next_group` | next group id |
 //! | `c/down`, `c/down_at` | nodes marked down, and the log index of the last change |
+//! | `m/` ++ media id | media: uploader, content hash, type, thumbnails, referring conversations |
 //!
 //! The per-user session index and the incoming-request index are not stored: `load` rebuilds
 //! them from `s/` and `q/`, so they can never disagree with what they index (and sessions
@@ -35,8 +36,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use chat_storage::keys::{decode_u64_v1, decode_versioned, encode_u64_v1, encode_versioned};
 use chat_storage::raft_kv::KvPair;
 use chat_storage::StorageError;
-use chat_types::{DmPolicy, GroupChange, GroupId, Profile, Relation, Role, Settings, UserId};
+use chat_types::{
+    DmPolicy, GroupChange, GroupId, MediaId, Profile, Relation, Role, Settings, UserId,
+};
 use serde::{Deserialize, Serialize};
+
+mod media;
+pub use media::{BlobRef, MediaCommand, MediaRecord, ThumbRecord};
 
 const CF: &str = "metakey_value";
 const FORMAT: u8 = 1;
@@ -265,6 +271,8 @@ pub enum MetaCommand {
         user_id: UserId,
         other: UserId,
     },
+    /// Media records (see [`MediaCommand`]).
+    Media(MediaCommand),
 }
 
 /// The result of applying one command.
@@ -321,6 +329,17 @@ pub enum MetaResponse {
     NotContacts,
     /// No session of this user has that id.
     UnknownSession,
+    MediaAdded,
+    /// A media with that id exists already.
+    MediaExists,
+    /// The upload would take its uploader past the quota.
+    MediaQuotaExceeded {
+        used: u64,
+        quota: u64,
+    },
+    MediaAttached,
+    /// A named media does not exist (or, to publish, is not the user's).
+    UnknownMedia,
 }
 
 /// One key-value write that persists part of an applied command.
@@ -362,6 +381,9 @@ pub struct MetaState {
     /// Groups of each member. Derived from `groups`; not stored.
     groups_by_user: BTreeMap<UserId, BTreeSet<GroupId>>,
     next_group: u64,
+    media: BTreeMap<MediaId, MediaRecord>,
+    /// Bytes each user uploaded. Derived from `media`; not stored.
+    media_usage: BTreeMap<UserId, u64>,
 }
 
 /// Why a group command was refused.
@@ -519,6 +541,19 @@ impl MetaState {
 
     pub fn user_count(&self) -> usize {
         self.users.len()
+    }
+
+    /// Every user as (id, username, display name: the username until one is set), for
+    /// people search.
+    pub fn people(&self) -> impl Iterator<Item = (UserId, &str, &str)> + '_ {
+        self.users.values().map(|a| {
+            let display = self
+                .profiles
+                .get(&a.user_id)
+                .and_then(|p| p.display_name.as_deref())
+                .unwrap_or(&a.username);
+            (a.user_id, a.username.as_str(), display)
+        })
     }
 
     /// Counts the applied social changes (profiles, settings, contacts, blocks, session
@@ -997,6 +1032,7 @@ impl MetaState {
             | MetaCommand::SetRole { .. }
             | MetaCommand::TransferGroup { .. }
             | MetaCommand::DeleteGroup { .. } => self.apply_group(cmd),
+            MetaCommand::Media(m) => self.apply_media(m),
             MetaCommand::RegisterUser {
                 username,
                 password_hash,
@@ -1339,6 +1375,13 @@ impl MetaState {
                 state.down = nodes.into_iter().collect();
             } else if k == KEY_DOWN_AT {
                 state.down_changed_at = decode_u64_v1(CF, &k, &v)?;
+            } else if let Some(rest) = k.strip_prefix(media::MEDIA.as_slice()) {
+                let id = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|s| MediaId::parse(s).ok())
+                    .ok_or_else(|| corrupt(&k))?;
+                let record: MediaRecord = decode_versioned(CF, FORMAT, &k, &v)?;
+                state.load_media(id, record);
             }
         }
         let index: Vec<(String, UserId)> = state
@@ -1401,6 +1444,9 @@ impl MetaState {
             KEY_DOWN_AT.to_vec(),
             encode_u64_v1(self.down_changed_at).to_vec(),
         ));
+        for (id, record) in &self.media {
+            out.push((media::media_key(id), encode_versioned(CF, FORMAT, record)?));
+        }
         Ok(out)
     }
 }

@@ -505,8 +505,8 @@ impl Metadata {
                 };
                 encode(&reply).map_err(|e| PeerError::Handler(e.to_string()))
             }
-            Channel::Actor => Err(PeerError::Handler(
-                "actor messages are not served here".into(),
+            Channel::Actor | Channel::Media | Channel::Search => Err(PeerError::Handler(
+                "only metadata requests are served here".into(),
             )),
         }
     }

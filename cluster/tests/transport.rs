@@ -18,7 +18,9 @@ impl PeerHandler for Echo {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     Ok(payload)
                 }
-                Channel::Cluster => Err(PeerError::Handler("refused".into())),
+                Channel::Cluster | Channel::Media | Channel::Search => {
+                    Err(PeerError::Handler("refused".into()))
+                }
             }
         })
     }

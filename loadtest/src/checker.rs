@@ -872,6 +872,7 @@ mod tests {
             body: format!("body of {id}"),
             ts_ms: 0,
             refers: None,
+            attachments: Vec::new(),
         }
     }
 

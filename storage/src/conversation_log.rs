@@ -17,11 +17,13 @@
 
 use std::sync::Mutex;
 
-use chat_types::{ClientMsgId, ConversationId, Message, MessageRef, RingEpoch, Seq, UserId};
+use chat_types::{
+    Attachment, ClientMsgId, ConversationId, Message, MessageRef, RingEpoch, Seq, UserId,
+};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Durability, Store, CF_DEDUP, CF_DELIVERED, CF_HEAD, CF_MSG};
+use crate::db::{Durability, Store, CF_DEDUP, CF_DELIVERED, CF_HEAD, CF_INDEX_FEED, CF_MSG};
 use crate::error::StorageError;
 use crate::fence;
 use crate::keys::{
@@ -29,7 +31,7 @@ use crate::keys::{
     split_message_key, CONV_LEN,
 };
 
-const MESSAGE_FORMAT: u8 = 1;
+pub(crate) const MESSAGE_FORMAT: u8 = 1;
 const LOCK_STRIPES: usize = 64;
 
 /// One message to append.
@@ -42,6 +44,8 @@ pub struct AppendRequest {
     pub ts_ms: u64,
     /// A reply, edit, deletion or reaction; validated by the caller.
     pub refers: Option<MessageRef>,
+    /// Media the message carries; resolved and authorised by the caller.
+    pub attachments: Vec<Attachment>,
     /// The ring epoch under which the writer owns the conversation.
     pub epoch: RingEpoch,
 }
@@ -125,6 +129,9 @@ struct StoredMessageV1 {
     /// The epoch of the owner that wrote it (0 in older records).
     #[serde(default)]
     epoch: u64,
+    /// Media the message carries (absent in older records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<Attachment>,
 }
 
 /// Switches that break a guarantee on purpose, so that tests can show their checks fail.
@@ -163,6 +170,10 @@ impl RocksConversationLog {
         }
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     fn stripe(&self, conv: &ConversationId) -> &Mutex<()> {
         let key = conv.to_key();
         let h = key
@@ -175,7 +186,7 @@ impl RocksConversationLog {
         Self::decode_written(key, value).map(|w| w.message)
     }
 
-    fn decode_written(key: &[u8], value: &[u8]) -> Result<Written, StorageError> {
+    pub(crate) fn decode_written(key: &[u8], value: &[u8]) -> Result<Written, StorageError> {
         let (conversation, seq) =
             split_message_key(key).ok_or_else(|| StorageError::corrupt(CF_MSG, key))?;
         let m: StoredMessageV1 = decode_versioned(CF_MSG, MESSAGE_FORMAT, key, value)?;
@@ -188,6 +199,7 @@ impl RocksConversationLog {
                 body: m.body,
                 ts_ms: m.ts_ms,
                 refers: m.refers,
+                attachments: m.attachments,
             },
             epoch: RingEpoch(m.epoch),
         })
@@ -234,6 +246,7 @@ impl ConversationLog for RocksConversationLog {
             ts_ms: req.ts_ms,
             refers: req.refers,
             epoch: req.epoch.0,
+            attachments: req.attachments,
         };
         let mut batch = WriteBatch::default();
         batch.put_cf(
@@ -247,6 +260,7 @@ impl ConversationLog for RocksConversationLog {
             encode_u64_v1(seq.0),
         );
         batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(seq.0));
+        batch.put_cf(self.store.cf(CF_INDEX_FEED)?, mkey, []);
         fence::put(
             &self.store,
             &mut batch,
@@ -263,6 +277,7 @@ impl ConversationLog for RocksConversationLog {
                 body: record.body,
                 ts_ms: record.ts_ms,
                 refers: record.refers,
+                attachments: record.attachments,
             },
             duplicate: false,
         })
@@ -314,12 +329,14 @@ impl ConversationLog for RocksConversationLog {
                 ts_ms: m.ts_ms,
                 refers: m.refers,
                 epoch: w.epoch.0,
+                attachments: m.attachments.clone(),
             };
             batch.put_cf(
                 self.store.cf(CF_MSG)?,
                 mkey,
                 encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
             );
+            batch.put_cf(self.store.cf(CF_INDEX_FEED)?, mkey, []);
             if !self.breakage.dedup_not_replicated {
                 let dkey = dedup_key(&conv, m.sender, m.client_msg_id.as_str());
                 batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(m.seq.0));
@@ -510,6 +527,7 @@ mod tests {
             body: body.into(),
             ts_ms: 1,
             refers: None,
+            attachments: Vec::new(),
             epoch: RingEpoch(1),
         }
     }
@@ -646,6 +664,7 @@ mod tests {
                 body: "acked".into(),
                 ts_ms: 9,
                 refers: None,
+                attachments: Vec::new(),
             },
             epoch: RingEpoch(3),
         };

@@ -35,6 +35,8 @@ pub const CF_RAFT_META: &str = "raftname_state";
 pub const CF_META: &str = "metakey_value";
 /// name -> node-local facts that are not replicated (this node's id).
 pub const CF_LOCAL: &str = "localname_value";
+/// Messages written here and not yet in the search index: message key -> nothing.
+pub const CF_INDEX_FEED: &str = "convseq_unindexed";
 
 const ALL_CFS: &[&str] = &[
     CF_MSG,
@@ -50,6 +52,7 @@ const ALL_CFS: &[&str] = &[
     CF_RAFT_META,
     CF_META,
     CF_LOCAL,
+    CF_INDEX_FEED,
 ];
 
 /// How hard a write is pushed to disk before it counts as done.

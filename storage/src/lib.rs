@@ -2,7 +2,8 @@
 //!
 //! Owns the column families and their key codecs (fixed-width big-endian keys, values that
 //! start with a format version), the conversation logs (messages, heads and client-message-id
-//! dedup, written in one `WriteBatch` per append), and the raw key-value space that the
+//! dedup, written in one `WriteBatch` per append), the list of messages the search index has
+//! not taken yet (`index_feed`), and the raw key-value space that the
 //! cluster crate builds its Raft log and state machine on.
 //!
 //! This is the only crate that knows RocksDB. It must not depend on the cluster, actor or
@@ -13,6 +14,7 @@ pub mod conversation_log;
 pub mod db;
 pub mod error;
 mod fence;
+mod index_feed;
 pub mod keys;
 pub mod raft_kv;
 pub mod user_events;

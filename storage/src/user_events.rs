@@ -584,6 +584,7 @@ mod tests {
                 body: format!("b{seq}"),
                 ts_ms: 7,
                 refers: None,
+                attachments: Vec::new(),
             },
         }
     }

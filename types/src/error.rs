@@ -33,6 +33,17 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or a storage failure on the server.
     Internal,
+    /// An upload whose content is not of an allowed type (decided from its bytes).
+    UnsupportedMediaType,
+    /// The upload would take the user past their storage quota.
+    QuotaExceeded,
+    /// A `Range` that lies wholly past the end of the media.
+    RangeNotSatisfiable,
+    /// A resumable upload's chunk does not start at the upload's current offset; the error's
+    /// message holds the offset to resume from, also in `GET /v1/uploads/{id}`.
+    OffsetMismatch,
+    /// An image too large to decode safely (pixel count over the limit).
+    TooManyPixels,
 }
 
 impl ErrorCode {
@@ -57,6 +68,11 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::QuotaExceeded => 413,
+            ErrorCode::RangeNotSatisfiable => 416,
+            ErrorCode::OffsetMismatch => 409,
+            ErrorCode::TooManyPixels => 422,
         }
     }
 }

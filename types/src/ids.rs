@@ -62,6 +62,8 @@ pub enum IdError {
     MalformedConversation(String),
     #[error("client message id must be 1 to {max} printable ASCII characters", max = ClientMsgId::MAX_LEN)]
     MalformedClientMsgId,
+    #[error("malformed media id: must be 32 lowercase hex characters")]
+    MalformedMediaId,
 }
 
 /// A group's id, assigned by the metadata state machine when the group is created. From 1.

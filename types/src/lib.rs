@@ -2,7 +2,7 @@
 //!
 //! Owns the id newtypes (`UserId`, `ConversationId`, `Seq`, ...), the public wire frames of
 //! protocol v1 (JSON over WebSocket, and the REST bodies; accounts, messages, profiles,
-//! sessions, contacts and blocks), the stable error codes and the WebSocket close codes, and
+//! sessions, contacts, blocks, media and search), the stable error codes and the WebSocket close codes, and
 //! the validation rules for client-supplied values.
 //!
 //! Must not depend on anything but serde: no storage, no runtime, no networking. Clients (the
@@ -13,7 +13,9 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod media;
 pub mod rest;
+pub mod search;
 pub mod wire;
 
 pub use error::{close, ErrorCode, WireError};
@@ -22,6 +24,10 @@ pub use ids::{ClientMsgId, ConversationId, GroupId, IdError, NodeId, RingEpoch, 
 pub use limits::{
     validate_avatar, validate_body, validate_display_name, validate_password, validate_session_id,
     validate_status_text, validate_username, Limits, ValidationError,
+};
+pub use media::{
+    Attachment, MediaId, MediaInfo, MediaKind, MediaLink, ThumbnailInfo, UploadCreate,
+    UploadStatus, MAX_ATTACHMENTS,
 };
 pub use wire::{
     BroadcastOutcome, ClientFrame, ContactEntry, ConversationInfo, ConversationSummary, DmPolicy,

@@ -9,6 +9,7 @@ use crate::error::{ErrorCode, WireError};
 use crate::event::EventSeq;
 use crate::ids::{ClientMsgId, ConversationId, NodeId, Seq, UserId};
 use crate::limits::Limits;
+use crate::media::{Attachment, MediaId};
 
 /// A frame from client to server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub enum ClientFrame {
         /// A reply, edit, deletion or reaction (see [`MessageRef`]).
         #[serde(default)]
         refers: Option<MessageRef>,
+        /// Uploaded media to attach, by id (at most [`crate::MAX_ATTACHMENTS`]); the body may
+        /// be empty when there are some.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<MediaId>,
     },
     /// A page of history: after a seq (ascending from it), or before a seq (the latest ones
     /// below it), or with neither the latest page.
@@ -482,6 +487,9 @@ pub struct Message {
     /// or a reaction. Absent for a plain message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refers: Option<MessageRef>,
+    /// Media the message carries (see `docs/protocol.md`, Media). Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 /// How a message relates to an earlier message of the same conversation, named by its seq.
@@ -855,6 +863,7 @@ mod tests {
                 client_msg_id: ClientMsgId::new("c1").expect("valid"),
                 body: "hi".into(),
                 refers: None,
+                attachments: Vec::new(),
             }
         );
         let edit = r#"{"type":"send","id":"2","conversation":"dm:1:2","client_msg_id":"c2","body":"hey","refers":{"kind":"edit","seq":1}}"#;

@@ -589,6 +589,7 @@ mod tests {
             body: body.into(),
             ts_ms: 1,
             refers: None,
+            attachments: Vec::new(),
         }
     }
 

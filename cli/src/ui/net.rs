@@ -316,6 +316,7 @@ async fn send_loop(
                         body: out.body,
                         ts_ms: ack.ts_ms,
                         refers: None,
+                        attachments: Vec::new(),
                     },
                 }
             }

@@ -17,6 +17,10 @@ pub enum Channel {
     Cluster,
     /// Messages between actors on different nodes.
     Actor,
+    /// Media bytes between nodes: reads of a blob and pulls of a new one onto its replicas.
+    Media,
+    /// Search queries fanned out to every node's index.
+    Search,
 }
 
 /// An error a peer sends back instead of a reply payload.
