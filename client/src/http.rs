@@ -18,7 +18,7 @@ use crate::error::ClientError;
 /// A client of the REST endpoints of one node (or of a load balancer in front of several).
 #[derive(Clone, Debug)]
 pub struct HttpApi {
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     base: Url,
 }
 
@@ -349,7 +349,7 @@ impl HttpApi {
     }
 
     /// The base URL with `segments` appended, each percent-encoded as one path segment.
-    fn endpoint(&self, segments: &[&str]) -> Url {
+    pub(crate) fn endpoint(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         url.set_query(None);
         url.set_fragment(None);
@@ -362,7 +362,7 @@ impl HttpApi {
 
 /// Sends `req`; a non-2xx status becomes [`ClientError::Server`] when the body is a
 /// [`WireError`], [`ClientError::Http`] otherwise.
-async fn send(req: RequestBuilder) -> Result<Response, ClientError> {
+pub(crate) async fn send(req: RequestBuilder) -> Result<Response, ClientError> {
     let resp = req.send().await.map_err(|e| request_error(&e))?;
     let status = resp.status();
     if status.is_success() {
@@ -377,13 +377,16 @@ async fn send(req: RequestBuilder) -> Result<Response, ClientError> {
     }
 }
 
-async fn decode<T: DeserializeOwned>(resp: Response, what: &str) -> Result<T, ClientError> {
+pub(crate) async fn decode<T: DeserializeOwned>(
+    resp: Response,
+    what: &str,
+) -> Result<T, ClientError> {
     let body = resp.bytes().await.map_err(|e| request_error(&e))?;
     serde_json::from_slice(&body)
         .map_err(|e| ClientError::Protocol(format!("bad {what} response body: {e}")))
 }
 
-fn request_error(e: &reqwest::Error) -> ClientError {
+pub(crate) fn request_error(e: &reqwest::Error) -> ClientError {
     if e.is_timeout() {
         ClientError::Timeout
     } else {

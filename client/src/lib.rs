@@ -14,6 +14,7 @@
 mod connection;
 mod error;
 mod http;
+mod media;
 mod routing;
 
 pub use connection::{
@@ -22,5 +23,6 @@ pub use connection::{
 };
 pub use error::ClientError;
 pub use http::HttpApi;
+pub use media::{Download, MessageSearch};
 
 pub use chat_types;

@@ -17,23 +17,38 @@ use rand::RngCore;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::{self, AppState};
+use crate::media::MediaService;
 use crate::metrics::Metrics;
+use crate::search::SearchService;
+use chat_media::BlobStore;
 
 /// Dispatches peer requests by channel.
 struct PeerDispatch {
     meta: Arc<Metadata>,
     router: std::sync::OnceLock<Arc<Router>>,
+    media: std::sync::OnceLock<Arc<MediaService>>,
+    search: std::sync::OnceLock<Arc<SearchService>>,
 }
 
 impl PeerHandler for PeerDispatch {
     fn handle(&self, channel: Channel, payload: Vec<u8>) -> PeerHandlerFuture {
         let meta = self.meta.clone();
         let router = self.router.get().cloned();
+        let media = self.media.get().cloned();
+        let search = self.search.get().cloned();
         Box::pin(async move {
             match channel {
                 Channel::Raft | Channel::Cluster => meta.handle_peer(channel, &payload).await,
                 Channel::Actor => match router {
                     Some(r) => r.handle_peer(&payload).await,
+                    None => Err(PeerError::ShuttingDown),
+                },
+                Channel::Media => match media {
+                    Some(m) => m.handle_peer(&payload).await,
+                    None => Err(PeerError::ShuttingDown),
+                },
+                Channel::Search => match search {
+                    Some(s) => s.handle_peer(&payload).await,
                     None => Err(PeerError::ShuttingDown),
                 },
             }
@@ -120,6 +135,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let dispatch = Arc::new(PeerDispatch {
         meta: Metadata::start(store.clone(), settings, transport).await?,
         router: std::sync::OnceLock::new(),
+        media: std::sync::OnceLock::new(),
+        search: std::sync::OnceLock::new(),
     });
     let peer_server = serve(peer_listener, dispatch.clone());
     let meta = dispatch.meta.clone();
@@ -130,14 +147,50 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Durability::Wal
     };
     let (log_breakage, router_breakage) = breakage_from_env();
+    let conversations =
+        Arc::new(RocksConversationLog::new(store.clone(), durability).with_breakage(log_breakage));
     let logs = LocalLogs {
-        conversations: Arc::new(
-            RocksConversationLog::new(store.clone(), durability).with_breakage(log_breakage),
-        ),
+        conversations: conversations.clone(),
         events: Arc::new(RocksUserEventLog::new(store.clone(), durability)),
     };
     let router = Router::with_breakage(meta.clone(), logs, router_breakage);
     let _ = dispatch.router.set(router.clone());
+    let blobs = BlobStore::open(&config.node.data_dir.join("media")).with_context(|| {
+        format!(
+            "opening the media store in {}",
+            config.node.data_dir.display()
+        )
+    })?;
+    let media = MediaService::new(blobs, meta.clone(), config.node.fsync);
+    let _ = dispatch.media.set(media.clone());
+    let search = SearchService::open(
+        &config.node.data_dir.join("search"),
+        conversations,
+        meta.clone(),
+        config.search.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "opening the search index in {}",
+            config.node.data_dir.display()
+        )
+    })?;
+    let _ = dispatch.search.set(search.clone());
+    let indexer = search.start_indexer();
+    let upload_sweeper = {
+        let media = media.clone();
+        let expiry = config.media.upload_expiry_ms;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+                match media.uploads.expire(expiry, crate::auth::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "stale resumable uploads removed"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping stale uploads failed"),
+                }
+            }
+        })
+    };
 
     let metrics = Arc::new(Metrics::default());
     if let Some(url) = &config.push.webhook_url {
@@ -159,6 +212,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
         limits: crate::ratelimit::RateLimits::new(&config.rate_limits),
+        media: media.clone(),
+        search: search.clone(),
     });
     let json_limit = config.limits.max_frame_bytes as usize;
     let server = HttpServer::new(move || {
@@ -188,6 +243,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     handle.stop(true).await;
     let _ = server_task.await;
+    if let Some(task) = indexer {
+        task.abort();
+    }
+    upload_sweeper.abort();
     meta.shutdown().await;
     peer_server.abort();
     store.flush().context("flushing the database")?;

@@ -15,6 +15,59 @@ pub struct Config {
     pub auth: AuthConfig,
     pub push: PushConfig,
     pub rate_limits: crate::ratelimit::RateLimitConfig,
+    pub media: MediaConfig,
+    pub search: SearchConfig,
+}
+
+/// Uploads, downloads and thumbnails.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest upload, bytes; a larger `Content-Length` is refused before the body is read.
+    pub max_upload_bytes: u64,
+    /// Bytes of uploads each user may keep (originals; thumbnails are not counted).
+    pub quota_bytes: u64,
+    /// Images with more pixels than this are refused from their header (decompression bombs).
+    pub max_image_pixels: u64,
+    /// How long a signed media link (`POST /v1/media/{id}/link`) stays valid, ms.
+    pub link_ttl_ms: u64,
+    /// Resumable uploads untouched this long are removed, ms.
+    pub upload_expiry_ms: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            max_upload_bytes: 100 * 1024 * 1024,
+            quota_bytes: 1024 * 1024 * 1024,
+            max_image_pixels: 40_000_000,
+            link_ttl_ms: 3_600_000,
+            upload_expiry_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+/// The full-text index of the messages this node holds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Off: nothing is indexed here and queries skip this node's index.
+    pub enabled: bool,
+    /// How often the indexer looks for new messages, ms (a message is findable within about
+    /// this long of its write).
+    pub interval_ms: u64,
+    /// How long a query waits for the other nodes' answers, ms.
+    pub fanout_timeout_ms: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            enabled: true,
+            interval_ms: 200,
+            fanout_timeout_ms: 2_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -251,6 +304,16 @@ impl Config {
             return bad(
                 "limits: max_history_page and outbound_queue must be > 0, heartbeat_ms >= 1000",
             );
+        }
+        let m = &self.media;
+        if m.max_upload_bytes == 0 || m.quota_bytes == 0 || m.max_image_pixels == 0 {
+            return bad("media: max_upload_bytes, quota_bytes and max_image_pixels must be > 0");
+        }
+        if m.link_ttl_ms < 1000 {
+            return bad("media.link_ttl_ms must be at least 1000");
+        }
+        if self.search.interval_ms == 0 || self.search.fanout_timeout_ms == 0 {
+            return bad("search: interval_ms and fanout_timeout_ms must be > 0");
         }
         if self.auth.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return bad("the admin token must be at least 16 characters");

@@ -10,9 +10,11 @@ mod app;
 mod auth;
 mod config;
 mod http;
+mod media;
 mod metrics;
 mod push;
 mod ratelimit;
+mod search;
 
 use std::path::PathBuf;
 

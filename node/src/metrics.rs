@@ -15,6 +15,7 @@ pub struct Metrics {
     pub push_sent_total: AtomicU64,
     pub push_failed_total: AtomicU64,
     pub push_dropped_total: AtomicU64,
+    pub media_uploads_total: AtomicU64,
 }
 
 /// Gauges read at scrape time.
@@ -28,6 +29,8 @@ pub struct Gauges {
     pub is_leader: bool,
     pub ready: bool,
     pub users: usize,
+    pub messages_indexed: u64,
+    pub index_backlog: usize,
 }
 
 impl Metrics {
@@ -157,6 +160,24 @@ impl Metrics {
             "gauge",
             "Registered accounts.",
             g.users as u64,
+        );
+        line(
+            "chat_media_uploads_total",
+            "counter",
+            "Media uploads finished through this node.",
+            c(&self.media_uploads_total),
+        );
+        line(
+            "chat_search_indexed_total",
+            "counter",
+            "Messages this node's search index took since start.",
+            g.messages_indexed,
+        );
+        line(
+            "chat_search_backlog",
+            "gauge",
+            "Messages held here and not yet indexed (counted up to one batch).",
+            g.index_backlog as u64,
         );
         out
     }

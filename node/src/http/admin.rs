@@ -153,3 +153,26 @@ pub async fn set_faults(
     let (cut, delay) = faults.snapshot();
     HttpResponse::Ok().json(json!({ "partition": cut, "delay_ms": delay.as_millis() as u64 }))
 }
+
+/// `POST /v1/admin/search/rebuild`: empties this node's search index and indexes every
+/// message it holds again (in the background; `chat_search_backlog` shows the progress).
+pub async fn rebuild_search(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    if let Err(e) = check_admin(&state, &req) {
+        return error_response(&state, e);
+    }
+    let search = state.search.clone();
+    match tokio::task::spawn_blocking(move || search.rebuild()).await {
+        Ok(Ok(queued)) => HttpResponse::Accepted().json(json!({ "queued": queued })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "search rebuild failed");
+            error_response(
+                &state,
+                WireError::new(ErrorCode::Internal, "search rebuild failed"),
+            )
+        }
+        Err(_) => error_response(
+            &state,
+            WireError::new(ErrorCode::Internal, "search rebuild task failed"),
+        ),
+    }
+}

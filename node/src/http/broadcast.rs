@@ -78,7 +78,10 @@ pub async fn handle(
         let (sender, cmid, body) = (me.user_id, req.client_msg_id.clone(), req.body.clone());
         tasks.spawn_on(
             async move {
-                let outcome = match router.append(sender, conv, cmid, body, None, origin).await {
+                let outcome = match router
+                    .append(sender, conv, cmid, body, None, Vec::new(), origin)
+                    .await
+                {
                     Ok((message, _)) => BroadcastOutcome {
                         conversation: conv,
                         seq: Some(message.seq),

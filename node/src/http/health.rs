@@ -42,6 +42,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         is_leader: state.meta.is_leader(),
         ready: state.meta.is_ready(),
         users: state.meta.read(|s| s.user_count()),
+        messages_indexed: state.search.indexed_total(),
+        index_backlog: state.search.backlog(),
     };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

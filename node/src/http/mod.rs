@@ -1,12 +1,15 @@
 //! The public HTTP surface: REST under `/v1` (accounts, history, and in `social.rs` the rules
-//! for profiles, settings, sessions, contacts and blocks), the WebSocket at `/v1/ws`, and the
+//! for profiles, settings, sessions, contacts and blocks; media in `media.rs`, search in
+//! `search.rs`), the WebSocket at `/v1/ws`, and the
 //! operator endpoints `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
 pub mod broadcast;
 pub mod groups;
 pub mod health;
+pub mod media;
 pub mod rest;
+pub mod search;
 pub mod social;
 // The web client. Its file is web.rs; the module has another name because `web` is actix-web's.
 #[path = "web.rs"]
@@ -35,6 +38,8 @@ pub struct AppState {
     /// The node's main runtime: long-lived work is spawned here, not on an actix worker.
     pub runtime: tokio::runtime::Handle,
     pub limits: Arc<crate::ratelimit::RateLimits>,
+    pub media: Arc<crate::media::MediaService>,
+    pub search: Arc<crate::search::SearchService>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -77,6 +82,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/blocks", web::get().to(rest::blocks))
         .route("/v1/blocks/{user_id}", web::put().to(rest::block_user))
         .route("/v1/blocks/{user_id}", web::delete().to(rest::unblock_user))
+        .route("/v1/media", web::post().to(media::upload))
+        .route("/v1/media/{id}", web::get().to(media::download))
+        .route("/v1/media/{id}", web::head().to(media::download))
+        .route("/v1/media/{id}/info", web::get().to(media::info))
+        .route("/v1/media/{id}/link", web::post().to(media::link))
+        .route(
+            "/v1/media/{id}/thumbnails/{size}",
+            web::get().to(media::thumbnail),
+        )
+        .route("/v1/uploads", web::post().to(media::create_upload))
+        .route("/v1/uploads/{id}", web::get().to(media::upload_status))
+        .route("/v1/uploads/{id}", web::patch().to(media::append_upload))
+        .route("/v1/uploads/{id}", web::delete().to(media::cancel_upload))
+        .route("/v1/search/messages", web::get().to(search::messages))
+        .route("/v1/search/users", web::get().to(search::users))
+        .route(
+            "/v1/search/conversations",
+            web::get().to(search::conversations),
+        )
         .route("/v1/ws", web::get().to(ws::upgrade))
         .route("/v1/admin/cluster", web::get().to(admin::cluster))
         .route(
@@ -84,6 +108,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(admin::remove_node),
         )
         .route("/v1/admin/drain", web::post().to(admin::drain))
+        .route(
+            "/v1/admin/search/rebuild",
+            web::post().to(admin::rebuild_search),
+        )
         .route("/v1/admin/faults", web::put().to(admin::set_faults));
     web_client::routes(cfg);
 }

@@ -113,6 +113,29 @@ pub async fn profile(state: &AppState, user: UserId) -> Result<Profile, WireErro
         .ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such user"))
 }
 
+/// An avatar is an image the user uploaded; setting it makes it readable by everyone signed in.
+async fn publish_avatar(state: &AppState, user: UserId, avatar: &str) -> Result<(), WireError> {
+    let not_image = || {
+        WireError::new(
+            ErrorCode::InvalidArgument,
+            "avatar must be the media id of an image you uploaded",
+        )
+    };
+    let id = chat_types::MediaId::parse(avatar).map_err(|_| not_image())?;
+    let ok = state.meta.read(|m| {
+        m.media(&id)
+            .is_some_and(|r| r.uploader == user && r.kind == chat_types::MediaKind::Image)
+    });
+    if !ok {
+        return Err(not_image());
+    }
+    let cmd = MetaCommand::Media(chat_cluster::MediaCommand::Publish { id, user });
+    match write(state, cmd).await? {
+        MetaResponse::MediaAttached => Ok(()),
+        _ => Err(not_image()),
+    }
+}
+
 /// Changes the caller's profile and returns the new one.
 pub async fn update_profile(
     state: &AppState,
@@ -130,6 +153,7 @@ pub async fn update_profile(
         Some(None) => AvatarChange::Clear,
         Some(Some(a)) => {
             validate_avatar(&a).map_err(invalid)?;
+            publish_avatar(state, me.user_id, &a).await?;
             AvatarChange::Set(a)
         }
     };

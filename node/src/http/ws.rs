@@ -182,9 +182,21 @@ async fn run_connection(
 fn check_send_body(
     body: &str,
     refers: Option<MessageRef>,
+    attachments: usize,
     limits: &chat_types::Limits,
 ) -> Result<(), WireError> {
     let invalid = |m: &str| Err(WireError::new(ErrorCode::InvalidArgument, m));
+    if attachments > chat_types::MAX_ATTACHMENTS {
+        return invalid("a message carries at most 10 attachments");
+    }
+    if attachments > 0 {
+        if !matches!(refers, None | Some(MessageRef::Reply { .. })) {
+            return invalid("only new messages and replies carry attachments");
+        }
+        if body.is_empty() {
+            return Ok(());
+        }
+    }
     match refers {
         Some(MessageRef::Group { .. }) => invalid("group changes are written by the server"),
         Some(MessageRef::Delete { .. }) if !body.is_empty() => {
@@ -348,8 +360,10 @@ impl Conn {
                 client_msg_id,
                 body,
                 refers,
+                attachments,
             } => {
-                if let Err(e) = check_send_body(&body, refers, &self.state.config.wire_limits()) {
+                let limits = self.state.config.wire_limits();
+                if let Err(e) = check_send_body(&body, refers, attachments.len(), &limits) {
                     return self.error(Some(id), e).await;
                 }
                 let user = self.principal.user_id;
@@ -359,10 +373,33 @@ impl Conn {
                 if let Err(e) = social::check_direct(&self.state, user, &conversation) {
                     return self.error(Some(id), e).await;
                 }
+                let attachments = if attachments.is_empty() {
+                    Vec::new()
+                } else {
+                    match super::media::resolve_attachments(
+                        &self.state,
+                        user,
+                        conversation,
+                        &attachments,
+                    )
+                    .await
+                    {
+                        Ok(a) => a,
+                        Err(e) => return self.error(Some(id), e).await,
+                    }
+                };
                 let router = self.state.router.clone();
                 let origin = self.conn;
                 match router
-                    .append(user, conversation, client_msg_id, body, refers, origin)
+                    .append(
+                        user,
+                        conversation,
+                        client_msg_id,
+                        body,
+                        refers,
+                        attachments,
+                        origin,
+                    )
                     .await
                 {
                     Ok((message, duplicate)) => {

@@ -1,0 +1,321 @@
+//! The search service of this node: feeds the full-text index from the messages this node
+//! holds, answers other nodes' queries against it, and fans a user's query out to every node.
+//!
+//! Every message written here, as owner or as replica, is put on the storage's to-do list in
+//! the same write (`storage::index_feed`); the indexer takes the list every
+//! `search.interval_ms`, indexes, commits, and only then crosses the messages off. Edits
+//! re-index the original seq with the new body, deletions remove it, reactions and group
+//! notes are not text to search. Since every message lives on several nodes, a query asks all
+//! of them and merges the pages, dropping the copies: a node that is down costs nothing but
+//! its answer (`partial` says when a node did not answer in time).
+//!
+//! Queries between nodes: `[SEARCH_WIRE_VERSION] ++ MessagePack with field names`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chat_cluster::transport::{Channel, PeerError};
+use chat_cluster::Metadata;
+use chat_search::{
+    merge_pages, IndexOp, IndexedMessage, MessageIndex, SearchCursor, SearchError, SearchHit,
+    SearchPage, SearchQuery,
+};
+use chat_storage::RocksConversationLog;
+use chat_types::{ConversationId, MessageRef, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::config::SearchConfig;
+
+const SEARCH_WIRE_VERSION: u8 = 1;
+/// Messages the indexer takes per commit.
+const BATCH: usize = 2_000;
+
+/// A query as it travels to another node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueryWire {
+    pub text: String,
+    pub reader: UserId,
+    pub groups: Vec<ConversationId>,
+    pub conversation: Option<ConversationId>,
+    pub sender: Option<UserId>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum SearchReply {
+    Hits(Vec<SearchHit>),
+    /// Search is off on that node.
+    Disabled,
+    BadQuery(String),
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, PeerError> {
+    let mut out = vec![SEARCH_WIRE_VERSION];
+    rmp_serde::encode::write_named(&mut out, v).map_err(|e| PeerError::Handler(e.to_string()))?;
+    Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
+    match bytes.split_first() {
+        Some((&SEARCH_WIRE_VERSION, rest)) => {
+            rmp_serde::from_slice(rest).map_err(|e| PeerError::BadPayload(e.to_string()))
+        }
+        Some((v, _)) => Err(PeerError::BadPayload(format!(
+            "search payload version {v} is not supported"
+        ))),
+        None => Err(PeerError::BadPayload("empty search payload".into())),
+    }
+}
+
+impl QueryWire {
+    fn to_query(&self) -> Result<SearchQuery, SearchError> {
+        Ok(SearchQuery {
+            text: self.text.clone(),
+            reader: self.reader,
+            groups: self.groups.clone(),
+            conversation: self.conversation,
+            sender: self.sender,
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            before: self
+                .before
+                .as_deref()
+                .map(SearchCursor::parse)
+                .transpose()?,
+            limit: self.limit as usize,
+        })
+    }
+}
+
+/// The merged answer to a user's query.
+#[derive(Debug)]
+pub struct Found {
+    pub page: SearchPage,
+    pub partial: bool,
+}
+
+pub struct SearchService {
+    /// `None` when search is off on this node.
+    index: Option<Arc<MessageIndex>>,
+    logs: Arc<RocksConversationLog>,
+    meta: Arc<Metadata>,
+    config: SearchConfig,
+    /// Messages indexed since start (metrics).
+    indexed: std::sync::atomic::AtomicU64,
+}
+
+impl SearchService {
+    pub fn open(
+        dir: &std::path::Path,
+        logs: Arc<RocksConversationLog>,
+        meta: Arc<Metadata>,
+        config: SearchConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let index = if config.enabled {
+            std::fs::create_dir_all(dir)?;
+            Some(Arc::new(MessageIndex::open(dir)?))
+        } else {
+            None
+        };
+        Ok(Arc::new(SearchService {
+            index,
+            logs,
+            meta,
+            config,
+            indexed: Default::default(),
+        }))
+    }
+
+    pub fn indexed_total(&self) -> u64 {
+        self.indexed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs the indexer until the node stops.
+    pub fn start_indexer(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.index.as_ref()?;
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            let interval = Duration::from_millis(me.config.interval_ms);
+            loop {
+                // Drain what is there, then wait for more.
+                loop {
+                    let worker = me.clone();
+                    let done = tokio::task::spawn_blocking(move || worker.index_batch())
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("indexer task failed: {e}")));
+                    match done {
+                        Ok(n) if n < BATCH => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "indexing failed; retrying");
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        }))
+    }
+
+    /// Indexes one batch of the to-do list; returns how many messages it took.
+    fn index_batch(&self) -> anyhow::Result<usize> {
+        let Some(index) = &self.index else {
+            return Ok(0);
+        };
+        let todo = self.logs.unindexed(BATCH)?;
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let mut ops = Vec::with_capacity(todo.len());
+        for (conv, seq) in &todo {
+            let Some(m) = self.logs.message(conv, *seq)? else {
+                continue;
+            };
+            match m.refers {
+                None | Some(MessageRef::Reply { .. }) if !m.body.trim().is_empty() => {
+                    ops.push(IndexOp::Put(IndexedMessage {
+                        conversation: *conv,
+                        seq: *seq,
+                        sender: m.sender,
+                        ts_ms: m.ts_ms,
+                        body: m.body,
+                    }));
+                }
+                Some(MessageRef::Edit { seq: target }) => {
+                    // The original keeps its place (seq, time, sender); only the text changes.
+                    if let Some(original) = self.logs.message(conv, target)? {
+                        ops.push(IndexOp::Put(IndexedMessage {
+                            conversation: *conv,
+                            seq: target,
+                            sender: original.sender,
+                            ts_ms: original.ts_ms,
+                            body: m.body,
+                        }));
+                    }
+                }
+                Some(MessageRef::Delete { seq: target }) => ops.push(IndexOp::Delete {
+                    conversation: *conv,
+                    seq: target,
+                }),
+                _ => {}
+            }
+        }
+        let checkpoint = index.checkpoint() + todo.len() as u64;
+        index.apply(ops, checkpoint)?;
+        self.logs.mark_indexed(&todo)?;
+        self.indexed
+            .fetch_add(todo.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(todo.len())
+    }
+
+    /// Empties the index and queues every message held here again.
+    pub fn rebuild(&self) -> anyhow::Result<u64> {
+        let Some(index) = &self.index else {
+            return Ok(0);
+        };
+        index.clear()?;
+        Ok(self.logs.reindex_all()?)
+    }
+
+    /// Asks every node (this one included) and merges their pages.
+    pub async fn search(&self, q: QueryWire) -> Result<Found, SearchError> {
+        // Fail fast on a query no node could run.
+        q.to_query()?;
+        if chat_search::tokens(&q.text).is_empty() {
+            return Err(SearchError::BadQuery(
+                "the query has no words to search".into(),
+            ));
+        }
+        let me = self.meta.node_id();
+        let timeout = Duration::from_millis(self.config.fanout_timeout_ms);
+        let payload = encode(&q).map_err(|e| SearchError::Index(e.to_string()))?;
+        let remote = self
+            .meta
+            .nodes()
+            .iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(_, info)| {
+                let transport = self.meta.transport().clone();
+                let addr = info.peer_addr.clone();
+                let payload = payload.clone();
+                async move {
+                    let reply = transport
+                        .request(&addr, Channel::Search, payload, timeout)
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| decode::<SearchReply>(&b).map_err(|e| e.to_string()));
+                    if let Err(e) = &reply {
+                        tracing::debug!(peer = %addr, error = %e, "a node did not answer a search");
+                    }
+                    reply.ok()
+                }
+            })
+            .collect::<Vec<_>>();
+        let local = {
+            let q = q.clone();
+            let this = self.local_handle();
+            tokio::task::spawn_blocking(move || this.search_local(&q))
+        };
+        let (remote, local) = tokio::join!(futures_util::future::join_all(remote), local);
+        let mut pages = Vec::new();
+        let mut partial = false;
+        for reply in remote.into_iter().chain(std::iter::once(local.ok())) {
+            match reply {
+                Some(SearchReply::Hits(h)) => pages.push(h),
+                Some(SearchReply::Disabled) => {}
+                Some(SearchReply::BadQuery(m)) => return Err(SearchError::BadQuery(m)),
+                None => partial = true,
+            }
+        }
+        Ok(Found {
+            page: merge_pages(pages, q.limit as usize),
+            partial,
+        })
+    }
+
+    fn local_handle(&self) -> LocalIndex {
+        LocalIndex {
+            index: self.index.clone(),
+        }
+    }
+
+    /// Serves another node's query.
+    pub async fn handle_peer(&self, payload: &[u8]) -> Result<Vec<u8>, PeerError> {
+        let q: QueryWire = decode(payload)?;
+        let this = self.local_handle();
+        let reply = tokio::task::spawn_blocking(move || this.search_local(&q))
+            .await
+            .map_err(|e| PeerError::Handler(e.to_string()))?;
+        encode(&reply)
+    }
+
+    /// Messages waiting to be indexed here (at most one batch is counted).
+    pub fn backlog(&self) -> usize {
+        self.logs.unindexed(BATCH).map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+/// What a blocking search needs, without the service's other parts.
+struct LocalIndex {
+    index: Option<Arc<MessageIndex>>,
+}
+
+impl LocalIndex {
+    fn search_local(&self, q: &QueryWire) -> SearchReply {
+        let Some(index) = &self.index else {
+            return SearchReply::Disabled;
+        };
+        match q.to_query().and_then(|q| index.search(&q)) {
+            Ok(page) => SearchReply::Hits(page.hits),
+            Err(SearchError::BadQuery(m)) => SearchReply::BadQuery(m),
+            Err(SearchError::BadCursor) => SearchReply::BadQuery("bad cursor".into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "local search failed");
+                SearchReply::Hits(Vec::new())
+            }
+        }
+    }
+}
