@@ -212,7 +212,7 @@ async fn search_finds_what_the_user_may_read_in_any_language_and_survives_a_node
         }
     }
     let mut sorted = all.clone();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1));
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.1));
     sorted.dedup();
     assert_eq!(all.len(), 25);
     assert_eq!(all, sorted, "newest first, no repeats");
