@@ -232,11 +232,19 @@ impl SearchService {
         let me = self.meta.node_id();
         let timeout = Duration::from_millis(self.config.fanout_timeout_ms);
         let payload = encode(&q).map_err(|e| SearchError::Index(e.to_string()))?;
+        // A node marked down would only cost the timeout; its replicas answer for it.
+        let down = self.meta.read(|m| m.down_nodes().clone());
+        let mut skipped = false;
         let remote = self
             .meta
             .nodes()
             .iter()
             .filter(|(id, _)| *id != me)
+            .filter(|(id, _)| {
+                let up = !down.contains(&id.0);
+                skipped |= !up;
+                up
+            })
             .map(|(_, info)| {
                 let transport = self.meta.transport().clone();
                 let addr = info.peer_addr.clone();
@@ -261,7 +269,7 @@ impl SearchService {
         };
         let (remote, local) = tokio::join!(futures_util::future::join_all(remote), local);
         let mut pages = Vec::new();
-        let mut partial = false;
+        let mut partial = skipped;
         for reply in remote.into_iter().chain(std::iter::once(local.ok())) {
             match reply {
                 Some(SearchReply::Hits(h)) => pages.push(h),
