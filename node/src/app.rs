@@ -161,7 +161,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.node.data_dir.display()
         )
     })?;
-    let media = MediaService::new(blobs, meta.clone(), config.node.fsync);
+    let s3 = match &config.media.s3 {
+        Some(c) => {
+            let store = crate::s3::S3Store::new(c).context("configuring the S3 media store")?;
+            store
+                .ensure_bucket()
+                .await
+                .context("reaching the S3 media store")?;
+            tracing::info!(endpoint = %c.endpoint, bucket = %c.bucket, "media blobs in S3");
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
+    let media = MediaService::new(blobs, meta.clone(), config.node.fsync, s3);
     let _ = dispatch.media.set(media.clone());
     let search = SearchService::open(
         &config.node.data_dir.join("search"),

@@ -33,6 +33,8 @@ pub struct MediaConfig {
     pub link_ttl_ms: u64,
     /// Resumable uploads untouched this long are removed, ms.
     pub upload_expiry_ms: u64,
+    /// Keep blobs in an S3-compatible store instead of on the ring's nodes.
+    pub s3: Option<crate::s3::S3Config>,
 }
 
 impl Default for MediaConfig {
@@ -43,6 +45,7 @@ impl Default for MediaConfig {
             max_image_pixels: 40_000_000,
             link_ttl_ms: 3_600_000,
             upload_expiry_ms: 24 * 3_600_000,
+            s3: None,
         }
     }
 }
@@ -250,6 +253,17 @@ impl Config {
 
     /// Reads the operator token from `CHAT_ADMIN_TOKEN` or `auth.admin_token_file`.
     pub fn load_secrets(&mut self) -> Result<(), ConfigError> {
+        if let Some(s3) = &mut self.media.s3 {
+            if let Ok(k) = std::env::var("CHAT_S3_SECRET_ACCESS_KEY") {
+                s3.secret_access_key = Some(k.trim().to_owned());
+            } else if let Some(path) = &s3.secret_access_key_file {
+                let k = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                s3.secret_access_key = Some(k.trim().to_owned());
+            }
+        }
         if let Ok(t) = std::env::var("CHAT_ADMIN_TOKEN") {
             if !t.trim().is_empty() {
                 self.auth.admin_token = Some(t.trim().to_owned());

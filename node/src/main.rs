@@ -14,6 +14,7 @@ mod media;
 mod metrics;
 mod push;
 mod ratelimit;
+mod s3;
 mod search;
 
 use std::path::PathBuf;

@@ -10,6 +10,9 @@
 //! request never moves more than its range; a placement node that lacks a blob (it joined
 //! after the upload, or was down) pulls the whole blob once on the first read (read repair).
 //!
+//! With an S3-compatible store configured, the store replaces the ring for blobs: an upload is
+//! acknowledged once the store has it, and a node without a local copy reads ranges from it.
+//!
 //! Payloads between nodes: `[MEDIA_WIRE_VERSION] ++ MessagePack with field names`.
 
 use std::sync::Arc;
@@ -20,6 +23,8 @@ use chat_cluster::transport::{ByteBuf, Channel, PeerError};
 use chat_cluster::Metadata;
 use chat_media::{BlobHash, BlobStore, MediaError, Uploads};
 use chat_types::NodeId;
+
+use crate::s3::S3Store;
 use serde::{Deserialize, Serialize};
 
 /// Copies of each blob on the ring (fewer on smaller clusters).
@@ -83,16 +88,25 @@ pub struct MediaService {
     pub uploads: Uploads,
     meta: Arc<Metadata>,
     durable: bool,
+    /// When set, blobs live there instead of on the ring: uploads are written through to it
+    /// and nodes without a local copy read from it.
+    s3: Option<Arc<S3Store>>,
 }
 
 impl MediaService {
-    pub fn new(blobs: BlobStore, meta: Arc<Metadata>, durable: bool) -> Arc<Self> {
+    pub fn new(
+        blobs: BlobStore,
+        meta: Arc<Metadata>,
+        durable: bool,
+        s3: Option<Arc<S3Store>>,
+    ) -> Arc<Self> {
         let uploads = Uploads::new(&blobs);
         Arc::new(MediaService {
             blobs,
             uploads,
             meta,
             durable,
+            s3,
         })
     }
 
@@ -128,6 +142,21 @@ impl MediaService {
     /// Makes a blob this node holds durable on the ring: returns once a majority of its
     /// placement nodes hold it (this node counts when it is one of them).
     pub async fn replicate(&self, hash: BlobHash, size: u64) -> Result<(), MediaError> {
+        if let Some(s3) = &self.s3 {
+            let key = hash.to_hex();
+            let stored = |e: crate::s3::S3Error| {
+                tracing::warn!(error = %e, "writing a blob to S3 failed");
+                MediaError::Unsupported {
+                    reason: "the object store did not take the upload".into(),
+                }
+            };
+            if s3.head(&key).await.map_err(stored)? != Some(size) {
+                s3.put_file(&key, &self.blobs.path(&hash), size)
+                    .await
+                    .map_err(stored)?;
+            }
+            return Ok(());
+        }
         let me = self.meta.node_id();
         let ring = self.meta.ring();
         let placement = self.placement(&ring, &hash);
@@ -200,6 +229,13 @@ impl MediaService {
     ) -> Result<Vec<u8>, MediaError> {
         if self.blobs.exists(hash).await {
             return self.blobs.read_at(hash, offset, len).await;
+        }
+        if let Some(s3) = &self.s3 {
+            match s3.get_range(&hash.to_hex(), offset, len.min(CHUNK)).await {
+                Ok(Some(bytes)) => return Ok(bytes),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "reading a blob from S3 failed"),
+            }
         }
         self.read_remote(hash, offset, len).await
     }
@@ -295,6 +331,9 @@ impl MediaService {
 
     /// Read repair: a placement node that lacks a blob fetches it once.
     pub async fn repair_if_placed_here(&self, hash: BlobHash, size: u64) {
+        if self.s3.is_some() {
+            return;
+        }
         let ring = self.meta.ring();
         if self.placement(&ring, &hash).contains(&self.meta.node_id())
             && !self.blobs.exists(&hash).await
