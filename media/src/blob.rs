@@ -189,6 +189,39 @@ impl BlobStore {
         writer.finish(durable).await
     }
 
+    /// Every blob stored here, with its length. Files that are not blobs (wrong name or
+    /// shard) are skipped, so a stray file never stops a scan.
+    pub async fn list(&self) -> Result<Vec<BlobInfo>, MediaError> {
+        let mut out = Vec::new();
+        let mut shards = fs::read_dir(&self.inner.blobs).await?;
+        while let Some(shard) = shards.next_entry().await? {
+            if !shard.file_type().await?.is_dir() {
+                continue;
+            }
+            let mut files = fs::read_dir(shard.path()).await?;
+            while let Some(f) = files.next_entry().await? {
+                let Some(name) = f.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                let Ok(hash) = BlobHash::from_hex(&name) else {
+                    continue;
+                };
+                if name != hash.to_hex() || shard.file_name().to_str() != Some(&name[..2]) {
+                    continue;
+                }
+                let meta = f.metadata().await?;
+                if meta.is_file() {
+                    out.push(BlobInfo {
+                        hash,
+                        size: meta.len(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|b| b.hash);
+        Ok(out)
+    }
+
     /// Whether a blob with this hash is stored.
     pub async fn exists(&self, hash: &BlobHash) -> bool {
         matches!(fs::metadata(self.path(hash)).await, Ok(m) if m.is_file())

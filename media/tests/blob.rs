@@ -312,3 +312,33 @@ async fn size_exists_remove() {
     let again = clone.put_bytes(b"abc", false).await.expect("put again");
     assert!(store.exists(&again.hash).await);
 }
+
+#[tokio::test]
+async fn list_names_every_blob_once_and_skips_strays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    assert!(store.list().await.expect("list").is_empty());
+    let a = store.put_bytes(b"first", false).await.expect("put");
+    let b = store
+        .put_bytes(&pseudo_random(70_000, 3), false)
+        .await
+        .expect("put");
+    store.put_bytes(b"first", false).await.expect("dedup");
+    // Strays: a file with a non-hash name, and a hash in the wrong shard.
+    std::fs::write(store.root().join("blobs/zz"), b"x").expect("stray file");
+    let wrong = store.root().join("blobs/00");
+    std::fs::create_dir_all(&wrong).expect("shard");
+    std::fs::write(wrong.join(BlobHash::of(b"other").to_hex()), b"other").expect("stray blob");
+    let mut want = vec![(a.hash, 5u64), (b.hash, 70_000u64)];
+    want.sort();
+    let got: Vec<(BlobHash, u64)> = store
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|i| (i.hash, i.size))
+        .collect();
+    assert_eq!(got, want);
+    store.remove(&a.hash).await.expect("remove");
+    assert_eq!(store.list().await.expect("list").len(), 1);
+}

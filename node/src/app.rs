@@ -175,6 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let media = MediaService::new(blobs, meta.clone(), config.node.fsync, s3);
     let _ = dispatch.media.set(media.clone());
+    let rebalancer = media.start_rebalancer();
     let search = SearchService::open(
         &config.node.data_dir.join("search"),
         conversations,
@@ -259,6 +260,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         task.abort();
     }
     upload_sweeper.abort();
+    rebalancer.abort();
     meta.shutdown().await;
     peer_server.abort();
     store.flush().context("flushing the database")?;

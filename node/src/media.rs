@@ -23,9 +23,10 @@ use chat_cluster::transport::{ByteBuf, Channel, PeerError};
 use chat_cluster::Metadata;
 use chat_media::{BlobHash, BlobStore, MediaError, Uploads};
 use chat_types::NodeId;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 
 use crate::s3::S3Store;
-use serde::{Deserialize, Serialize};
 
 /// Copies of each blob on the ring (fewer on smaller clusters).
 pub const REPLICATION_FACTOR: usize = 3;
@@ -35,6 +36,19 @@ pub const CHUNK: usize = 1024 * 1024;
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an upload waits for a majority of its placement nodes.
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Blobs offered to their placement at once during a rebalance.
+const REBALANCE_CONCURRENCY: usize = 8;
+
+/// What a rebalance did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rebalanced {
+    /// Blobs held here when it started.
+    pub scanned: u64,
+    /// Placement nodes that answered they hold a blob (after pulling it if they lacked it).
+    pub confirmed: u64,
+    /// Local copies dropped because this node is no longer in their placement.
+    pub dropped: u64,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 enum MediaPeerRequest {
@@ -227,8 +241,11 @@ impl MediaService {
         offset: u64,
         len: usize,
     ) -> Result<Vec<u8>, MediaError> {
-        if self.blobs.exists(hash).await {
-            return self.blobs.read_at(hash, offset, len).await;
+        // A local copy may be dropped by a rebalance between the check and the read: then
+        // the read goes where the blob now is.
+        match self.blobs.read_at(hash, offset, len).await {
+            Err(MediaError::NotFound) => {}
+            other => return other,
         }
         if let Some(s3) = &self.s3 {
             match s3.get_range(&hash.to_hex(), offset, len.min(CHUNK)).await {
@@ -327,6 +344,101 @@ impl MediaService {
             }
         }
         Err(last)
+    }
+
+    /// After a ring change: every blob held here is offered to the nodes that are now its
+    /// placement (each pulls what it lacks), and a node that is no longer one of them drops
+    /// its copy once every placement node answered that it holds the blob. Safe to run again
+    /// at any time; with an S3 store there is nothing to move.
+    pub async fn rebalance(&self) -> Result<Rebalanced, MediaError> {
+        let mut done = Rebalanced::default();
+        if self.s3.is_some() {
+            return Ok(done);
+        }
+        let me = self.meta.node_id();
+        let Some(my_addr) = self.peer_addr(me) else {
+            return Ok(done);
+        };
+        let ring = self.meta.ring();
+        let blobs = self.blobs.list().await?;
+        let results = futures_util::stream::iter(blobs)
+            .map(|blob| {
+                let placement = self.placement(&ring, &blob.hash);
+                let my_addr = my_addr.clone();
+                async move {
+                    let mut held = 0usize;
+                    for node in placement.iter().copied().filter(|n| *n != me) {
+                        let Some(addr) = self.peer_addr(node) else {
+                            continue;
+                        };
+                        let Ok(req) = encode(&MediaPeerRequest::Pull {
+                            hash: blob.hash.to_hex(),
+                            size: blob.size,
+                            sources: vec![my_addr.clone()],
+                        }) else {
+                            continue;
+                        };
+                        let reply = self
+                            .meta
+                            .transport()
+                            .request(&addr, Channel::Media, req, REPLICATE_TIMEOUT)
+                            .await;
+                        if matches!(reply.as_deref().map(decode), Ok(Ok(MediaPeerReply::Held))) {
+                            held += 1;
+                        }
+                    }
+                    let others = placement.iter().filter(|n| **n != me).count();
+                    let mine = placement.contains(&me);
+                    let drop = !mine && !placement.is_empty() && held == others;
+                    if drop && self.blobs.remove(&blob.hash).await.is_ok() {
+                        (held, true)
+                    } else {
+                        (held, false)
+                    }
+                }
+            })
+            .buffer_unordered(REBALANCE_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        for (held, dropped) in results {
+            done.scanned += 1;
+            done.confirmed += held as u64;
+            done.dropped += u64::from(dropped);
+        }
+        Ok(done)
+    }
+
+    /// Runs [`MediaService::rebalance`] after every ring change (once the ring has been still
+    /// for a moment), until the node stops.
+    pub fn start_rebalancer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let mut ring = self.meta.ring_watch();
+        tokio::spawn(async move {
+            loop {
+                if ring.changed().await.is_err() {
+                    return;
+                }
+                // Joins and failures come in bursts of ring changes: wait for the last.
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if !ring.has_changed().unwrap_or(false) {
+                        break;
+                    }
+                    ring.borrow_and_update();
+                }
+                ring.borrow_and_update();
+                match me.rebalance().await {
+                    Ok(r) if r.scanned > 0 => tracing::info!(
+                        blobs = r.scanned,
+                        confirmed = r.confirmed,
+                        dropped = r.dropped,
+                        "blobs rebalanced after a ring change"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "rebalancing blobs failed"),
+                }
+            }
+        })
     }
 
     /// Read repair: a placement node that lacks a blob fetches it once.

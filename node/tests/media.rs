@@ -431,3 +431,116 @@ async fn uploads_need_a_session_and_bad_ids_are_not_found() {
     let thumb = image::load_from_memory(&got.body).expect("image");
     assert_eq!((thumb.width(), thumb.height()), (4, 4), "never upscaled");
 }
+
+/// Where each blob must be for `members`: the first three distinct ring nodes from its hash.
+fn placement(members: &[chat_types::NodeId], hash: &str) -> Vec<chat_types::NodeId> {
+    let ring = chat_cluster::Ring::new(
+        members.to_vec(),
+        chat_types::RingEpoch(0),
+        chat_cluster::ring::DEFAULT_VNODES,
+    );
+    let mut key = b"blob/".to_vec();
+    for i in (0..hash.len()).step_by(2) {
+        key.push(u8::from_str_radix(&hash[i..i + 2], 16).expect("hex"));
+    }
+    ring.successors(&key, 3)
+}
+
+fn holds(node: &harness::NodeProc, hash: &str) -> bool {
+    node.data_dir
+        .join("media/blobs")
+        .join(&hash[..2])
+        .join(hash)
+        .is_file()
+}
+
+/// Polls until every blob is on exactly its placement nodes among `nodes`.
+async fn must_settle(nodes: &[&harness::NodeProc], ids: &[chat_types::NodeId], hashes: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let wrong: Vec<String> = hashes
+            .iter()
+            .flat_map(|h| {
+                let want = placement(ids, h);
+                nodes
+                    .iter()
+                    .zip(ids)
+                    .filter(|(n, id)| holds(n, h) != want.contains(id))
+                    .map(|(n, _)| format!("{} {}", n.name, &h[..8]))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blobs not where the ring puts them: {wrong:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_follow_the_ring_when_a_node_joins_and_another_drains() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut trio = must_start_trio(root.path(), &[]).await;
+    let api = trio.nodes[1].api();
+    let (_, token) = must_sign_up(&api, "media_mover").await;
+    let mut files = Vec::new();
+    let mut hashes = Vec::new();
+    for i in 0..8 {
+        let body = format!("file number {i}\n").repeat(100 + i).into_bytes();
+        let m = api
+            .upload(&token, &format!("f{i}.txt"), body.clone())
+            .await
+            .expect("upload");
+        let got = api
+            .fetch(Some(&token), &format!("/v1/media/{}", m.id), &[])
+            .await
+            .expect("fetch");
+        hashes.push(
+            got.header("etag")
+                .expect("etag")
+                .trim_matches('"')
+                .to_owned(),
+        );
+        files.push((m.id, body));
+    }
+    {
+        let nodes: Vec<&harness::NodeProc> = trio.nodes.iter().collect();
+        must_settle(&nodes, &trio.ids, &hashes).await;
+    }
+
+    // A fourth node joins: it gets the blobs it now places, the others drop what they lost.
+    let mut n4 = harness::NodeProc::new(root.path(), "n4", Some(trio.nodes[0].peer.clone()));
+    n4.start();
+    let ready = harness::must_be_ready(&n4, 4).await;
+    let mut ids = trio.ids.clone();
+    ids.push(chat_types::NodeId(
+        ready["node_id"].as_u64().expect("node id"),
+    ));
+    {
+        let mut nodes: Vec<&harness::NodeProc> = trio.nodes.iter().collect();
+        nodes.push(&n4);
+        must_settle(&nodes, &ids, &hashes).await;
+    }
+
+    // The first node drains and stops: nothing it held is lost.
+    trio.nodes[0].admin(&["drain"]);
+    for n in [&trio.nodes[1], &trio.nodes[2], &n4] {
+        harness::must_be_ready_with(n, 3, 3).await;
+    }
+    trio.nodes[0].stop();
+    let rest = [&trio.nodes[1], &trio.nodes[2], &n4];
+    must_settle(&rest, &ids[1..], &hashes).await;
+    for (id, body) in &files {
+        let got = n4
+            .api()
+            .fetch(Some(&token), &format!("/v1/media/{id}"), &[])
+            .await
+            .expect("fetch");
+        assert_eq!((got.status, &got.body == body), (200, true));
+    }
+    let _ = &mut trio;
+}
