@@ -1,6 +1,8 @@
-// The chat protocol v1 client (docs/protocol.md): REST calls, and one WebSocket that says
-// hello, matches replies to requests by id, keeps itself alive with pings and reconnects on
-// its own with backoff, following the server's close codes.
+// The chat protocol v1 client (docs/protocol.md): REST calls (accounts, media uploads with
+// progress and resumable uploads, signed media links, search), and one WebSocket that says
+// hello (resuming the user's event stream from a cursor), matches replies to requests by id,
+// hands every push to the app, keeps itself alive with pings and reconnects on its own with
+// backoff, following the server's close codes.
 
 export const PROTOCOL_VERSION = 1;
 
@@ -54,13 +56,67 @@ async function rest(method, path, { body, token } = {}) {
   } catch {
     // not JSON: handled below
   }
-  if (!resp.ok) {
-    if (data && typeof data.code === 'string') throw ApiError.fromWire(data, resp.status);
-    const code = resp.status === 401 ? 'unauthorized' : resp.status >= 500 ? 'internal' : 'invalid_argument';
-    throw new ApiError(code, `HTTP ${resp.status}`, { retry: resp.status >= 500, status: resp.status });
-  }
+  if (!resp.ok) throw httpError(resp.status, data);
   return data;
 }
+
+/** The error of a failed HTTP reply: the server's own when it sent one. */
+function httpError(status, data) {
+  if (data && typeof data.code === 'string') return ApiError.fromWire(data, status);
+  const code =
+    {
+      401: 'unauthorized',
+      403: 'forbidden',
+      404: 'not_found',
+      405: 'not_found',
+      409: 'conflict',
+      413: 'too_large',
+      415: 'unsupported_media_type',
+      429: 'rate_limited',
+      503: 'unavailable',
+    }[status] || (status >= 500 ? 'internal' : 'invalid_argument');
+  return new ApiError(code, `HTTP ${status}`, { retry: status >= 500 || status === 429, status });
+}
+
+/**
+ * An HTTP request through XMLHttpRequest, for upload progress: `onProgress(sent, total)`.
+ * `signal` (an AbortSignal) cancels it with the code `aborted`.
+ */
+function xhr(method, path, { token, body, headers = {}, onProgress, signal } = {}) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(new ApiError('aborted', 'cancelled'));
+    const x = new XMLHttpRequest();
+    x.open(method, path);
+    if (token) x.setRequestHeader('authorization', `Bearer ${token}`);
+    for (const [k, v] of Object.entries(headers)) x.setRequestHeader(k, v);
+    if (onProgress) x.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : 0);
+    const onAbort = () => x.abort();
+    signal?.addEventListener('abort', onAbort);
+    const done = () => signal?.removeEventListener('abort', onAbort);
+    x.onload = () => {
+      done();
+      let data = null;
+      try {
+        data = x.responseText ? JSON.parse(x.responseText) : null;
+      } catch {
+        // not JSON: handled below
+      }
+      if (x.status >= 200 && x.status < 300) resolve(data);
+      else reject(httpError(x.status, data));
+    };
+    x.onerror = x.ontimeout = () => {
+      done();
+      reject(new ApiError('offline', 'cannot reach the server', { retry: true }));
+    };
+    x.onabort = () => {
+      done();
+      reject(new ApiError('aborted', 'cancelled'));
+    };
+    x.send(body ?? null);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 export const register = (username, password) =>
   rest('POST', '/v1/register', { body: { username, password } });
@@ -74,6 +130,87 @@ export const logout = (token) => rest('POST', '/v1/logout', { token });
 export const restHistory = (token, conversation, query = {}) =>
   rest('GET', `/v1/conversations/${conversation}/messages?${new URLSearchParams(query)}`, { token });
 
+// ---- media ------------------------------------------------------------------------------
+
+/** Files above this size go through the resumable upload. */
+export const RESUMABLE_ABOVE = 8 * 1024 * 1024;
+const CHUNK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Uploads a File (or Blob with a `name`); resolves with its MediaInfo. Large files use the
+ * resumable upload, which survives network faults by asking the server where it got to.
+ */
+export function uploadMedia(token, file, { onProgress, signal } = {}) {
+  if (file.size > RESUMABLE_ABOVE) return uploadResumable(token, file, { onProgress, signal });
+  const name = file.name || 'file';
+  return xhr('POST', `/v1/media?name=${encodeURIComponent(name)}`, {
+    token,
+    body: file,
+    headers: { 'content-type': file.type || 'application/octet-stream' },
+    onProgress,
+    signal,
+  });
+}
+
+async function uploadResumable(token, file, { onProgress, signal } = {}) {
+  const name = file.name || 'file';
+  const up = await rest('POST', '/v1/uploads', { token, body: { name, size: file.size } });
+  const path = `/v1/uploads/${encodeURIComponent(up.upload_id)}`;
+  let offset = up.offset || 0;
+  let failures = 0;
+  onProgress?.(offset, file.size);
+  for (;;) {
+    if (signal?.aborted) throw new ApiError('aborted', 'cancelled');
+    const start = offset;
+    try {
+      const r = await xhr('PATCH', path, {
+        token,
+        body: file.slice(start, start + CHUNK_BYTES),
+        headers: { 'upload-offset': String(start), 'content-type': 'application/octet-stream' },
+        onProgress: (sent) => onProgress?.(start + sent, file.size),
+        signal,
+      });
+      failures = 0;
+      offset = r.offset;
+      onProgress?.(offset, file.size);
+      if (r.media) return r.media;
+      if (offset >= file.size) throw new ApiError('internal', 'the upload ended without a file');
+    } catch (e) {
+      const transient = e.retry || ['offline', 'conflict', 'offset_mismatch'].includes(e.code);
+      if (e.code === 'aborted' || !transient || ++failures > 6) throw e;
+      await sleep(e.retryAfterMs ?? Math.min(15000, 500 * 2 ** failures));
+      // Ask where the server got to, and go on from there.
+      const st = await rest('GET', path, { token }).catch(() => null);
+      if (st && typeof st.offset === 'number') offset = st.offset;
+    }
+  }
+}
+
+/** `{url, thumbnails: {s?, m?, l?}, expires_ms}`: signed links usable in src attributes. */
+export const mediaLink = (token, id) =>
+  rest('POST', `/v1/media/${encodeURIComponent(id)}/link`, { token });
+
+// ---- search -----------------------------------------------------------------------------
+
+function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== '') q.set(k, String(v));
+  return q.toString();
+}
+
+/**
+ * `{hits: [{conversation, seq, sender, ts_ms, body, snippet, highlights}], next, partial}`.
+ * params: q, conversation, sender, from_ms, to_ms, cursor, limit.
+ */
+export const searchMessages = (token, params) => rest('GET', `/v1/search/messages?${query(params)}`, { token });
+
+/** `{users: [{user_id, username, display_name}]}` */
+export const searchUsers = (token, q) => rest('GET', `/v1/search/users?${query({ q })}`, { token });
+
+/** `{conversations: [{conversation, name, kind}]}` */
+export const searchConversations = (token, q) =>
+  rest('GET', `/v1/search/conversations?${query({ q })}`, { token });
+
 /** The WebSocket URL on the host that served this page. */
 export function wsUrl(token) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -86,8 +223,10 @@ const BACKOFF_MAX_MS = 15000;
 
 /**
  * One live connection for a logged-in user. Handlers (all optional):
+ *   resumeFrom()                    the event cursor to resume from (a number), or null
  *   onReady(welcome, reconnected)   after each successful hello
- *   onPush(frame)                   a `message` push
+ *   onPush(frame)                   every push: message, read, receipt, contact,
+ *                                   profile_changed, typing, presence, resync
  *   onServerError(error)            an error frame that answers no request
  *   onStatus(state, info)           'connecting' | 'online' | 'offline' ({retryInMs, code})
  *   onAuthLost()                    the token is revoked (close 4001 or 401 on upgrade)
@@ -110,6 +249,7 @@ export class Connection {
     this.reconnectTimer = null;
     this.heartbeatTimer = null;
     this.pingSince = 0; // when the oldest unanswered ping went out
+    this.resumedFrom = null; // the cursor the last hello resumed from
     this.wakeUp = () => {
       if (document.visibilityState === 'hidden') return;
       if (!this.stopped && !this.ws && this.reconnectTimer) this._scheduleReconnect(0);
@@ -140,6 +280,12 @@ export class Connection {
   drop(holdMs = 0) {
     this.holdUntil = Date.now() + holdMs;
     this._abandon(4000, 'dropped by the client');
+  }
+
+  /** Reconnects now, cutting short a wait (a backoff, or the hold of `drop`). */
+  reconnectNow() {
+    this.holdUntil = 0;
+    if (!this.stopped && !this.ws) this._scheduleReconnect(0);
   }
 
   /** Sends a request frame (an `id` is added) and resolves with its reply. */
@@ -175,7 +321,11 @@ export class Connection {
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
-      this._call({ type: 'hello', version: PROTOCOL_VERSION }, REQUEST_TIMEOUT_MS).then(
+      const hello = { type: 'hello', version: PROTOCOL_VERSION };
+      const cursor = this.h.resumeFrom?.();
+      if (Number.isInteger(cursor) && cursor >= 0) hello.resume_from = cursor;
+      this.resumedFrom = hello.resume_from ?? null;
+      this._call(hello, REQUEST_TIMEOUT_MS).then(
         (welcome) => this._onWelcome(welcome),
         () => {}, // the close handler deals with it
       );
@@ -225,10 +375,10 @@ export class Connection {
       clearTimeout(waiter.timer);
       if (f.type === 'error') waiter.reject(ApiError.fromWire(f));
       else waiter.resolve(f);
-    } else if (f.type === 'message') {
-      this.h.onPush?.(f);
     } else if (f.type === 'error') {
       this.h.onServerError?.(ApiError.fromWire(f));
+    } else if (f.type !== 'pong' && f.type !== 'ok' && (f.id === undefined || f.id === null)) {
+      this.h.onPush?.(f);
     }
   }
 

@@ -1,8 +1,10 @@
 //! The web client in real browsers: a 3-node cluster serves `web/`, and
 //! `web/tests/browser_test.py` drives two headless Chromium sessions on different nodes
-//! through Selenium (register, open a conversation, live messages both ways, a dropped
-//! WebSocket with catch-up and the outbox, a reload, logout and login), saving screenshots to
-//! `$CHAT_SCREENSHOT_DIR` (default `target/screenshots`).
+//! through Selenium (register; a contact request and its acceptance, with presence; live
+//! messages both ways with typing indicators and read receipts; a reply, an edit, a deletion
+//! and a reaction; a group created and used by both; a dropped WebSocket that resumes from
+//! the event cursor, with the outbox; a reload, logout and login, older pages, a profile
+//! change), saving screenshots to `$CHAT_SCREENSHOT_DIR` (default `target/screenshots`).
 //!
 //! Chromium, chromium-driver and Selenium come from `scripts/deps`; this test runs it when one
 //! is missing and says SKIP only when they still cannot be had.
@@ -122,6 +124,11 @@ async fn web_client_in_two_browsers_on_a_three_node_cluster() {
     for (path, ty) in [
         ("/app.js", "text/javascript; charset=utf-8"),
         ("/api.js", "text/javascript; charset=utf-8"),
+        ("/ui.js", "text/javascript; charset=utf-8"),
+        ("/media.js", "text/javascript; charset=utf-8"),
+        ("/contacts.js", "text/javascript; charset=utf-8"),
+        ("/groups.js", "text/javascript; charset=utf-8"),
+        ("/search.js", "text/javascript; charset=utf-8"),
         ("/style.css", "text/css; charset=utf-8"),
         ("/manifest.webmanifest", "application/manifest+json"),
         ("/icon.svg", "image/svg+xml"),

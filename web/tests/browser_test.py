@@ -5,11 +5,18 @@ Run by node/tests/web_browser.rs with the URLs of a running cluster's nodes:
 
     python3 web/tests/browser_test.py --screenshots DIR http://127.0.0.1:A http://127.0.0.1:B [...]
 
-Two browsers, each on its own node: alice and bob register, alice opens a conversation with
-bob and writes, bob sees it live and replies. Then bob's WebSocket is dropped while alice
-writes more and bob types a message offline: after the reconnect bob has everything, in
-order, once, and his offline message reaches alice. An outbox message survives a page reload.
-Screenshots of the main screens go to DIR. Exits non-zero on any failure.
+Two browsers, each on its own node. alice and bob register and become contacts through the
+Contacts panel (a request, then accept), each seeing the other online. alice opens the
+conversation and writes; bob sees it live and replies; each sees the other typing, and alice
+sees "Seen" under her message once bob read it. bob replies to a message (a quote), alice
+edits one and deletes another, bob reacts: each change shows on the other side. alice creates
+a group with bob and both write in it. Then bob's WebSocket is dropped: alice sees him go
+offline, writes on in both conversations while bob types a message offline; on reconnect
+bob resumes from his event cursor and has everything, in order, once (without reading any
+history again), with an unread badge on the group, and his offline message reaches alice.
+An outbox message survives a page reload; logout and login keep the list; older pages load
+on scroll-up; a revoked token leads back to the login screen. Screenshots of the main
+screens go to DIR. Exits non-zero on any failure.
 """
 
 import argparse
@@ -22,6 +29,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 PASSWORD = "correct horse battery"
 WIDE = (1280, 800)
@@ -59,18 +67,27 @@ def browser():
     return d
 
 
+class _Failed(Exception):
+    pass
+
+
 def wait(what, cond, timeout=15.0):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
+    """Polls `cond` (exceptions count as "not yet": the page may be mid-render)."""
+    last = []
+
+    def check(_):
         try:
-            v = cond()
-            if v:
-                return v
-        except Exception as e:  # noqa: BLE001 - the page may be mid-render
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+            return cond()
+        except Exception as e:  # noqa: BLE001
+            last[:] = [e]
+            return False
+
+    try:
+        return WebDriverWait(None, timeout, poll_frequency=0.1).until(check)
+    except Exception:  # noqa: BLE001 - TimeoutException
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last[0]})" if last else "")
+        ) from None
 
 
 def visible(d, css):
@@ -78,15 +95,39 @@ def visible(d, css):
     return bool(els) and els[0].is_displayed()
 
 
+def text_of(d, css):
+    els = d.find_elements(By.CSS_SELECTOR, css)
+    return els[0].text if els else ""
+
+
+def click(d, css):
+    """Clicks the element, finding it again if a re-render replaced it meanwhile."""
+
+    def once():
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    wait(f"a click on {css}", once, timeout=5)
+
+
 def messages(d):
     return d.execute_script(
         """return [...document.querySelectorAll('#messages .msg')].map(e => ({
              seq: e.dataset.seq ? Number(e.dataset.seq) : null,
-             body: e.querySelector('.body').textContent,
+             body: e.querySelector('.body')?.textContent ?? '',
              pending: e.classList.contains('pending'),
              failed: e.classList.contains('failed'),
+             deleted: e.classList.contains('deleted'),
+             edited: (e.querySelector('.meta')?.textContent ?? '').includes('edited'),
+             quote: e.querySelector('.quote-text')?.textContent ?? null,
+             reactions: [...e.querySelectorAll('.reaction')].map(r => r.textContent),
+             receipt: e.querySelector('.receipt')?.textContent ?? '',
              mine: e.classList.contains('mine')}))"""
     )
+
+
+def system_rows(d):
+    return d.execute_script("return [...document.querySelectorAll('#messages .system')].map(e => e.textContent)")
 
 
 def bodies(d):
@@ -123,7 +164,26 @@ def check_order(d, expected, who):
     got = [m["body"] for m in ms]
     assert got == expected, f"{who} shows {got}, expected {expected}"
     seqs = [m["seq"] for m in ms]
-    assert seqs == list(range(1, len(expected) + 1)), f"{who}: seqs {seqs} are not 1..{len(expected)}"
+    assert all(s for s in seqs) and seqs == sorted(set(seqs)), f"{who}: seqs {seqs} are not increasing"
+
+
+def msg_seq(d, body):
+    for m in messages(d):
+        if m["body"] == body and m["seq"]:
+            return m["seq"]
+    raise AssertionError(f"no acked message {body!r}")
+
+
+def menu(d, seq, action):
+    """Opens a message's action menu and picks an action (or a reaction with `emoji:<e>`)."""
+    click(d, f'#messages .msg[data-seq="{seq}"] .msg-more')
+    wait("the message menu", lambda: visible(d, "#msg-menu"), timeout=5)
+    if action.startswith("emoji:"):
+        d.execute_script(
+            "document.querySelector(`#msg-menu [data-emoji=\"${arguments[0]}\"]`).click()", action[len("emoji:"):]
+        )
+    else:
+        click(d, f'#msg-menu [data-action="{action}"]')
 
 
 def register(d, url, username):
@@ -137,6 +197,8 @@ def register(d, url, username):
 
 
 def shot(d, directory, name):
+    # Toasts come and go; the screens are what is kept.
+    d.execute_script("document.getElementById('toast').hidden = true")
     path = os.path.join(directory, name)
     d.save_screenshot(path)
     log(f"screenshot {path}")
@@ -164,8 +226,21 @@ def phone(d, on):
             "Emulation.setDeviceMetricsOverride",
             {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
         )
+        wait("the phone layout", lambda: d.execute_script("return innerWidth") == 390, timeout=5)
     else:
         d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        wait("the wide layout", lambda: d.execute_script("return innerWidth") == WIDE[0], timeout=5)
+
+
+def tab(d, name):
+    click(d, f"#tab-{name}")
+    wait(f"the {name} tab", lambda: visible(d, f"#view-{name}"), timeout=5)
+
+
+def open_conv(d, conv):
+    tab(d, "chats")
+    click(d, f'#conv-list .conv[data-id="{conv}"]')
+    wait(f"{conv} open", lambda: info(d)["current"] == conv and visible(d, "#messages"), timeout=5)
 
 
 def main():
@@ -193,6 +268,8 @@ def main():
 
         register(a, url_a, "alice")
         register(b, url_b, "bob")
+        alice_id = info(a)["userId"]
+        bob_id = info(b)["userId"]
         log("registered alice on %s and bob on %s" % (url_a, url_b))
 
         # An error frame, in plain words.
@@ -201,9 +278,34 @@ def main():
         a.find_element(By.ID, "toast").click()
         wait("the error dismissed", lambda: not visible(a, "#toast"))
 
-        # alice opens the conversation and writes; bob's browser learns of it from the pushes.
-        type_into(a, "#open-username", "bob")
+        # Contacts: alice asks, bob accepts; each sees the other online.
+        tab(a, "contacts")
+        type_into(a, "#add-contact-username", "bob")
+        wait("alice's request to bob listed", lambda: visible(a, f'#outgoing-list li[data-user="{bob_id}"]'))
+        wait("bob's contacts badge", lambda: text_of(b, "#contacts-badge") == "1")
+        tab(b, "contacts")
+        click(b, f'#incoming-list li[data-user="{alice_id}"] button[data-action="accept"]')
+        wait(
+            "alice online in bob's contacts",
+            lambda: b.find_element(By.CSS_SELECTOR, f'#contact-list li[data-user="{alice_id}"]').get_attribute("data-presence")
+            == "online",
+        )
+        wait(
+            "bob online in alice's contacts",
+            lambda: a.find_element(By.CSS_SELECTOR, f'#contact-list li[data-user="{bob_id}"]').get_attribute("data-presence")
+            == "online",
+        )
+        assert not visible(a, "#outgoing-list"), "the request is answered"
+        assert "online" in text_of(a, f'#contact-list li[data-user="{bob_id}"] .person-line')
+        shot(a, args.screenshots, "contacts.png")
+        log("contact request, accept and presence: ok")
+
+        # alice opens the conversation from her contacts and writes; bob's browser learns of it
+        # from the pushes.
+        click(a, f'#contact-list li[data-user="{bob_id}"] button[data-action="message"]')
         wait("the conversation with bob", lambda: a.find_element(By.ID, "conv-title").text == "bob")
+        dm = info(a)["current"]
+        wait("bob's presence in the header", lambda: a.find_element(By.ID, "conv-sub").get_attribute("data-presence") == "online")
         first = [
             "Hi Bob! Are you around?",
             "The web client is up: every node serves it at /",
@@ -212,43 +314,119 @@ def main():
         for text in first:
             send(a, text)
         wait("alice's messages acked", lambda: all_acked(a, first))
+        tab(b, "chats")
         wait(
             "the conversation in bob's list",
-            lambda: b.find_element(By.CSS_SELECTOR, "#conv-list .conv .conv-name").text == "alice",
+            lambda: b.find_element(By.CSS_SELECTOR, f'#conv-list .conv[data-id="{dm}"] .conv-name').text == "alice",
         )
-        b.find_element(By.CSS_SELECTOR, "#conv-list .conv").click()
+        wait("the unread badge in bob's list", lambda: text_of(b, f'#conv-list .conv[data-id="{dm}"] .badge') == "3")
+        open_conv(b, dm)
         wait("bob sees alice's messages", lambda: all_acked(b, first))
 
-        # Live both ways.
+        # Live both ways, with typing indicators and a read receipt.
         expected = first + ["No install needed, and it fits a phone screen too."]
         send(a, expected[-1])
         wait("bob sees the live message", lambda: bodies(b) == expected)
-        expected.append("Nice! I'm on another node and got each one live.")
-        send(b, expected[-1])
+        wait("Seen under alice's message", lambda: messages(a)[-1]["receipt"] == "Seen")
+        reply_text = "Nice! I'm on another node and got each one live."
+        type_into(b, "#composer-input", reply_text, enter=False)
+        wait("alice sees bob typing", lambda: a.find_element(By.ID, "typing").text == "bob is typing…", timeout=8)
+        b.find_element(By.ID, "composer-input").send_keys(Keys.ENTER)
+        expected.append(reply_text)
         wait("alice sees bob's reply", lambda: bodies(a) == expected)
+        wait("the typing indicator gone", lambda: a.find_element(By.ID, "typing").text == "", timeout=8)
+        type_into(a, "#composer-input", "x", enter=False)
+        wait("bob sees alice typing", lambda: b.find_element(By.ID, "typing").text == "alice is typing…", timeout=8)
+        a.find_element(By.ID, "composer-input").clear()
         check_order(a, expected, "alice")
         check_order(b, expected, "bob")
-        log("live delivery both ways: ok")
+        log("live delivery, typing and receipts: ok")
+
+        # A reply (bob quotes alice's first message), an edit and a deletion (alice), a reaction (bob).
+        menu(b, msg_seq(b, first[0]), "reply")
+        wait("bob's reply banner", lambda: "Replying to alice" in b.find_element(By.ID, "compose-context").text, timeout=5)
+        send(b, "Yes, right here.")
+        expected.append("Yes, right here.")
+        wait("alice sees the reply with its quote", lambda: bodies(a) == expected and messages(a)[-1]["quote"] == first[0])
+        edited = "Open http://127.0.0.1:8080 after ./scripts/run-node, then log in."
+        menu(a, msg_seq(a, first[2]), "edit")
+        wait("alice's edit banner", lambda: visible(a, "#compose-context") and a.find_element(By.ID, "composer-input").get_attribute("value") == first[2], timeout=5)
+        send(a, edited)
+        expected[2] = edited
+        wait("bob sees the edit", lambda: bodies(b) == expected and messages(b)[2]["edited"])
+        menu(a, msg_seq(a, first[1]), "delete")
+        wait("the confirmation", lambda: visible(a, "#confirm-dialog"), timeout=5)
+        click(a, "#confirm-ok")
+        expected[1] = "message deleted"
+        wait("bob sees the deletion", lambda: bodies(b) == expected and messages(b)[1]["deleted"])
+        menu(b, msg_seq(b, expected[3]), "emoji:👍")
+        wait("alice sees the reaction", lambda: messages(a)[3]["reactions"] == ["👍 1"])
+        wait("bob's own reaction acked", lambda: messages(b)[3]["reactions"] == ["👍 1"] and info(b)["outbox"] == 0)
+        check_order(a, expected, "alice")
+        check_order(b, expected, "bob")
+        log("reply, edit, delete and reaction: ok")
 
         # Screens: the conversation wide (bob's side), then on a phone (conversation and list).
         shot(b, args.screenshots, "conversation-wide.png")
         phone(a, True)
-        time.sleep(0.3)
         a.execute_script("document.querySelector('#messages').scrollTop = 1e9")
-        assert visible(a, "#back-btn") and not visible(a, ".sidebar"), "phone: the conversation alone"
+        wait("phone: the conversation alone", lambda: visible(a, "#back-btn") and not visible(a, ".sidebar"), timeout=5)
         shot(a, args.screenshots, "conversation-phone.png")
         a.find_element(By.ID, "back-btn").click()
         wait("the list on the phone", lambda: visible(a, ".sidebar") and not visible(a, ".pane"))
         shot(a, args.screenshots, "list-phone.png")
-        a.find_element(By.CSS_SELECTOR, "#conv-list .conv").click()
+        tab(a, "contacts")
+        shot(a, args.screenshots, "contacts-phone.png")
+        open_conv(a, dm)
         wait("the conversation again", lambda: visible(a, "#messages") and not visible(a, ".sidebar"))
         phone(a, False)
         wait("the wide layout again", lambda: visible(a, ".sidebar") and visible(a, "#messages"))
 
-        # bob's connection drops; alice writes on, bob types offline.
-        assert info(b)["connects"] == 1, info(b)
-        b.execute_script("window.__chatTest.dropConnection(4000)")
+        # A group: alice creates it with bob from her contacts; both write in it.
+        click(a, "#new-group-btn")
+        wait("the new group form", lambda: visible(a, "#group-new-dialog"), timeout=5)
+        type_into(a, "#group-name", "Weekend trip", enter=False)
+        type_into(a, "#group-description", "Saturday at the lake", enter=False)
+        click(a, f'#group-contacts-list input[value="{bob_id}"]')
+        click(a, "#group-create")
+        wait("the group open", lambda: info(a)["current"].startswith("g:") and a.find_element(By.ID, "conv-title").text == "Weekend trip")
+        group = info(a)["current"]
+        wait("the group's creation in alice's timeline", lambda: system_rows(a) == ["You created the group"])
+        group_msgs = ["Who's in for Saturday?"]
+        send(a, group_msgs[0])
+        wait(
+            "the group in bob's list",
+            lambda: b.find_element(By.CSS_SELECTOR, f'#conv-list .conv[data-id="{group}"] .conv-name').text == "Weekend trip",
+        )
+        open_conv(b, group)
+        wait("bob sees the group", lambda: all_acked(b, group_msgs) and system_rows(b) == ["alice created the group"])
+        group_msgs.append("Count me in!")
+        send(b, group_msgs[-1])
+        wait("alice sees bob in the group", lambda: all_acked(a, group_msgs))
+        wait("the sender's name in the group", lambda: text_of(a, "#messages .msg.theirs .sender") == "bob")
+        wait("alice sees bob read the group", lambda: messages(a)[0]["receipt"] == "Seen by bob")
+        shot(a, args.screenshots, "group.png")
+        click(a, "#conv-info-btn")
+        wait(
+            "the group's members with roles",
+            lambda: a.find_element(By.CSS_SELECTOR, f'#group-members li[data-user="{alice_id}"]').get_attribute("data-role") == "owner"
+            and a.find_element(By.CSS_SELECTOR, f'#group-members li[data-user="{bob_id}"]').get_attribute("data-role") == "member",
+        )
+        shot(a, args.screenshots, "group-info.png")
+        a.switch_to.active_element.send_keys(Keys.ESCAPE)
+        wait("the group details closed", lambda: not visible(a, "#group-dialog"), timeout=5)
+        log("group: ok")
+
+        # bob's connection drops; alice sees him go offline and writes on in both conversations;
+        # bob types offline. On reconnect bob resumes from his event cursor.
+        open_conv(b, dm)
+        open_conv(a, dm)
+        wait("bob's DM loaded", lambda: all_acked(b, expected))
+        before = info(b)
+        assert before["connects"] == 1, before
+        b.execute_script("window.__chatTest.dropConnection(60000)")
         wait("bob offline", lambda: not online(b) and visible(b, "#status-banner"), timeout=5)
+        wait("alice sees bob offline", lambda: a.find_element(By.ID, "conv-sub").get_attribute("data-presence") == "offline", timeout=5)
         offline_text = "typed while offline"
         send(b, offline_text)
         wait("bob's offline message pending", lambda: messages(b)[-1]["pending"] and messages(b)[-1]["body"] == offline_text)
@@ -257,16 +435,31 @@ def main():
         for text in missed:
             send(a, text)
         wait("alice's messages acked", lambda: all_acked(a, expected + missed))
+        open_conv(a, group)
+        group_msgs.append("Bring snacks.")
+        send(a, group_msgs[-1])
+        wait("alice's group message acked", lambda: all_acked(a, group_msgs))
         assert info(b)["connects"] == 1 and info(b)["outbox"] == 1, info(b)
+        b.execute_script("window.__chatTest.reconnect()")
         expected += missed + [offline_text]
         wait("bob reconnected and caught up", lambda: online(b) and all_acked(b, expected), timeout=20)
-        assert info(b)["connects"] == 2 and info(b)["outbox"] == 0, info(b)
+        after = info(b)
+        assert after["connects"] == 2 and after["outbox"] == 0, after
+        assert after["resumedFrom"] and after["resumedFrom"] >= before["cursor"], (before, after)
+        assert after["history"] == before["history"], f"bob read history again: {before} -> {after}"
+        assert after["resyncs"] == 0, after
         check_order(b, expected, "bob")
+        wait("the group's unread badge in bob's list", lambda: text_of(b, f'#conv-list .conv[data-id="{group}"] .badge') == "1")
+        open_conv(b, group)
+        wait("bob has the group message", lambda: all_acked(b, group_msgs))
+        open_conv(a, dm)
         wait("alice has bob's offline message", lambda: bodies(a) == expected)
         check_order(a, expected, "alice")
-        log("reconnect, catch-up and outbox: ok")
+        wait("alice sees bob online again", lambda: a.find_element(By.ID, "conv-sub").get_attribute("data-presence") == "online")
+        log("reconnect via the event cursor, catch-up and outbox: ok")
 
         # The outbox lives in localStorage: a message typed offline survives a reload.
+        open_conv(b, dm)
         b.execute_script("window.__chatTest.dropConnection(60000)")
         wait("bob offline", lambda: not online(b), timeout=5)
         send(b, "survives a reload")
@@ -284,8 +477,8 @@ def main():
         type_into(b, "#login-username", "bob", enter=False)
         type_into(b, "#login-password", PASSWORD)
         wait("bob back in", lambda: visible(b, "#app") and online(b))
-        wait("bob's list kept", lambda: b.find_element(By.CSS_SELECTOR, "#conv-list .conv-name").text == "alice")
-        b.find_element(By.CSS_SELECTOR, "#conv-list .conv").click()
+        wait("bob's list kept", lambda: b.find_element(By.CSS_SELECTOR, f'#conv-list .conv[data-id="{dm}"] .conv-name').text == "alice")
+        open_conv(b, dm)
         wait("bob's history after login", lambda: all_acked(b, expected))
         log("logout and login: ok")
 
@@ -300,10 +493,23 @@ def main():
         for _ in range(20):
             if bodies(b) == expected:
                 break
+            held = len(messages(b))
             b.execute_script("document.querySelector('#messages').scrollTop = 0")
-            time.sleep(0.3)
+            wait("an older page", lambda: len(messages(b)) > held or bodies(b) == expected, timeout=5)
         check_order(b, expected, "bob after scrolling up")
         log("history pages on scroll-up: ok")
+
+        # A profile change reaches the contact live (a profile_changed event).
+        click(a, "#me-btn")
+        wait("alice's profile form", lambda: visible(a, "#profile-dialog") and a.find_element(By.ID, "profile-dm").get_attribute("value") == "anyone")
+        type_into(a, "#profile-display", "Alice Liddell", enter=False)
+        type_into(a, "#profile-status", "At the lake", enter=False)
+        click(a, "#profile-save")
+        wait("the profile saved", lambda: not visible(a, "#profile-dialog"))
+        wait("bob sees alice's new name", lambda: b.find_element(By.ID, "conv-title").text == "Alice Liddell")
+        tab(b, "contacts")
+        wait("bob sees alice's status", lambda: "At the lake" in text_of(b, f'#contact-list li[data-user="{alice_id}"] .person-line'))
+        log("profile: ok")
 
         for name, d in (("alice", a), ("bob", b)):
             problems = console_problems(d)
