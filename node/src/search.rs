@@ -14,15 +14,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chat_actors::logs::REPLICATION_FACTOR;
+use chat_cluster::ring::conversation_key;
 use chat_cluster::transport::{Channel, PeerError};
 use chat_cluster::Metadata;
 use chat_search::{
-    merge_pages, IndexOp, IndexedMessage, MessageIndex, SearchCursor, SearchError, SearchHit,
+    merge_filtered, IndexOp, IndexedMessage, MessageIndex, SearchCursor, SearchError, SearchHit,
     SearchPage, SearchQuery,
 };
 use chat_storage::RocksConversationLog;
-use chat_types::{ConversationId, MessageRef, UserId};
+use chat_types::{ConversationId, MessageRef, NodeId, UserId};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 use crate::config::SearchConfig;
 
@@ -245,10 +248,11 @@ impl SearchService {
                 skipped |= !up;
                 up
             })
-            .map(|(_, info)| {
+            .map(|(id, info)| {
                 let transport = self.meta.transport().clone();
                 let addr = info.peer_addr.clone();
                 let payload = payload.clone();
+                let id = *id;
                 async move {
                     let reply = transport
                         .request(&addr, Channel::Search, payload, timeout)
@@ -258,7 +262,7 @@ impl SearchService {
                     if let Err(e) = &reply {
                         tracing::debug!(peer = %addr, error = %e, "a node did not answer a search");
                     }
-                    reply.ok()
+                    (id, reply.ok())
                 }
             })
             .collect::<Vec<_>>();
@@ -269,17 +273,35 @@ impl SearchService {
         };
         let (remote, local) = tokio::join!(futures_util::future::join_all(remote), local);
         let mut pages = Vec::new();
+        let mut answered = Vec::new();
         let mut partial = skipped;
-        for reply in remote.into_iter().chain(std::iter::once(local.ok())) {
+        for (node, reply) in remote.into_iter().chain(std::iter::once((me, local.ok()))) {
             match reply {
-                Some(SearchReply::Hits(h)) => pages.push(h),
+                Some(SearchReply::Hits(h)) => {
+                    pages.push(h);
+                    answered.push(node);
+                }
                 Some(SearchReply::Disabled) => {}
                 Some(SearchReply::BadQuery(m)) => return Err(SearchError::BadQuery(m)),
                 None => partial = true,
             }
         }
+        // One node answers for each conversation: the first of its replicas (owner first)
+        // that answered. Replica indexes lag by a moment, so mixing their answers could show
+        // an edited message by its old text next to a node that already has the new one.
+        let ring = self.meta.ring();
+        let mut answerer: HashMap<ConversationId, Option<NodeId>> = HashMap::new();
+        let keep = |page: usize, hit: &SearchHit| {
+            let chosen = *answerer.entry(hit.conversation).or_insert_with(|| {
+                ring.successors(&conversation_key(&hit.conversation), REPLICATION_FACTOR)
+                    .into_iter()
+                    .find(|n| answered.contains(n))
+            });
+            // No replica answered (the ring moved): any copy will do.
+            chosen.is_none_or(|n| answered.get(page) == Some(&n))
+        };
         Ok(Found {
-            page: merge_pages(pages, q.limit as usize),
+            page: merge_filtered(pages, q.limit as usize, keep),
             partial,
         })
     }

@@ -36,7 +36,7 @@ pub use cursor::SearchCursor;
 pub use error::SearchError;
 pub use hit::{SearchHit, SearchPage};
 pub use index::{IndexOp, IndexedMessage, MessageIndex};
-pub use merge::merge_pages;
+pub use merge::{merge_filtered, merge_pages};
 pub use people::{rank_names, rank_people, Person};
 pub use query::{SearchQuery, MAX_LIMIT};
 pub use tokenizer::{chat_analyzer, tokens, ChatTokenizer, TOKENIZER_NAME};

@@ -11,16 +11,42 @@ use crate::query::MAX_LIMIT;
 /// of each (conversation, seq) is kept. `next` is set when hits were cut or any node's page
 /// was full (it may hold more). `limit` is clamped to `1..=MAX_LIMIT` like in a search.
 pub fn merge_pages(pages: Vec<Vec<SearchHit>>, limit: usize) -> SearchPage {
+    merge_filtered(pages, limit, |_, _| true)
+}
+
+/// [`merge_pages`] keeping only the hits `keep(page index, hit)` accepts (e.g. only the
+/// answer of one node per conversation, so that a replica whose index lags cannot show an
+/// edited message's old text next to a fresher node's answer).
+///
+/// A full page only vouches for hits down to its last one: a node may hold more beyond it
+/// that `keep` would accept in place of the ones it rejected. So the merged page stops at the
+/// newest "last hit" of the full pages, and `next` continues from there.
+pub fn merge_filtered(
+    pages: Vec<Vec<SearchHit>>,
+    limit: usize,
+    mut keep: impl FnMut(usize, &SearchHit) -> bool,
+) -> SearchPage {
     let limit = limit.clamp(1, MAX_LIMIT);
-    let any_full = pages.iter().any(|page| page.len() >= limit);
-    let mut all: Vec<SearchHit> = pages.into_iter().flatten().collect();
+    // Where the full pages stop vouching: the smallest of their last keys in page order.
+    let boundary = pages
+        .iter()
+        .filter(|page| page.len() >= limit)
+        .filter_map(|page| page.last().map(SearchHit::order_key))
+        .min();
+    let mut all: Vec<SearchHit> = Vec::new();
+    for (i, page) in pages.into_iter().enumerate() {
+        all.extend(page.into_iter().filter(|hit| keep(i, hit)));
+    }
     // Stable: among equal keys (copies of one message) the earlier page stays first.
     all.sort_by_cached_key(SearchHit::order_key);
     let mut seen = HashSet::new();
     all.retain(|hit| seen.insert((hit.conversation, hit.seq)));
+    if let Some(b) = &boundary {
+        all.retain(|hit| hit.order_key() <= *b);
+    }
     let cut = all.len() > limit;
     all.truncate(limit);
-    let next = if cut || any_full {
+    let next = if cut || boundary.is_some() {
         all.last().map(SearchCursor::of)
     } else {
         None
@@ -57,6 +83,37 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_filtered_full_page_only_vouches_down_to_its_last_hit() {
+        // Node 0's page is full (limit 3) but only group 1 is its to give; node 1 answers
+        // for group 2 and returned everything it has. Node 0 may hold more of group 1 below
+        // ts 70, so the merged page stops there and continues from it.
+        let pages = || {
+            vec![
+                vec![hit(90, 1, 9, "a"), hit(80, 2, 8, "a"), hit(70, 2, 7, "a")],
+                vec![hit(80, 2, 8, "b"), hit(70, 2, 7, "b"), hit(60, 2, 6, "b")],
+            ]
+        };
+        let page = merge_filtered(pages(), 3, |i, h| {
+            let group = h.conversation.group_id().map_or(0, |g| g.0);
+            (i == 0 && group == 1) || (i == 1 && group == 2)
+        });
+        assert_eq!(keys(&page), [(90, 1, 9), (80, 2, 8), (70, 2, 7)]);
+        assert_eq!(page.hits[1].body, "b", "group 2 comes from node 1");
+        assert_eq!(page.next.expect("more may follow").ts_ms, 70);
+        // Node 1's page is not full here: node 0's (full) page is the boundary.
+        let pages = vec![
+            vec![hit(90, 1, 9, "a"), hit(80, 2, 8, "a"), hit(70, 2, 7, "a")],
+            vec![hit(80, 2, 8, "b"), hit(60, 2, 6, "b")],
+        ];
+        let page = merge_filtered(pages, 3, |i, h| {
+            let group = h.conversation.group_id().map_or(0, |g| g.0);
+            (i == 0 && group == 1) || (i == 1 && group == 2)
+        });
+        assert_eq!(keys(&page), [(90, 1, 9), (80, 2, 8)], "nothing past ts 70");
+        assert_eq!(page.next.expect("more may follow").ts_ms, 80);
     }
 
     #[test]
