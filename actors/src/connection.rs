@@ -23,6 +23,8 @@ pub enum PushFrame {
     Event(Event),
     /// The connection asked to resume from a cursor the stream cannot replay from.
     Resync { event_head: EventSeq },
+    /// To the sending connection: its own message is this event of the stream.
+    Cursor { event_seq: EventSeq },
     /// Ephemeral, never stored: someone is typing.
     Typing {
         conversation: ConversationId,
@@ -70,6 +72,7 @@ impl PushFrame {
                 }
             },
             PushFrame::Resync { event_head } => ServerFrame::Resync { event_head },
+            PushFrame::Cursor { event_seq } => ServerFrame::EventCursor { event_seq },
             PushFrame::Typing {
                 conversation,
                 user,

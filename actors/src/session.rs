@@ -152,9 +152,19 @@ impl SessionState {
                     }
                 }
             }
+            let event_seq = event.event_seq;
             let frame = PushFrame::Event(event);
             for (node, conns) in self.targets(origin) {
                 pushes.push((node, conns, frame.clone()));
+            }
+            // The sender's own connection has the message from its ack; it only learns
+            // where its cursor now is, so that a resume does not replay its own sends.
+            if let Some(o) = origin.filter(|o| {
+                self.conns
+                    .get(&o.node)
+                    .is_some_and(|conns| conns.contains(&o.conn))
+            }) {
+                pushes.push((o.node, vec![o.conn], PushFrame::Cursor { event_seq }));
             }
         }
         Ok(pushes)

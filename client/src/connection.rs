@@ -1024,6 +1024,7 @@ async fn read_loop(
                         }
                         Routed::Unsolicited(frame) => {
                             if let ServerFrame::Read { event_seq, .. }
+                            | ServerFrame::EventCursor { event_seq }
                             | ServerFrame::Receipt { event_seq, .. }
                             | ServerFrame::Contact { event_seq, .. }
                             | ServerFrame::ProfileChanged { event_seq, .. } = &frame
@@ -1129,6 +1130,7 @@ fn frame_kind(frame: &ServerFrame) -> &'static str {
         ServerFrame::History { .. } => "history",
         ServerFrame::Message { .. } => "message",
         ServerFrame::Resync { .. } => "resync",
+        ServerFrame::EventCursor { .. } => "event_cursor",
         ServerFrame::Profile { .. } => "profile",
         ServerFrame::Settings { .. } => "settings",
         ServerFrame::Sessions { .. } => "sessions",

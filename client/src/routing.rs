@@ -67,6 +67,7 @@ impl Pending {
         let id = match &frame {
             ServerFrame::Message { .. }
             | ServerFrame::Resync { .. }
+            | ServerFrame::EventCursor { .. }
             | ServerFrame::Read { .. }
             | ServerFrame::Receipt { .. }
             | ServerFrame::Typing { .. }

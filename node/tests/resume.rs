@@ -189,3 +189,42 @@ async fn reconnecting_with_a_cursor_replays_missed_events_in_order_even_after_ho
         "a cursor from the future is answered with resync"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sending_connection_learns_its_cursor_so_a_resume_replays_none_of_its_own_sends() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut n1 = NodeProc::new(root.path(), "n1", None);
+    n1.start();
+    must_be_ready(&n1, 1).await;
+    let api = n1.api();
+    let (alice, alice_token) = harness::must_sign_up(&api, "cursor_alice").await;
+    let (bob, bob_token) = harness::must_sign_up(&api, "cursor_bob").await;
+    let conv = ConversationId::direct(alice, bob);
+    let a = must_connect(&api.ws_url(&alice_token), None).await;
+    let b = must_connect(&api.ws_url(&bob_token), None).await;
+    for i in 1..=3 {
+        a.send(conv, cmid(&format!("own{i}")), "mine")
+            .await
+            .expect("send");
+    }
+    // Alice's stream holds her three messages; her sending connection is told so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.last_event_seq() < EventSeq(3) {
+        assert!(
+            Instant::now() < deadline,
+            "the sender's cursor stayed at {:?}",
+            a.last_event_seq()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.last_event_seq(), EventSeq(3));
+    let cursor = a.last_event_seq();
+    a.close().await.expect("close");
+
+    // Resuming from it replays nothing of her own: the first push is Bob's new message.
+    let a = must_connect(&api.ws_url(&alice_token), Some(cursor)).await;
+    b.send(conv, cmid("reply"), "theirs").await.expect("send");
+    let first = must_next(&a).await;
+    assert_eq!((first.sender, first.seq), (bob, Seq(4)));
+    assert_eq!(a.last_event_seq(), EventSeq(4));
+}

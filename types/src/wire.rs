@@ -819,6 +819,12 @@ pub enum ServerFrame {
     Resync {
         event_head: EventSeq,
     },
+    /// To the connection that sent a message: the message is event `event_seq` of the user's
+    /// stream. That connection holds it already (from the ack), so only its cursor moves;
+    /// pushes to one connection stay in stream order, so every earlier event was pushed first.
+    EventCursor {
+        event_seq: EventSeq,
+    },
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
