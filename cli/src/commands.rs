@@ -2,15 +2,20 @@
 
 use std::future::Future;
 use std::io::{BufRead, IsTerminal, Read};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chat_client::ConnectionConfig;
-use chat_types::{ClientMsgId, ContactEntry, ConversationId, Profile, Seq};
+use chat_types::{
+    Attachment, ClientMsgId, ContactEntry, ConversationId, MediaId, MediaInfo, Profile, Seq,
+    MAX_ATTACHMENTS,
+};
 use serde_json::json;
 
 use crate::config::{read_session, remove_session, write_session, Auth, Ctx, Session};
 use crate::error::CliError;
-use crate::output::{message_line, sanitize, MessageOut};
+use crate::media;
+use crate::output::{message_text, sanitize, MessageOut};
 
 /// How often a command that is safe to repeat is tried when the failure may be transient.
 const ATTEMPTS: u32 = 3;
@@ -43,7 +48,7 @@ fn fallback_client_msg_id() -> ClientMsgId {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or [`ATTEMPTS`] transient failures.
-async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, CliError>
+pub async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, CliError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CliError>>,
@@ -165,40 +170,100 @@ pub async fn logout(ctx: &Ctx) -> Result<(), CliError> {
     ctx.out.result("logged out", &json!({"logged_out": true}))
 }
 
-pub async fn send(ctx: &Ctx, user: &str, message: &str) -> Result<(), CliError> {
-    let body = if message == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| CliError::io("cannot read the message from stdin", &e))?;
-        text.trim_end_matches(['\n', '\r']).to_owned()
-    } else {
-        message.to_owned()
+pub async fn send(
+    ctx: &Ctx,
+    user: &str,
+    message: Option<&str>,
+    files: &[PathBuf],
+) -> Result<(), CliError> {
+    let body = match message {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| CliError::io("cannot read the message from stdin", &e))?;
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        }
+        Some(m) => m.to_owned(),
+        None if files.is_empty() => {
+            return Err(CliError::new(
+                "invalid_argument",
+                "nothing to send: give a MESSAGE or a --file",
+            ))
+        }
+        None => String::new(),
     };
+    if files.len() > MAX_ATTACHMENTS {
+        return Err(CliError::new(
+            "invalid_argument",
+            format!("at most {MAX_ATTACHMENTS} files per message"),
+        ));
+    }
+    // A missing file fails before anything is uploaded or sent.
+    for f in files {
+        media::check_file(f).await?;
+    }
     let auth = ctx.auth()?;
     let cmid = new_client_msg_id();
     let (auth, body, cmid) = (&auth, &body, &cmid);
-    // Every attempt sends the same client_msg_id: a retry after a lost ack stores nothing new.
-    let ack = retrying(move || async move {
-        let (conn, _) = auth.connect(one_shot_config()).await?;
-        let info = conn.open_direct_by_username(user).await?;
-        let ack = conn
-            .send(info.conversation, cmid.clone(), body.clone())
-            .await?;
-        let _ = conn.close().await;
-        Ok(ack)
-    })
-    .await?;
-    ctx.out.result(
-        &ack.seq.to_string(),
-        &json!({
-            "conversation": ack.conversation,
-            "seq": ack.seq,
-            "client_msg_id": ack.client_msg_id,
-            "ts_ms": ack.ts_ms,
-            "duplicate": ack.duplicate,
-        }),
-    )
+    let (ack, attachments) = if files.is_empty() {
+        // Every attempt sends the same client_msg_id: a retry after a lost ack stores nothing new.
+        let ack = retrying(move || async move {
+            let (conn, _) = auth.connect(one_shot_config()).await?;
+            let info = conn.open_direct_by_username(user).await?;
+            let ack = conn
+                .send(info.conversation, cmid.clone(), body.clone())
+                .await?;
+            let _ = conn.close().await;
+            Ok(ack)
+        })
+        .await?;
+        (ack, Vec::new())
+    } else {
+        // The conversation first: an unknown user fails before the uploads.
+        let conversation = retrying(move || async move {
+            let (conn, _) = auth.connect(one_shot_config()).await?;
+            let info = conn.open_direct_by_username(user).await?;
+            let _ = conn.close().await;
+            Ok(info.conversation)
+        })
+        .await?;
+        let api = media::media_api(&auth.server)?;
+        let mut uploaded = Vec::with_capacity(files.len());
+        for f in files {
+            let progress = media::StderrProgress::new("uploading", &media::upload_name(f));
+            let info = media::upload_file(&api, &auth.token, f, |done, total| {
+                progress.show(done, total)
+            })
+            .await;
+            progress.finish();
+            uploaded.push(info?);
+        }
+        let ids: Vec<MediaId> = uploaded.iter().map(|m| m.id.clone()).collect();
+        let ids = &ids;
+        let ack = retrying(move || async move {
+            let (conn, _) = auth.connect(one_shot_config()).await?;
+            let ack = conn
+                .send_with_media(conversation, cmid.clone(), body.clone(), ids.clone())
+                .await?;
+            let _ = conn.close().await;
+            Ok(ack)
+        })
+        .await?;
+        let attachments: Vec<Attachment> = uploaded.iter().map(MediaInfo::attachment).collect();
+        (ack, attachments)
+    };
+    let mut value = json!({
+        "conversation": ack.conversation,
+        "seq": ack.seq,
+        "client_msg_id": ack.client_msg_id,
+        "ts_ms": ack.ts_ms,
+        "duplicate": ack.duplicate,
+    });
+    if !attachments.is_empty() {
+        value["attachments"] = json!(attachments);
+    }
+    ctx.out.result(&ack.seq.to_string(), &value)
 }
 
 pub async fn history(
@@ -239,7 +304,8 @@ pub async fn history(
             })?;
         } else {
             let fallback = format!("user {}", m.sender);
-            ctx.out.line(&message_line(m, name.unwrap_or(&fallback)))?;
+            ctx.out
+                .line(&message_text(m, name.unwrap_or(&fallback), ""))?;
         }
     }
     Ok(())

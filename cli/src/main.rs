@@ -1,7 +1,8 @@
 //! chat-cli: the `chat` terminal client.
 //!
 //! Owns the command line (one-shot commands for people and scripts: `register`, `login`,
-//! `logout`, `send`, `history`, `tail`, `profile`, `contacts`), the session token file, the
+//! `logout`, `send` (with files), `history`, `tail`, `search`, `download`, `profile`,
+//! `contacts`), the session token file, the
 //! text and `--json` output, and the full-screen interactive UI (`chat` or `chat ui`, ratatui
 //! over crossterm).
 //!
@@ -13,7 +14,9 @@
 mod commands;
 mod config;
 mod error;
+mod media;
 mod output;
+mod search;
 mod tail;
 mod ui;
 
@@ -65,8 +68,16 @@ enum Command {
     /// Revokes the session token on every node and forgets it.
     Logout,
     /// Sends MESSAGE to USER in your direct conversation and prints its seq ("-": read the
-    /// message from standard input).
-    Send { user: String, message: String },
+    /// message from standard input). With --file, uploads the files first and attaches them
+    /// (MESSAGE may then be left out).
+    Send {
+        user: String,
+        message: Option<String>,
+        /// A file to attach (repeatable, at most 10). Files over 8 MiB go up in resumable
+        /// 4 MiB chunks.
+        #[arg(long = "file", short = 'f', value_name = "PATH")]
+        files: Vec<PathBuf>,
+    },
     /// Prints the messages of your direct conversation with USER, oldest first.
     History {
         user: String,
@@ -79,6 +90,39 @@ enum Command {
     },
     /// Prints messages as they arrive, reconnecting and resuming by itself, until Ctrl-C.
     Tail,
+    /// Searches the messages of your conversations, newest first (with --people: users).
+    Search {
+        text: String,
+        /// Only your direct conversation with USER.
+        #[arg(long, value_name = "USER", conflicts_with = "conversation")]
+        user: Option<String>,
+        /// Only the conversation ID (`dm:1:2`, `g:7`).
+        #[arg(long, value_name = "ID")]
+        conversation: Option<String>,
+        /// Only messages sent by USER.
+        #[arg(long, value_name = "USER")]
+        sender: Option<String>,
+        /// At most N results per page (the server's default is 20, its maximum 100).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+        /// Search users by username and display name instead of messages.
+        #[arg(long, conflicts_with_all = ["user", "conversation", "sender", "all"])]
+        people: bool,
+    },
+    /// Saves the file MEDIA_ID (as shown under a message) to disk.
+    Download {
+        media_id: String,
+        /// Where to write ("-": standard output; a directory: the file's name in it)
+        /// [default: the file's name in the current directory].
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Shows your profile, or USER's.
     Profile { user: Option<String> },
     /// Lists your contacts and pending contact requests.
@@ -119,13 +163,47 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             password_stdin,
         } => commands::login(ctx, &username, password_stdin).await,
         Command::Logout => commands::logout(ctx).await,
-        Command::Send { user, message } => commands::send(ctx, &user, &message).await,
+        Command::Send {
+            user,
+            message,
+            files,
+        } => commands::send(ctx, &user, message.as_deref(), &files).await,
         Command::History {
             user,
             limit,
             before,
         } => commands::history(ctx, &user, limit, before).await,
         Command::Tail => tail::run(ctx).await,
+        Command::Search {
+            text,
+            people: true,
+            limit,
+            ..
+        } => search::people(ctx, &text, limit).await,
+        Command::Search {
+            text,
+            user,
+            conversation,
+            sender,
+            limit,
+            all,
+            people: false,
+        } => {
+            let args = search::SearchArgs {
+                text,
+                user,
+                conversation,
+                sender,
+                limit,
+                all,
+            };
+            search::messages(ctx, args).await
+        }
+        Command::Download {
+            media_id,
+            output,
+            force,
+        } => media::download(ctx, &media_id, output.as_deref(), force).await,
         Command::Profile { user } => commands::profile(ctx, user.as_deref()).await,
         Command::Contacts => commands::contacts(ctx).await,
         Command::Ui => ui::run(ctx).await,

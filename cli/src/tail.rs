@@ -14,7 +14,7 @@ use chat_types::{ConversationId, EventSeq, Message, Seq, ServerFrame, UserId};
 
 use crate::config::{Auth, Ctx};
 use crate::error::{closed, CliError};
-use crate::output::{message_line, sanitize, MessageOut};
+use crate::output::{message_text, sanitize, MessageOut};
 
 /// The longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -204,10 +204,10 @@ impl<'a> Tail<'a> {
             None if !members.is_empty() => sender.clone(),
             None => m.conversation.to_string(),
         };
-        self.ctx.out.line(&format!(
-            "[{}] {}",
-            sanitize(&peer),
-            message_line(m, &sender)
+        self.ctx.out.line(&message_text(
+            m,
+            &sender,
+            &format!("[{}] ", sanitize(&peer)),
         ))
     }
 

@@ -536,6 +536,293 @@ fn tail_prints_messages_as_they_arrive_and_resumes_after_a_restart() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Files and search.
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for x in data {
+        a = (a + u32::from(*x)) % 65521;
+        b = (b + a) % 65521;
+    }
+    (b << 16) | a
+}
+
+/// A valid 2x2 RGB PNG, encoded by hand: IHDR, one IDAT holding a zlib stream of one stored
+/// (uncompressed) deflate block, IEND.
+fn tiny_png() -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
+        let mut crc_input = kind.to_vec();
+        crc_input.extend_from_slice(data);
+        out.extend_from_slice(&crc_input);
+        out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+    }
+    // Each scanline: filter type 0, then two RGB pixels.
+    let raw = [0u8, 255, 0, 0, 0, 255, 0, 0, 0, 0, 255, 255, 255, 255];
+    let len = u16::try_from(raw.len()).unwrap();
+    let mut zlib = vec![0x78, 0x01, 0x01];
+    zlib.extend_from_slice(&len.to_le_bytes());
+    zlib.extend_from_slice(&(!len).to_le_bytes());
+    zlib.extend_from_slice(&raw);
+    zlib.extend_from_slice(&adler32(&raw).to_be_bytes());
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&2u32.to_be_bytes());
+    ihdr.extend_from_slice(&2u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &zlib);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+/// Runs `chat search` until it prints at least one line (the index is asynchronous), for up
+/// to 10 s; returns stdout.
+fn search_until_found(user: &User, args: &[&str]) -> String {
+    let mut last = String::new();
+    wait_for("a search hit", Duration::from_secs(10), || {
+        last = user.ok(args);
+        (!last.trim().is_empty()).then(|| last.clone())
+    })
+    .unwrap_or_else(|e| panic!("{e}: chat {args:?} printed {last:?}"))
+}
+
+#[test]
+fn files_go_up_with_messages_come_down_intact_and_messages_are_searchable() {
+    let node = Node::start();
+    let root = tempfile::tempdir().unwrap();
+    let alice = User::new(&node, root.path(), "alice");
+    let bob = User::new(&node, root.path(), "bob");
+    let carol = User::new(&node, root.path(), "carol");
+    alice.register_and_login();
+    bob.register_and_login();
+    carol.register_and_login();
+
+    // A picture, without a message: the JSON ack lists the attachment.
+    let png = tiny_png();
+    let pic = root.path().join("pic.png");
+    std::fs::write(&pic, &png).unwrap();
+    let pic_arg = pic.to_str().unwrap();
+    let sent = json_lines(&alice.ok(&["--json", "send", "bob", "--file", pic_arg]));
+    assert_eq!(sent[0]["seq"], 1);
+    let att = &sent[0]["attachments"][0];
+    assert_eq!(att["mime"], "image/png", "{att}");
+    assert_eq!(att["name"], "pic.png");
+    assert_eq!(att["size"].as_u64(), Some(png.len() as u64));
+    assert_eq!(
+        (att["width"].as_u64(), att["height"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let media_id = att["id"].as_str().unwrap().to_owned();
+    // With a message, and a plain-text file too (one message, two attachments).
+    let notes = root.path().join("notes.txt");
+    std::fs::write(&notes, "line one\nline two\n").unwrap();
+    let out = alice.ok(&[
+        "send",
+        "bob",
+        "two files",
+        "--file",
+        pic_arg,
+        "-f",
+        notes.to_str().unwrap(),
+    ]);
+    assert_eq!(out.trim(), "2");
+    // Nothing to send, a missing file, too many files: refused before anything goes out.
+    assert_failure(&alice.run(&["send", "bob"], ""), "invalid_argument");
+    assert_failure(
+        &alice.run(&["send", "bob", "x", "--file", "/no/such/file.png"], ""),
+        "io",
+    );
+    let many: Vec<&str> = (0..11).flat_map(|_| ["--file", pic_arg]).collect();
+    let mut args = vec!["send", "bob", "many"];
+    args.extend(many);
+    assert_failure(&alice.run(&args, ""), "invalid_argument");
+
+    // Bob's history shows the attachments under their messages.
+    let text = bob.ok(&["history", "alice"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].starts_with("#1 ") && lines[0].ends_with("alice:"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "  \u{1f4ce} pic.png (image/png, {} B, 2x2) media {media_id}",
+            png.len()
+        ),
+        "{text}"
+    );
+    assert!(lines[2].ends_with("alice: two files"), "{text}");
+    assert!(lines[3].contains("pic.png"), "{text}");
+    assert!(lines[4].contains("notes.txt (text/plain, 18 B)"), "{text}");
+    let page = json_lines(&bob.ok(&["--json", "history", "alice"]));
+    assert_eq!(page[0]["attachments"][0]["id"], media_id.as_str());
+    assert_eq!(page[1]["attachments"].as_array().map(Vec::len), Some(2));
+
+    // Bob downloads it: the same bytes, under the media's name by default, never over an
+    // existing file without --force.
+    let downloads = root.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let mut cmd = bob.command(&["download", &media_id]);
+    cmd.current_dir(&downloads);
+    let out = run_with_stdin(cmd, "");
+    assert_success(&out, &["download"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("saved pic.png"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(std::fs::read(downloads.join("pic.png")).unwrap(), png);
+    let mut cmd = bob.command(&["download", &media_id]);
+    cmd.current_dir(&downloads);
+    assert_failure(&run_with_stdin(cmd, ""), "exists");
+    std::fs::write(downloads.join("pic.png"), b"old").unwrap();
+    let mut cmd = bob.command(&["download", &media_id, "--force"]);
+    cmd.current_dir(&downloads);
+    assert_success(&run_with_stdin(cmd, ""), &["download --force"]);
+    assert_eq!(std::fs::read(downloads.join("pic.png")).unwrap(), png);
+    let named = root.path().join("copy.png");
+    let got = json_lines(&bob.ok(&[
+        "--json",
+        "download",
+        &media_id,
+        "-o",
+        named.to_str().unwrap(),
+    ]));
+    assert_eq!(got[0]["size"].as_u64(), Some(png.len() as u64));
+    assert_eq!(std::fs::read(&named).unwrap(), png);
+    let out = bob.run(&["download", &media_id, "-o", "-"], "");
+    assert_success(&out, &["download -o -"]);
+    assert_eq!(out.stdout, png);
+    // Carol is in no conversation with it: not found, and no file left behind.
+    let mut cmd = carol.command(&["download", &media_id]);
+    cmd.current_dir(&downloads);
+    std::fs::remove_file(downloads.join("pic.png")).unwrap();
+    assert_failure(&run_with_stdin(cmd, ""), "not_found");
+    assert!(!downloads.join("pic.png").exists());
+    assert_failure(
+        &bob.run(&["download", "../../etc/passwd"], ""),
+        "invalid_argument",
+    );
+
+    // A file over 8 MiB goes up in resumable chunks and comes down in ranges, intact.
+    let big: Vec<u8> = (0..9 * 1024 * 1024 + 123)
+        .map(|i: usize| b"abcdefghijklmnopqrstuvwxyz0123456789 \n"[i % 38])
+        .collect();
+    let big_path = root.path().join("big.txt");
+    std::fs::write(&big_path, &big).unwrap();
+    let sent = json_lines(&alice.ok(&[
+        "--json",
+        "send",
+        "bob",
+        "the big one",
+        "--file",
+        big_path.to_str().unwrap(),
+    ]));
+    let big_id = sent[0]["attachments"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sent[0]["attachments"][0]["size"].as_u64(),
+        Some(big.len() as u64)
+    );
+    let big_copy = root.path().join("big-copy.txt");
+    bob.ok(&["download", &big_id, "-o", big_copy.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&big_copy).unwrap() == big,
+        "the big file differs"
+    );
+
+    // Search: Chinese text by a two-character word, marked in brackets off a terminal.
+    alice.ok(&["send", "bob", "我们明天去北京开会"]);
+    let found = search_until_found(&bob, &["search", "北京"]);
+    let lines: Vec<&str> = found.lines().collect();
+    assert_eq!(lines.len(), 1, "{found}");
+    assert!(lines[0].starts_with("[alice] #"), "{found}");
+    assert!(lines[0].contains(" alice: "), "{found}");
+    assert!(lines[0].contains("[北京]"), "{found}");
+    let hits = json_lines(&alice.ok(&["--json", "search", "北京"]));
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0]["body"], "我们明天去北京开会");
+    assert_eq!(hits[0]["sender_username"], "alice");
+    assert!(hits[0]["highlights"]
+        .as_array()
+        .is_some_and(|h| !h.is_empty()));
+    // Filters: the conversation with alice, and by sender.
+    assert_eq!(
+        bob.ok(&["search", "北京", "--user", "alice"])
+            .lines()
+            .count(),
+        1
+    );
+    assert_eq!(
+        bob.ok(&["search", "北京", "--sender", "bob"])
+            .lines()
+            .count(),
+        0
+    );
+    let conversation = hits[0]["conversation"].as_str().unwrap();
+    assert_eq!(
+        bob.ok(&["search", "北京", "--conversation", conversation])
+            .lines()
+            .count(),
+        1
+    );
+    // Carol is not in the conversation: nothing (and a note on stderr, exit 0).
+    let out = carol.run(&["search", "北京"], "");
+    assert_success(&out, &["search as carol"]);
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no messages found"));
+    assert!(json_lines(&carol.ok(&["--json", "search", "北京"])).is_empty());
+
+    // Paging: newest first, one page by default, every page with --all.
+    for i in 1..=3 {
+        bob.ok(&["send", "alice", &format!("lunch plan {i}")]);
+    }
+    search_until_found(&alice, &["search", "plan", "--sender", "bob"]);
+    let all = wait_for("every lunch plan", Duration::from_secs(10), || {
+        let out = alice.ok(&["search", "lunch", "--limit", "1", "--all"]);
+        (out.lines().count() == 3).then_some(out)
+    })
+    .unwrap();
+    let order: Vec<bool> = (1..=3)
+        .rev()
+        .zip(all.lines())
+        .map(|(i, l)| l.contains(&format!("[lunch] plan {i}")))
+        .collect();
+    assert_eq!(order, vec![true; 3], "{all}");
+    let out = alice.run(&["search", "lunch", "--limit", "1"], "");
+    assert_success(&out, &["search --limit 1"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more results"));
+
+    // People.
+    let people = alice.ok(&["search", "--people", "caro"]);
+    assert!(people.starts_with("carol (user "), "{people}");
+    let people = json_lines(&alice.ok(&["--json", "search", "--people", "bob"]));
+    assert_eq!(people[0]["username"], "bob");
+}
+
+// ---------------------------------------------------------------------------------------
 // The interactive client in a pseudo-terminal (tmux).
 
 struct Tmux {
@@ -697,6 +984,45 @@ fn the_interactive_client_sends_and_shows_messages_in_a_terminal() {
             "written offline"
         ]
     );
+
+    // A file from bob shows as an attachment line under his message.
+    let png = tiny_png();
+    let pic = root.path().join("pic.png");
+    std::fs::write(&pic, &png).unwrap();
+    bob.ok(&[
+        "send",
+        "alice",
+        "a picture",
+        "--file",
+        pic.to_str().unwrap(),
+    ]);
+    let attachment = format!("pic.png ({} B)", png.len());
+    tmux.wait_screen("the attachment line", |s| {
+        s.contains("bob: a picture") && s.contains(&attachment)
+    });
+    // /file sends one from here: uploading, then acked, then bob has it.
+    let notes = root.path().join("notes.txt");
+    std::fs::write(&notes, "from the terminal\n").unwrap();
+    tmux.type_line(&format!("/file {}", notes.display()));
+    tmux.wait_screen("the file to be sent", |s| {
+        s.contains("notes.txt (18 B)") && !s.contains("uploading") && !s.contains("sending")
+    });
+    let last = json_lines(&bob.ok(&["--json", "history", "alice", "--limit", "1"]));
+    assert_eq!(last[0]["attachments"][0]["name"], "notes.txt");
+    // /search shows the hits in the message pane until Esc.
+    let mut screen = String::new();
+    wait_for("search results", Duration::from_secs(10), || {
+        tmux.type_line("/search terminal");
+        std::thread::sleep(Duration::from_millis(500));
+        screen = tmux.screen();
+        (screen.contains("Search: terminal") && screen.contains("alice: hello from the"))
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; the screen:\n{screen}"));
+    tmux.run(&["send-keys", "-t", "chat", "Escape"]);
+    tmux.wait_screen("the messages again", |s| {
+        !s.contains("Search: terminal") && s.contains("bob: a picture")
+    });
 
     // /quit leaves cleanly and gives the terminal back.
     tmux.type_line("/quit");

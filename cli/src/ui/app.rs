@@ -4,8 +4,10 @@
 //! task, so the whole behaviour can be tested by feeding events.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 
 use chat_client::Welcome;
+use chat_types::search::MessageHit;
 use chat_types::{
     validate_username, ClientMsgId, ConversationId, ConversationInfo, ConversationSummary, Message,
     Seq, UserId,
@@ -14,6 +16,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use crate::commands::new_client_msg_id;
 use crate::error::CliError;
+use crate::media::upload_name;
 
 /// What the UI asks the network task to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +29,15 @@ pub enum Cmd {
         client_msg_id: ClientMsgId,
         body: String,
     },
+    /// Upload the file at `path`, then send it (an empty body with the file attached) like
+    /// `Send`.
+    SendFile {
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        path: PathBuf,
+    },
+    /// The first page of a message search.
+    Search(String),
     /// A page of history: after `after`, or the latest page.
     History {
         conversation: ConversationId,
@@ -64,6 +76,22 @@ pub enum NetEvent {
         client_msg_id: ClientMsgId,
         error: CliError,
     },
+    /// How far the upload of a `SendFile` got.
+    UploadProgress {
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+        done: u64,
+        total: u64,
+    },
+    /// The file of a `SendFile` is uploaded; the message is in the outbox.
+    Uploaded {
+        conversation: ConversationId,
+        client_msg_id: ClientMsgId,
+    },
+    SearchResults {
+        query: String,
+        result: Result<SearchPage, CliError>,
+    },
     Name(UserId, String),
     /// The server could not replay the missed events.
     Resync,
@@ -83,8 +111,38 @@ pub enum Focus {
 pub struct Pending {
     pub client_msg_id: ClientMsgId,
     pub body: String,
+    /// The name of the file a `/file` sends.
+    pub file: Option<String>,
+    /// While the file uploads: bytes done and in all.
+    pub upload: Option<(u64, u64)>,
     /// Set when the server refused it for good.
     pub failed: Option<String>,
+}
+
+/// One page of search results.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchPage {
+    pub hits: Vec<MessageHit>,
+    /// Some node did not answer in time.
+    pub partial: bool,
+    /// There are more pages than this one.
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SearchState {
+    Searching,
+    Done(SearchPage),
+    Failed(String),
+}
+
+/// The results of `/search`, shown in the message pane until Esc.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchView {
+    pub query: String,
+    pub state: SearchState,
+    /// Lines scrolled down from the first result.
+    pub scroll: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -125,8 +183,8 @@ fn peer_of(id: ConversationId, me: Option<UserId>) -> Option<UserId> {
     members.iter().copied().find(|u| *u != me).or(Some(me))
 }
 
-pub const HELP: &str =
-    "Tab: switch pane · Up/Down: conversation · Enter: send · /open USER · /quit · PgUp/PgDn: scroll";
+pub const HELP: &str = "Tab: switch pane · Up/Down: conversation · Enter: send · /open USER · \
+     /file PATH · /search TEXT · /quit · PgUp/PgDn: scroll";
 
 #[derive(Debug)]
 pub struct App {
@@ -141,6 +199,8 @@ pub struct App {
     /// Lines scrolled up from the bottom of the message pane.
     pub scroll: u16,
     pub quit: bool,
+    /// `/search` results, shown instead of the messages while set.
+    pub search: Option<SearchView>,
     /// When the session started (ms since the epoch): after a resync, conversations active
     /// since then are added.
     started_ms: u64,
@@ -161,6 +221,7 @@ impl App {
             names: HashMap::new(),
             scroll: 0,
             quit: false,
+            search: None,
             started_ms,
             opening: Vec::new(),
         }
@@ -214,15 +275,26 @@ impl App {
                 Vec::new()
             }
             KeyCode::PageUp => {
-                self.scroll = self.scroll.saturating_add(10);
+                match &mut self.search {
+                    Some(s) => s.scroll = s.scroll.saturating_sub(10),
+                    None => self.scroll = self.scroll.saturating_add(10),
+                }
                 Vec::new()
             }
             KeyCode::PageDown => {
-                self.scroll = self.scroll.saturating_sub(10);
+                match &mut self.search {
+                    Some(s) => s.scroll = s.scroll.saturating_add(10),
+                    None => self.scroll = self.scroll.saturating_sub(10),
+                }
                 Vec::new()
             }
             KeyCode::Esc => {
-                self.input.clear();
+                // The first Esc clears the line, the next one closes the search results.
+                if self.input.is_empty() {
+                    self.search = None;
+                } else {
+                    self.input.clear();
+                }
                 Vec::new()
             }
             KeyCode::Enter if self.focus == Focus::List => {
@@ -260,6 +332,7 @@ impl App {
             return;
         }
         let last = self.convs.len() - 1;
+        self.search = None;
         let next = match self.selected {
             None => 0,
             Some(i) if delta < 0 => i.saturating_sub(1),
@@ -286,6 +359,32 @@ impl App {
             return Vec::new();
         }
         if let Some(command) = text.strip_prefix('/').filter(|c| !c.starts_with('/')) {
+            // The commands whose argument is the rest of the line (spaces and all).
+            let (word, rest) = command
+                .split_once(char::is_whitespace)
+                .map_or((command, ""), |(w, r)| (w, r.trim()));
+            match (word, rest) {
+                ("file" | "f", "") => {
+                    self.status = "usage: /file PATH (sends the file to this conversation)".into();
+                    return Vec::new();
+                }
+                ("file" | "f", path) => return self.send_file(path, &line),
+                ("search" | "s", "") => {
+                    self.status = "usage: /search TEXT".into();
+                    return Vec::new();
+                }
+                ("search" | "s", query) => {
+                    let query = query.to_owned();
+                    self.search = Some(SearchView {
+                        query: query.clone(),
+                        state: SearchState::Searching,
+                        scroll: 0,
+                    });
+                    self.status = "Esc (on an empty line) closes the search results".into();
+                    return vec![Cmd::Search(query)];
+                }
+                _ => {}
+            }
             let mut words = command.split_whitespace();
             return match (words.next(), words.next(), words.next()) {
                 (Some("quit" | "q" | "exit"), None, None) => {
@@ -294,6 +393,7 @@ impl App {
                 }
                 (Some("open" | "o"), Some(user), None) => match validate_username(user) {
                     Ok(user) => {
+                        self.search = None;
                         self.status = format!("opening {user}…");
                         self.opening.push(user.clone());
                         vec![Cmd::Open(user)]
@@ -329,14 +429,55 @@ impl App {
         conv.pending.push(Pending {
             client_msg_id: client_msg_id.clone(),
             body: body.clone(),
+            file: None,
+            upload: None,
             failed: None,
         });
         self.scroll = 0;
+        self.search = None;
         vec![Cmd::Send {
             conversation: conv.id,
             client_msg_id,
             body,
         }]
+    }
+
+    /// `/file PATH`: the file goes to the selected conversation once uploaded.
+    fn send_file(&mut self, path: &str, line: &str) -> Vec<Cmd> {
+        let Some(conv) = self.selected.and_then(|i| self.convs.get_mut(i)) else {
+            self.status = "no conversation selected: /open USER first".to_owned();
+            self.input = line.to_owned();
+            return Vec::new();
+        };
+        let path = expand_home(path);
+        let client_msg_id = new_client_msg_id();
+        conv.pending.push(Pending {
+            client_msg_id: client_msg_id.clone(),
+            body: String::new(),
+            file: Some(upload_name(&path)),
+            upload: Some((0, 0)),
+            failed: None,
+        });
+        self.scroll = 0;
+        self.search = None;
+        vec![Cmd::SendFile {
+            conversation: conv.id,
+            client_msg_id,
+            path,
+        }]
+    }
+
+    fn pending_mut(
+        &mut self,
+        conversation: ConversationId,
+        client_msg_id: &ClientMsgId,
+    ) -> Option<&mut Pending> {
+        self.convs
+            .iter_mut()
+            .find(|c| c.id == conversation)?
+            .pending
+            .iter_mut()
+            .find(|p| &p.client_msg_id == client_msg_id)
     }
 
     /// The index of `id` in the list, adding it (at the end) when new.
@@ -488,10 +629,54 @@ impl App {
                 for p in &mut self.convs[index].pending {
                     if p.client_msg_id == client_msg_id {
                         p.failed = Some(error.to_string());
+                        p.upload = None;
                     }
                 }
                 self.status = format!("not sent: {error}");
                 Vec::new()
+            }
+            NetEvent::UploadProgress {
+                conversation,
+                client_msg_id,
+                done,
+                total,
+            } => {
+                if let Some(p) = self.pending_mut(conversation, &client_msg_id) {
+                    if p.upload.is_some() {
+                        p.upload = Some((done, total));
+                    }
+                }
+                Vec::new()
+            }
+            NetEvent::Uploaded {
+                conversation,
+                client_msg_id,
+            } => {
+                if let Some(p) = self.pending_mut(conversation, &client_msg_id) {
+                    p.upload = None;
+                }
+                Vec::new()
+            }
+            NetEvent::SearchResults { query, result } => {
+                let me = self.my_id();
+                let Some(search) = self.search.as_mut().filter(|s| s.query == query) else {
+                    // An answer to a search since replaced or closed.
+                    return Vec::new();
+                };
+                search.state = match result {
+                    Ok(page) => SearchState::Done(page),
+                    Err(e) => SearchState::Failed(e.to_string()),
+                };
+                let users: Vec<UserId> = match &search.state {
+                    SearchState::Done(page) => page
+                        .hits
+                        .iter()
+                        .flat_map(|h| [Some(h.sender), peer_of(h.conversation, me)])
+                        .flatten()
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                self.lookups_for(users)
             }
             NetEvent::Name(user, name) => {
                 self.names.insert(user, name);
@@ -535,6 +720,14 @@ impl App {
                 after: c.last_seq(),
             })
             .collect()
+    }
+}
+
+/// `~/x` as `$HOME/x`; any other path as typed.
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) if !home.is_empty() => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
     }
 }
 
@@ -765,6 +958,123 @@ mod tests {
         }
         assert_eq!(app.selected, None);
         assert_eq!(app.focus, Focus::Input);
+    }
+
+    #[test]
+    fn a_file_is_pending_while_it_uploads_then_shows_with_its_attachment() {
+        let mut app = connected();
+        let cmds = type_line(&mut app, "/file x.png");
+        assert!(cmds.is_empty(), "no conversation selected yet");
+        app.handle_key(key(KeyCode::Esc));
+        opened(&mut app);
+        let cmds = type_line(&mut app, "/file /tmp/my pics/cat one.png");
+        let [Cmd::SendFile {
+            conversation,
+            client_msg_id,
+            path,
+        }] = cmds.as_slice()
+        else {
+            panic!("expected one file send, got {cmds:?}");
+        };
+        assert_eq!(*conversation, dm());
+        assert_eq!(path, &PathBuf::from("/tmp/my pics/cat one.png"));
+        let pending = &app.convs[0].pending[0];
+        assert_eq!(pending.file.as_deref(), Some("cat one.png"));
+        assert_eq!(pending.upload, Some((0, 0)));
+        app.handle_net(NetEvent::UploadProgress {
+            conversation: dm(),
+            client_msg_id: client_msg_id.clone(),
+            done: 50,
+            total: 100,
+        });
+        assert_eq!(app.convs[0].pending[0].upload, Some((50, 100)));
+        app.handle_net(NetEvent::Uploaded {
+            conversation: dm(),
+            client_msg_id: client_msg_id.clone(),
+        });
+        assert_eq!(app.convs[0].pending[0].upload, None);
+        let mut stored = msg(1, ALICE, client_msg_id.as_str(), "");
+        stored.attachments.push(chat_types::Attachment {
+            id: chat_types::MediaId::from_random([1; 16]),
+            mime: "image/png".into(),
+            kind: chat_types::MediaKind::Image,
+            size: 10,
+            name: "cat one.png".into(),
+            width: None,
+            height: None,
+            thumbnails: Vec::new(),
+        });
+        app.handle_net(NetEvent::Acked { message: stored });
+        assert!(app.convs[0].pending.is_empty());
+        assert_eq!(app.convs[0].messages[&Seq(1)].attachments.len(), 1);
+        // A failed upload stays visible as not sent.
+        let cmds = type_line(&mut app, "/f ~/nope.bin");
+        let [Cmd::SendFile { client_msg_id, .. }] = cmds.as_slice() else {
+            panic!("expected one file send, got {cmds:?}");
+        };
+        app.handle_net(NetEvent::SendFailed {
+            conversation: dm(),
+            client_msg_id: client_msg_id.clone(),
+            error: CliError::new("io", "cannot read ~/nope.bin"),
+        });
+        let pending = &app.convs[0].pending[0];
+        assert!(pending.failed.is_some() && pending.upload.is_none());
+        assert!(type_line(&mut app, "/file").is_empty());
+        assert!(app.status.contains("usage"));
+    }
+
+    #[test]
+    fn search_results_show_until_esc_and_stale_answers_are_dropped() {
+        let mut app = connected();
+        assert_eq!(
+            type_line(&mut app, "/search 北京 trip"),
+            vec![Cmd::Search("北京 trip".into())]
+        );
+        assert_eq!(
+            app.search.as_ref().map(|s| &s.state),
+            Some(&SearchState::Searching)
+        );
+        let carol = UserId(3);
+        let page = SearchPage {
+            hits: vec![MessageHit {
+                conversation: ConversationId::direct(ALICE, carol),
+                seq: Seq(2),
+                sender: carol,
+                ts_ms: 1,
+                body: "我们明天去北京开会".into(),
+                snippet: "我们明天去北京开会".into(),
+                highlights: vec![(5, 7)],
+            }],
+            partial: false,
+            more: false,
+        };
+        // An answer to another query changes nothing.
+        let cmds = app.handle_net(NetEvent::SearchResults {
+            query: "old".into(),
+            result: Ok(page.clone()),
+        });
+        assert!(cmds.is_empty());
+        assert_eq!(
+            app.search.as_ref().map(|s| &s.state),
+            Some(&SearchState::Searching)
+        );
+        let cmds = app.handle_net(NetEvent::SearchResults {
+            query: "北京 trip".into(),
+            result: Ok(page.clone()),
+        });
+        assert_eq!(cmds, vec![Cmd::Lookup(carol)]);
+        assert_eq!(
+            app.search.as_ref().map(|s| &s.state),
+            Some(&SearchState::Done(page))
+        );
+        // Esc clears a typed line first, then closes the results.
+        app.handle_key(key(KeyCode::Char('x')));
+        app.handle_key(key(KeyCode::Esc));
+        assert!(app.search.is_some() && app.input.is_empty());
+        app.handle_key(key(KeyCode::Esc));
+        assert!(app.search.is_none());
+        assert!(type_line(&mut app, "/search").is_empty());
+        assert!(app.search.is_none());
     }
 
     #[test]

@@ -1,25 +1,32 @@
 //! The network side of the interactive client: one task that keeps a WebSocket connected,
 //! resumes the event stream after each reconnect, runs the UI's requests, and sends the
 //! outbox in order, each message with its own client message id until the server acks it.
+//! File uploads and searches go over REST in their own tasks, connected or not; an uploaded
+//! file joins the outbox as a message with the media attached.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chat_client::{ClientError, Connection, ConnectionConfig, RawEvent};
-use chat_types::{ClientMsgId, ConversationId, EventSeq, Message, Seq, ServerFrame, UserId};
+use chat_client::{ClientError, Connection, ConnectionConfig, HttpApi, MessageSearch, RawEvent};
+use chat_types::{
+    Attachment, ClientMsgId, ConversationId, EventSeq, MediaId, Message, Seq, ServerFrame, UserId,
+};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::Auth;
 use crate::error::{closed, CliError};
-use crate::ui::app::{Cmd, NetEvent};
+use crate::media;
+use crate::ui::app::{Cmd, NetEvent, SearchPage};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(3600);
 /// Pages read when catching a conversation up: enough for a long absence, bounded.
 const CATCH_UP_PAGES: usize = 20;
+/// Results `/search` shows.
+const SEARCH_LIMIT: u32 = 50;
 
 /// A message waiting for its ack.
 #[derive(Clone, Debug)]
@@ -27,9 +34,24 @@ struct Outgoing {
     conversation: ConversationId,
     client_msg_id: ClientMsgId,
     body: String,
+    /// Uploaded files (their ids go on the wire; the rest shows in the acked message).
+    attachments: Vec<Attachment>,
 }
 
 type Outbox = Arc<Mutex<VecDeque<Outgoing>>>;
+
+/// What the command handlers share.
+#[derive(Clone)]
+struct Shared {
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    events: mpsc::UnboundedSender<NetEvent>,
+    /// For searches (the default timeout).
+    api: HttpApi,
+    /// For uploads (a longer timeout).
+    media_api: HttpApi,
+    token: Arc<str>,
+}
 
 fn lock(outbox: &Outbox) -> MutexGuard<'_, VecDeque<Outgoing>> {
     outbox.lock().unwrap_or_else(PoisonError::into_inner)
@@ -41,8 +63,11 @@ pub async fn run(
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<NetEvent>,
 ) {
-    let url = match auth.ws_url() {
-        Ok(u) => u,
+    let apis = auth
+        .ws_url()
+        .and_then(|url| Ok((url, auth.api()?, media::media_api(&auth.server)?)));
+    let (url, api, media_api) = match apis {
+        Ok(a) => a,
         Err(e) => {
             let _ = events.send(NetEvent::Fatal(e));
             return;
@@ -50,6 +75,14 @@ pub async fn run(
     };
     let outbox: Outbox = Arc::default();
     let wake = Arc::new(Notify::new());
+    let shared = Shared {
+        outbox: Arc::clone(&outbox),
+        wake: Arc::clone(&wake),
+        events: events.clone(),
+        api,
+        media_api,
+        token: Arc::from(auth.token.as_str()),
+    };
     // Requests made while disconnected run once connected again.
     let mut waiting: Vec<Cmd> = Vec::new();
     let mut cursor: Option<EventSeq> = None;
@@ -66,7 +99,7 @@ pub async fn run(
             tokio::select! {
                 c = &mut connecting => break c,
                 cmd = cmds.recv() => match cmd {
-                    Some(cmd) => queue(cmd, &outbox, &wake, &mut waiting),
+                    Some(cmd) => queue(cmd, &shared, &mut waiting),
                     None => return,
                 },
             }
@@ -80,7 +113,7 @@ pub async fn run(
                     return drain(cmds).await;
                 }
                 let _ = events.send(NetEvent::Disconnected(e.to_string()));
-                if !pause(backoff, &mut cmds, &outbox, &wake, &mut waiting).await {
+                if !pause(backoff, &mut cmds, &shared, &mut waiting).await {
                     return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -101,12 +134,12 @@ pub async fn run(
         ));
         let _sender = AbortOnDrop(sender);
         for cmd in waiting.drain(..) {
-            dispatch(&conn, cmd, &outbox, &wake, &events);
+            dispatch(&conn, cmd, &shared);
         }
         let ended = loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
-                    Some(cmd) => dispatch(&conn, cmd, &outbox, &wake, &events),
+                    Some(cmd) => dispatch(&conn, cmd, &shared),
                     None => {
                         let _ = conn.close().await;
                         return;
@@ -142,7 +175,7 @@ pub async fn run(
             return drain(cmds).await;
         }
         let _ = events.send(NetEvent::Disconnected(ended.to_string()));
-        if !pause(FIRST_BACKOFF, &mut cmds, &outbox, &wake, &mut waiting).await {
+        if !pause(FIRST_BACKOFF, &mut cmds, &shared, &mut waiting).await {
             return;
         }
     }
@@ -161,8 +194,7 @@ impl Drop for AbortOnDrop {
 async fn pause(
     delay: Duration,
     cmds: &mut mpsc::UnboundedReceiver<Cmd>,
-    outbox: &Outbox,
-    wake: &Notify,
+    shared: &Shared,
     waiting: &mut Vec<Cmd>,
 ) -> bool {
     let sleep = tokio::time::sleep(delay);
@@ -171,7 +203,7 @@ async fn pause(
         tokio::select! {
             _ = &mut sleep => return true,
             cmd = cmds.recv() => match cmd {
-                Some(cmd) => queue(cmd, outbox, wake, waiting),
+                Some(cmd) => queue(cmd, shared, waiting),
                 None => return false,
             },
         }
@@ -183,20 +215,32 @@ async fn drain(mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     while cmds.recv().await.is_some() {}
 }
 
-/// Keeps a command for the next connection (a send goes to the outbox at once).
-fn queue(cmd: Cmd, outbox: &Outbox, wake: &Notify, waiting: &mut Vec<Cmd>) {
+/// Keeps a command for the next connection (a send goes to the outbox at once, uploads and
+/// searches start at once over REST).
+fn queue(cmd: Cmd, shared: &Shared, waiting: &mut Vec<Cmd>) {
     match cmd {
         Cmd::Send {
             conversation,
             client_msg_id,
             body,
         } => {
-            lock(outbox).push_back(Outgoing {
+            lock(&shared.outbox).push_back(Outgoing {
                 conversation,
                 client_msg_id,
                 body,
+                attachments: Vec::new(),
             });
-            wake.notify_one();
+            shared.wake.notify_one();
+        }
+        Cmd::SendFile {
+            conversation,
+            client_msg_id,
+            path,
+        } => {
+            tokio::spawn(upload(shared.clone(), conversation, client_msg_id, path));
+        }
+        Cmd::Search(query) => {
+            tokio::spawn(search(shared.clone(), query));
         }
         other => {
             if !waiting.contains(&other) {
@@ -207,18 +251,12 @@ fn queue(cmd: Cmd, outbox: &Outbox, wake: &Notify, waiting: &mut Vec<Cmd>) {
 }
 
 /// Runs one command on the connection, in its own task so that pushes keep flowing.
-fn dispatch(
-    conn: &Arc<Connection>,
-    cmd: Cmd,
-    outbox: &Outbox,
-    wake: &Notify,
-    events: &mpsc::UnboundedSender<NetEvent>,
-) {
-    if let Cmd::Send { .. } = cmd {
-        return queue(cmd, outbox, wake, &mut Vec::new());
+fn dispatch(conn: &Arc<Connection>, cmd: Cmd, shared: &Shared) {
+    if let Cmd::Send { .. } | Cmd::SendFile { .. } | Cmd::Search(_) = cmd {
+        return queue(cmd, shared, &mut Vec::new());
     }
     let conn = Arc::clone(conn);
-    let events = events.clone();
+    let events = shared.events.clone();
     tokio::spawn(async move {
         let event = match cmd {
             Cmd::Open(username) => match conn.open_direct_by_username(&username).await {
@@ -249,10 +287,72 @@ fn dispatch(
                     NetEvent::Problem(format!("cannot list conversations: {}", CliError::from(e)))
                 }
             },
-            Cmd::Send { .. } => return,
+            Cmd::Send { .. } | Cmd::SendFile { .. } | Cmd::Search(_) => return,
         };
         let _ = events.send(event);
     });
+}
+
+/// Uploads a `/file`, reporting progress, then queues its message.
+async fn upload(
+    shared: Shared,
+    conversation: ConversationId,
+    client_msg_id: ClientMsgId,
+    path: std::path::PathBuf,
+) {
+    let events = shared.events.clone();
+    let id = client_msg_id.clone();
+    let uploaded = media::upload_file(&shared.media_api, &shared.token, &path, |done, total| {
+        let _ = events.send(NetEvent::UploadProgress {
+            conversation,
+            client_msg_id: id.clone(),
+            done,
+            total,
+        });
+    })
+    .await;
+    let event = match uploaded {
+        Ok(info) => {
+            lock(&shared.outbox).push_back(Outgoing {
+                conversation,
+                client_msg_id: client_msg_id.clone(),
+                body: String::new(),
+                attachments: vec![info.attachment()],
+            });
+            shared.wake.notify_one();
+            NetEvent::Uploaded {
+                conversation,
+                client_msg_id,
+            }
+        }
+        Err(error) => NetEvent::SendFailed {
+            conversation,
+            client_msg_id,
+            error,
+        },
+    };
+    let _ = shared.events.send(event);
+}
+
+/// The first page of a message search.
+async fn search(shared: Shared, query: String) {
+    let filters = MessageSearch {
+        limit: Some(SEARCH_LIMIT),
+        ..MessageSearch::default()
+    };
+    let result = shared
+        .api
+        .search_messages(&shared.token, &query, &filters)
+        .await
+        .map(|page| SearchPage {
+            more: page.next.is_some(),
+            hits: page.hits,
+            partial: page.partial,
+        })
+        .map_err(CliError::from);
+    let _ = shared
+        .events
+        .send(NetEvent::SearchResults { query, result });
 }
 
 /// The latest page, or every message after `after` (bounded).
@@ -296,13 +396,23 @@ async fn send_loop(
             wake.notified().await;
             continue;
         };
-        let sent = conn
-            .send(
+        let sent = if out.attachments.is_empty() {
+            conn.send(
                 out.conversation,
                 out.client_msg_id.clone(),
                 out.body.clone(),
             )
-            .await;
+            .await
+        } else {
+            let ids: Vec<MediaId> = out.attachments.iter().map(|a| a.id.clone()).collect();
+            conn.send_with_media(
+                out.conversation,
+                out.client_msg_id.clone(),
+                out.body.clone(),
+                ids,
+            )
+            .await
+        };
         let event = match sent {
             Ok(ack) => {
                 delay = FIRST_BACKOFF;
@@ -316,7 +426,7 @@ async fn send_loop(
                         body: out.body,
                         ts_ms: ack.ts_ms,
                         refers: None,
-                        attachments: Vec::new(),
+                        attachments: out.attachments,
                     },
                 }
             }

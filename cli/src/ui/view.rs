@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chat_types::{Message, MessageRef, Seq, UserId};
+use chat_types::{Attachment, Message, MessageRef, Seq, UserId};
 use ratatui::layout::{Constraint, Layout, Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -11,8 +11,8 @@ use ratatui::widgets::{Block, List, ListItem, ListState, Paragraph};
 use ratatui::Frame;
 use unicode_width::UnicodeWidthChar;
 
-use crate::output::{body_text, format_clock, sanitize};
-use crate::ui::app::{App, Conv, Focus};
+use crate::output::{body_text, format_clock, format_size, highlight_pieces, sanitize};
+use crate::ui::app::{App, Conv, Focus, SearchState, SearchView};
 
 pub fn draw(frame: &mut Frame, app: &App) {
     let [main, input, status] = Layout::vertical([
@@ -73,6 +73,9 @@ fn draw_list(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_messages(frame: &mut Frame, app: &App, area: Rect) {
+    if let Some(search) = &app.search {
+        return draw_search(frame, app, search, area);
+    }
     let Some(conv) = app.selected_conv() else {
         let block = pane("Messages".to_owned(), false);
         let inner = block.inner(area);
@@ -145,26 +148,132 @@ pub fn message_lines(app: &App, conv: &Conv, width: u16) -> Vec<Line<'static>> {
             ));
         }
         lines.extend(wrap(spans, width));
+        if !shown.withdrawn {
+            for a in &shown.attachments {
+                lines.extend(wrap(attachment_spans(a), width));
+            }
+        }
     }
     for p in &conv.pending {
-        let (note, style) = match &p.failed {
-            Some(e) => (
+        let (note, style) = match (&p.failed, p.upload) {
+            (Some(e), _) => (
                 format!(" (not sent: {})", sanitize(e)),
                 Style::default().fg(Color::Red),
             ),
-            None => (
+            (None, Some((done, total))) => (
+                match (done.saturating_mul(100)).checked_div(total) {
+                    Some(percent) => format!(" (uploading… {}%)", percent.min(100)),
+                    None => " (uploading…)".to_owned(),
+                },
+                Style::default().fg(Color::DarkGray),
+            ),
+            (None, None) => (
                 " (sending…)".to_owned(),
                 Style::default().fg(Color::DarkGray),
             ),
         };
         let name = me.map(|m| app.name(m)).unwrap_or_else(|| "me".into());
+        let body = match &p.file {
+            Some(file) => format!("\u{1f4ce} {}", sanitize(file)),
+            None => sanitize(&p.body),
+        };
         let spans = vec![
             Span::styled("--:-- ", Style::default().fg(Color::DarkGray)),
             Span::styled(format!("{}: ", sanitize(&name)), style),
-            Span::styled(sanitize(&p.body), style),
+            Span::styled(body, style),
             Span::styled(note, style.add_modifier(Modifier::ITALIC)),
         ];
         lines.extend(wrap(spans, width));
+    }
+    lines
+}
+
+/// `      📎 cat.png (47.1 KiB)`, under its message.
+fn attachment_spans(a: &Attachment) -> Vec<Span<'static>> {
+    vec![
+        Span::raw("      "),
+        Span::styled(
+            format!("\u{1f4ce} {} ({})", sanitize(&a.name), format_size(a.size)),
+            Style::default().fg(Color::Blue),
+        ),
+    ]
+}
+
+/// The `/search` results in the message pane: newest first, matches in reverse video.
+fn draw_search(frame: &mut Frame, app: &App, search: &SearchView, area: Rect) {
+    let title = format!("Search: {} (Esc closes)", sanitize(&search.query));
+    let block = pane(title, false);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let lines = search_lines(app, search, inner.width);
+    let height = usize::from(inner.height);
+    let start = usize::from(search.scroll).min(lines.len().saturating_sub(height));
+    let end = (start + height).min(lines.len());
+    frame.render_widget(Paragraph::new(lines[start..end].to_vec()), inner);
+}
+
+/// Every visual line of the search results, wrapped to `width`.
+pub fn search_lines(app: &App, search: &SearchView, width: u16) -> Vec<Line<'static>> {
+    let dim = Style::default().fg(Color::DarkGray);
+    let page = match &search.state {
+        SearchState::Searching => return vec![Line::styled("searching…", dim)],
+        SearchState::Failed(e) => {
+            return wrap(
+                vec![Span::styled(
+                    format!("search failed: {}", sanitize(e)),
+                    Style::default().fg(Color::Red),
+                )],
+                width,
+            )
+        }
+        SearchState::Done(page) => page,
+    };
+    let mut lines = Vec::new();
+    if page.hits.is_empty() {
+        lines.push(Line::styled("no messages found", dim));
+    }
+    let me = app.my_id();
+    for hit in &page.hits {
+        let members = hit.conversation.direct_members();
+        let place = match members.iter().copied().find(|u| Some(*u) != me) {
+            Some(peer) => app.name(peer),
+            None if !members.is_empty() => app.name(hit.sender),
+            None => hit.conversation.to_string(),
+        };
+        let mut spans = vec![
+            Span::styled(format!("[{}] ", sanitize(&place)), dim),
+            Span::styled(format!("{} ", format_clock(hit.ts_ms)), dim),
+            Span::styled(
+                format!("{}: ", sanitize(&app.name(hit.sender))),
+                Style::default()
+                    .fg(Color::Yellow)
+                    .add_modifier(Modifier::BOLD),
+            ),
+        ];
+        // `sanitize` keeps one character per character: the highlight offsets still hold.
+        for (piece, matched) in highlight_pieces(&sanitize(&hit.snippet), &hit.highlights) {
+            if matched {
+                spans.push(Span::styled(
+                    piece,
+                    Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
+                ));
+            } else {
+                spans.push(Span::raw(piece));
+            }
+        }
+        lines.extend(wrap(spans, width));
+    }
+    if page.more {
+        lines.push(Line::styled(
+            "more results: `chat search` prints them all",
+            dim,
+        ));
+    }
+    if page.partial {
+        lines.push(Line::styled(
+            "some nodes did not answer in time: results may be missing",
+            dim,
+        ));
     }
     lines
 }
@@ -180,6 +289,7 @@ pub struct Shown {
     pub withdrawn: bool,
     /// `👍 2, 🎉` (each reaction once per sender).
     pub reactions: String,
+    pub attachments: Vec<Attachment>,
 }
 
 pub fn shown_messages(messages: &BTreeMap<Seq, Message>) -> Vec<Shown> {
@@ -254,6 +364,7 @@ pub fn shown_messages(messages: &BTreeMap<Seq, Message>) -> Vec<Shown> {
             edited: edit.is_some(),
             withdrawn: deleted.contains(&m.seq),
             reactions,
+            attachments: m.attachments.clone(),
         });
     }
     out
@@ -321,7 +432,7 @@ pub fn wrap(spans: Vec<Span<'static>>, width: u16) -> Vec<Line<'static>> {
 fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
     let title = match app.selected_conv() {
         Some(c) => format!("Message to {}", sanitize(&app.title(c))),
-        None => "Command (/open USER, /quit)".to_owned(),
+        None => "Command (/open USER, /search TEXT, /quit)".to_owned(),
     };
     let block = pane(title, app.focus == Focus::Input);
     let inner = block.inner(area);
@@ -434,6 +545,70 @@ mod tests {
         assert_eq!(rows, vec!["aaa bbb ", "ccc"]);
         assert_eq!(wrap(vec![Span::raw("abcdef")], 4).len(), 2);
         assert_eq!(wrap(Vec::new(), 4).len(), 1);
+    }
+
+    fn screen_of(app: &App, w: u16, h: u16) -> (String, ratatui::buffer::Buffer) {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| draw(f, app)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        let screen = buffer.content().iter().map(|c| c.symbol()).collect();
+        (screen, buffer)
+    }
+
+    #[test]
+    fn attachments_show_under_their_message_and_search_hits_are_marked() {
+        let mut app = App::new(0);
+        let mut m = msg(1, 2, "look", None);
+        m.attachments.push(Attachment {
+            id: chat_types::MediaId::from_random([7; 16]),
+            mime: "image/png".into(),
+            kind: chat_types::MediaKind::Image,
+            size: 1536,
+            name: "cat\u{1b}.png".into(),
+            width: Some(4),
+            height: Some(4),
+            thumbnails: Vec::new(),
+        });
+        app.handle_net(NetEvent::Message(m));
+        let (screen, _) = screen_of(&app, 80, 12);
+        assert!(screen.contains("user 2: look"), "{screen}");
+        assert!(screen.contains("cat\u{fffd}.png (1.5 KiB)"), "{screen}");
+
+        app.search = Some(SearchView {
+            query: "meet".into(),
+            state: SearchState::Done(crate::ui::app::SearchPage {
+                hits: vec![chat_types::search::MessageHit {
+                    conversation: ConversationId::direct(UserId(1), UserId(2)),
+                    seq: Seq(3),
+                    sender: UserId(2),
+                    ts_ms: 0,
+                    body: "we meet at noon".into(),
+                    snippet: "we meet at noon".into(),
+                    // Out-of-range offsets from a confused server are clipped, not a panic.
+                    highlights: vec![(3, 7), (40, 90)],
+                }],
+                partial: true,
+                more: false,
+            }),
+            scroll: 0,
+        });
+        let (screen, buffer) = screen_of(&app, 80, 12);
+        assert!(screen.contains("Search: meet"), "{screen}");
+        assert!(screen.contains("user 2: we meet at noon"), "{screen}");
+        assert!(screen.contains("results may be missing"), "{screen}");
+        let cells: Vec<&ratatui::buffer::Cell> = buffer.content().iter().collect();
+        let at = screen.find("meet at").unwrap();
+        // Single-width text: byte offsets in the screen are cell offsets up to here.
+        let prefix_cells = screen[..at].chars().count();
+        assert!(cells[prefix_cells]
+            .modifier
+            .contains(Modifier::REVERSED | Modifier::BOLD));
+        assert!(!cells[prefix_cells + 5]
+            .modifier
+            .contains(Modifier::REVERSED));
+        for (w, h) in [(1, 1), (5, 3), (20, 6)] {
+            screen_of(&app, w, h);
+        }
     }
 
     #[test]
