@@ -67,9 +67,11 @@ impl PushFrame {
                     user,
                     relation,
                 },
-                UserEvent::ProfileChanged { user } => {
-                    ServerFrame::ProfileChanged { event_seq, user }
-                }
+                UserEvent::ProfileChanged { user, profile } => ServerFrame::ProfileChanged {
+                    event_seq,
+                    user,
+                    profile,
+                },
             },
             PushFrame::Resync { event_head } => ServerFrame::Resync { event_head },
             PushFrame::Cursor { event_seq } => ServerFrame::EventCursor { event_seq },

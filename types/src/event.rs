@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConversationId, Seq, UserId};
-use crate::wire::{Message, Relation};
+use crate::wire::{Message, Profile, Relation};
 
 /// A position in one user's event stream. The first event is 1; 0 means "nothing yet".
 #[derive(
@@ -48,8 +48,14 @@ pub enum UserEvent {
     /// contact was removed; one's own changes too, for one's other devices). Blocks are told
     /// only to the blocker.
     Contact { user: UserId, relation: Relation },
-    /// `user` (a contact, or oneself) changed their profile.
-    ProfileChanged { user: UserId },
+    /// `user` (a contact, or oneself) changed their profile; `profile` is the profile the
+    /// change made (absent in events stored before it was added), so that a client need not
+    /// read it from a node that may not have applied the change yet.
+    ProfileChanged {
+        user: UserId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<Profile>,
+    },
 }
 
 /// One entry of a user's event stream.

@@ -799,6 +799,9 @@ pub enum ServerFrame {
     ProfileChanged {
         event_seq: EventSeq,
         user: UserId,
+        /// The profile as the change left it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        profile: Option<Profile>,
     },
     /// Ephemeral: `user` is typing; forget it after `expires_ms` unless repeated.
     Typing {

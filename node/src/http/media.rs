@@ -528,15 +528,20 @@ fn verify_link(state: &AppState, id: &MediaId, link: &str) -> Option<UserId> {
     same.then_some(user)
 }
 
-fn readable(state: &AppState, user: UserId, id: &MediaId) -> Result<MediaRecord, WireError> {
-    state
-        .meta
-        .read(|m| {
-            m.may_read_media(user, id)
-                .then(|| m.media(id).cloned())
-                .flatten()
-        })
-        .ok_or_else(not_found)
+/// The media's record if `user` may read it. A reader who just received a message with the
+/// media may ask a node that has not applied the media's record or its attachment yet (both
+/// were agreed before the message was written): such a miss waits for this node to catch up,
+/// for at most the catch-up window, before it is a 404.
+async fn readable(state: &AppState, user: UserId, id: &MediaId) -> Result<MediaRecord, WireError> {
+    let check = |m: &chat_cluster::MetaState| {
+        m.may_read_media(user, id)
+            .then(|| m.media(id).cloned())
+            .flatten()
+    };
+    if let Some(r) = state.meta.read(check) {
+        return Ok(r);
+    }
+    state.auth.wait_for(check).await.ok_or_else(not_found)
 }
 
 /// `POST /v1/media/{id}/link`.
@@ -549,8 +554,9 @@ pub async fn link(
         Ok(p) => p,
         Err(e) => return error_response(&state, e),
     };
-    let result = media_id(&path).and_then(|id| {
-        let record = readable(&state, principal.user_id, &id)?;
+    let result = async {
+        let id = media_id(&path)?;
+        let record = readable(&state, principal.user_id, &id).await?;
         let expires_ms = now_ms() + state.config.media.link_ttl_ms;
         let sig = link_signature(&principal.token_hash, &id, expires_ms);
         let session = chat_cluster::meta::session_id(&principal.token_hash);
@@ -569,7 +575,8 @@ pub async fn link(
                 .collect(),
             expires_ms,
         })
-    });
+    }
+    .await;
     match result {
         Ok(l) => HttpResponse::Ok().json(l),
         Err(e) => error_response(&state, e),
@@ -585,7 +592,7 @@ pub async fn info(
     let result = async {
         let id = media_id(&path)?;
         let user = reader(&state, &req, &id).await?;
-        Ok::<_, WireError>(readable(&state, user, &id)?.info(&id))
+        Ok::<_, WireError>(readable(&state, user, &id).await?.info(&id))
     }
     .await;
     match result {
@@ -603,7 +610,7 @@ pub async fn download(
     let result = async {
         let id = media_id(&path)?;
         let user = reader(&state, &req, &id).await?;
-        let record = readable(&state, user, &id)?;
+        let record = readable(&state, user, &id).await?;
         let inline = record.kind != MediaKind::File;
         Ok::<_, WireError>((record.blob, record.name, inline))
     }
@@ -626,7 +633,7 @@ pub async fn thumbnail(
         let size = ThumbSize::parse(&size)
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such thumbnail size"))?;
         let user = reader(&state, &req, &id).await?;
-        let record = readable(&state, user, &id)?;
+        let record = readable(&state, user, &id).await?;
         let thumb = record
             .thumbnails
             .into_iter()

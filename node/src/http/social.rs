@@ -175,20 +175,24 @@ pub async fn update_profile(
                 .map(|(u, _)| u)
                 .collect();
             audience.push(me.user_id);
-            notify_all(
-                state,
-                audience,
-                UserEvent::ProfileChanged { user: me.user_id },
-            )
-            .await;
             // What this write made, even if a later write has changed it since.
-            Ok(Profile {
+            let made = Profile {
                 user_id: me.user_id,
                 username: me.username.clone(),
                 display_name: profile.display_name.unwrap_or_else(|| me.username.clone()),
                 status_text: profile.status_text,
                 avatar: profile.avatar,
-            })
+            };
+            notify_all(
+                state,
+                audience,
+                UserEvent::ProfileChanged {
+                    user: me.user_id,
+                    profile: Some(made.clone()),
+                },
+            )
+            .await;
+            Ok(made)
         }
         other => Err(refusal(&other)),
     }
