@@ -196,22 +196,44 @@ function putPerson(p) {
   return merged;
 }
 
-const fetching = new Set();
-/** Reads a user's profile unless it is known (or `force`). */
-function ensurePerson(uid, force = false) {
-  if (!uid || fetching.has(uid) || !state.conn?.ready) return;
+const fetching = new Map(); // user id -> {again, changed}: a forced read asked for meanwhile
+/**
+ * Reads a user's profile unless it is known (or `force`). `changed`: a profile_changed event
+ * said it changed, so reading the same profile as before means this node has not applied the
+ * change yet: read again a little later (three times at most).
+ */
+function ensurePerson(uid, force = false, changed = 0) {
+  if (!uid || !state.conn?.ready) return;
+  const under = fetching.get(uid);
+  if (under) {
+    // The read under way may have started before the change: read again after it.
+    if (force) {
+      under.again = true;
+      under.changed = Math.max(under.changed, changed);
+    }
+    return;
+  }
   if (!force && state.people.get(uid)?.username) return;
-  fetching.add(uid);
+  const job = { again: false, changed: 0 };
+  fetching.set(uid, job);
+  const fields = (p) => JSON.stringify(PROFILE_FIELDS.map((k) => p?.[k] ?? null));
+  const before = fields(state.people.get(uid));
   state.conn
     .request({ type: 'get_profile', user_id: uid })
     .then(
       (p) => {
         putPerson(p);
         invalidate('list', 'header', 'messages', 'contacts');
+        if (changed && changed < 4 && fields(p) === before) {
+          setTimeout(() => ensurePerson(uid, true, changed + 1), 400 * changed);
+        }
       },
       () => {},
     )
-    .finally(() => fetching.delete(uid));
+    .finally(() => {
+      fetching.delete(uid);
+      if (job.again) ensurePerson(uid, true, job.changed);
+    });
 }
 
 function nameOf(uid) {
@@ -415,7 +437,13 @@ function onPush(f) {
       contacts.onContactEvent(f);
       break;
     case 'profile_changed':
-      ensurePerson(f.user, true);
+      if (f.profile) {
+        // The event carries the profile the change made: no read from a node that may lag.
+        putPerson(f.profile);
+        invalidate('list', 'header', 'messages', 'contacts');
+      } else {
+        ensurePerson(f.user, true, 1);
+      }
       break;
     case 'typing':
       onTyping(f);

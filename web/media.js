@@ -28,7 +28,7 @@ export function link(id) {
   const now = Date.now();
   const l = links.get(id);
   if (l && l.until > now) return l.value ? Promise.resolve(l.value) : l.promise;
-  const promise = api.mediaLink(tokenOf(), id).then(
+  const promise = fetchLink(id).then(
     (value) => {
       const expires = Number(value.expires_ms) || now + 3600 * 1000;
       // expires_ms is a time (ms since the epoch); a small number would be a duration.
@@ -44,6 +44,25 @@ export function link(id) {
   );
   links.set(id, { promise, until: now + 30000 });
   return promise;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const LINK_RETRIES_MS = [250, 750, 1500, 3000];
+
+/**
+ * Asks for the links, trying again a few times on `not_found` too: a message can arrive
+ * before the node that answers here has learned that its attachments are now readable by
+ * the conversation's members.
+ */
+async function fetchLink(id) {
+  for (let i = 0; ; i++) {
+    try {
+      return await api.mediaLink(tokenOf(), id);
+    } catch (e) {
+      if (!(e.retry || e.code === 'not_found') || i >= LINK_RETRIES_MS.length) throw e;
+      await sleep(e.retryAfterMs ?? LINK_RETRIES_MS[i]);
+    }
+  }
 }
 
 export function forgetLinks() {
@@ -112,6 +131,11 @@ function attachmentEl(a) {
       const scale = Math.min(1, 280 / t.width, 280 / t.height);
       img.width = Math.max(1, Math.round(t.width * scale));
       img.height = Math.max(1, Math.round(t.height * scale));
+      // The place is held while the link and the picture load: nothing below it moves then
+      // (a search hit or a quote scrolled into view stays in view).
+      b.classList.add('sized');
+      b.style.width = `min(${img.width}px, 60vw)`;
+      b.style.aspectRatio = `${img.width} / ${img.height}`;
     }
     b.append(img);
     fill(a, b, (l) => {

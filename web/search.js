@@ -1,5 +1,6 @@
-// Search: messages (with highlighted snippets; a hit opens its conversation around it),
-// conversations by name, and the username suggestions of the pickers. A server without
+// Search: messages (with highlighted snippets; a hit opens its conversation around it;
+// filters by sender and by date), conversations by name, and the username suggestions of
+// the pickers. A server without
 // search answers 404: the panel says so, and the pickers fall back to the people known here.
 
 import * as api from './api.js';
@@ -24,6 +25,24 @@ export function init(a) {
     if (!input.value.trim()) close();
   });
   $('#search-scope').addEventListener('change', () => input.value.trim() && run(false));
+  $('#search-filters-btn').addEventListener('click', () => {
+    const box = $('#search-filters');
+    if (box.hidden) fillSenders();
+    box.hidden = !box.hidden;
+    $('#search-filters-btn').setAttribute('aria-expanded', String(!box.hidden));
+    if (!box.hidden) $('#search-sender').focus();
+  });
+  for (const id of ['#search-sender', '#search-from', '#search-to']) {
+    $(id).addEventListener('change', () => {
+      filtersChanged();
+      if (input.value.trim()) run(false);
+    });
+  }
+  $('#search-clear').addEventListener('click', () => {
+    clearFilters();
+    if (input.value.trim()) run(false);
+    $('#search-sender').focus();
+  });
   $('#search-close').addEventListener('click', close);
   $('#search-more').addEventListener('click', () => run(true));
   $('#search-results').addEventListener('click', (e) => {
@@ -49,7 +68,77 @@ function close() {
   $('#chats-main').hidden = false;
   $('#search-input').value = '';
   $('#search-results').replaceChildren();
+  $('#search-results').setAttribute('aria-busy', 'false');
   next = null;
+  clearFilters();
+  $('#search-filters').hidden = true;
+  $('#search-filters-btn').setAttribute('aria-expanded', 'false');
+}
+
+// ---- filters: the sender and a range of days ---------------------------------------------------
+
+/** The people one may pick as the sender: oneself, then everyone this page knows, by name. */
+function fillSenders() {
+  const sel = $('#search-sender');
+  const keep = sel.value;
+  const me = app.me();
+  const people = [...app.state.people.values()]
+    .filter((p) => p.user_id !== me && p.username)
+    .map((p) => ({ id: p.user_id, name: p.display_name && p.display_name !== p.username ? `${p.display_name} (${p.username})` : p.username }))
+    .sort((a, b) => a.name.localeCompare(b.name))
+    .slice(0, 200);
+  const opt = (value, text) => {
+    const o = el('option', '', text);
+    o.value = String(value);
+    return o;
+  };
+  sel.replaceChildren(opt('', 'Anyone'), opt(me, 'You'), ...people.map((p) => opt(p.id, p.name)));
+  // A sender picked before stays picked, even when this page no longer knows their name.
+  if (keep && ![...sel.options].some((o) => o.value === keep)) sel.append(opt(keep, app.nameOf(Number(keep))));
+  sel.value = keep;
+}
+
+/** Local midnight of a `YYYY-MM-DD` date input's value, plus `days`; null when empty. */
+function dayStart(value, days = 0) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value || '');
+  return m ? new Date(Number(m[1]), Number(m[2]) - 1, Number(m[3]) + days).getTime() : null;
+}
+
+/** The filters as query parameters: `to_ms` is exclusive, so "To" includes its whole day. */
+function filters() {
+  const sender = $('#search-sender').value;
+  return {
+    sender: sender ? Number(sender) : null,
+    from_ms: dayStart($('#search-from').value),
+    to_ms: dayStart($('#search-to').value, 1),
+  };
+}
+
+function activeFilters() {
+  return Object.values(filters()).filter((v) => v !== null).length;
+}
+
+function filtersChanged() {
+  const from = $('#search-from');
+  const to = $('#search-to');
+  // The pickers offer no "to" before the "from".
+  to.min = from.value || '';
+  from.max = to.value || '';
+  const n = activeFilters();
+  const btn = $('#search-filters-btn');
+  btn.classList.toggle('active', n > 0);
+  btn.setAttribute('aria-label', n ? `Filters (${n} on)` : 'Filters');
+  const count = $('#search-filters-count');
+  count.textContent = n ? String(n) : '';
+  count.hidden = n === 0;
+  $('#search-clear').hidden = n === 0;
+}
+
+function clearFilters() {
+  $('#search-sender').value = '';
+  $('#search-from').value = '';
+  $('#search-to').value = '';
+  filtersChanged();
 }
 
 /** Text with the half-open code point ranges of `highlights` in <mark>, built from text nodes. */
@@ -90,26 +179,40 @@ async function run(more) {
   const list = $('#search-results');
   const moreBtn = $('#search-more');
   moreBtn.hidden = true;
+  list.setAttribute('aria-busy', 'true');
   if (!more) {
     list.replaceChildren();
     next = null;
     status.textContent = 'Searching…';
-    if (!scope) searchConversations(q, my);
+    delete status.dataset.error;
+    // Conversations have no sender or date: with filters, only messages are looked for.
+    if (!scope && !activeFilters()) searchConversations(q, my);
   }
   try {
-    const r = await api.searchMessages(app.token(), { q, conversation: scope, cursor: more ? next : null, limit: 20 });
+    const f = filters();
+    if (f.from_ms !== null && f.to_ms !== null && f.from_ms >= f.to_ms) {
+      status.textContent = 'The "From" day is after the "To" day.';
+      list.setAttribute('aria-busy', 'false');
+      return;
+    }
+    const r = await api.searchMessages(app.token(), { q, conversation: scope, ...f, cursor: more ? next : null, limit: 20 });
     if (my !== gen) return;
     next = r.next || null;
     const hits = r.hits || [];
     list.append(...hits.map(hitEl));
     const shown = list.querySelectorAll('.hit').length;
-    status.textContent = shown ? `${shown}${next ? '+' : ''} message${shown === 1 ? '' : 's'} found` : 'No messages found.';
+    const filtered = activeFilters() ? ' with these filters' : '';
+    status.textContent = shown
+      ? `${shown}${next ? '+' : ''} message${shown === 1 ? '' : 's'} found${filtered}`
+      : `No messages found${filtered}.`;
     if (r.partial) status.textContent += ' Some results may be missing: part of the cluster did not answer.';
     moreBtn.hidden = !next;
+    list.setAttribute('aria-busy', 'false');
   } catch (e) {
     if (my !== gen) return;
     status.textContent = e.code === 'not_found' ? 'Search is not available on this server yet.' : plain(e, 'search');
     status.dataset.error = e.code;
+    list.setAttribute('aria-busy', 'false');
   }
 }
 
