@@ -17,7 +17,9 @@ mod frame;
 mod server;
 
 pub use client::Transport;
-pub use frame::{ByteBuf, Channel, Envelope, EnvelopeBody, PeerError, ENVELOPE_VERSION, MAX_FRAME_BYTES};
+pub use frame::{
+    ByteBuf, Channel, Envelope, EnvelopeBody, PeerError, ENVELOPE_VERSION, MAX_FRAME_BYTES,
+};
 pub use server::{serve, PeerHandler, PeerHandlerFuture};
 
 /// What can go wrong sending a request to a peer.
