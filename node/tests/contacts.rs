@@ -111,10 +111,35 @@ async fn profiles_contacts_blocks_policy_and_sessions_work_across_nodes() {
         ("alice", "", None),
         "a profile nobody set shows the username"
     );
+    // An avatar is an image one uploaded.
+    let refused = api1
+        .update_profile(
+            &alice.token,
+            &ProfileUpdate {
+                avatar: Some(Some("media-42".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("not a media id");
+    assert_eq!(refused.code(), Some(chat_types::ErrorCode::InvalidArgument));
+    let picture = {
+        let img = image::RgbImage::from_pixel(8, 8, image::Rgb([200, 40, 40]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .expect("encode png");
+        out.into_inner()
+    };
+    let avatar = api1
+        .upload(&alice.token, "me.png", picture)
+        .await
+        .expect("upload avatar")
+        .id
+        .to_string();
     let update = ProfileUpdate {
         display_name: Some("Alice Liddell".into()),
         status_text: Some("down the rabbit hole".into()),
-        avatar: Some(Some("media-42".into())),
+        avatar: Some(Some(avatar.clone())),
     };
     let mine = api1
         .update_profile(&alice.token, &update)
@@ -127,7 +152,7 @@ async fn profiles_contacts_blocks_policy_and_sessions_work_across_nodes() {
         (p == mine).then_some(p)
     })
     .await;
-    assert_eq!(seen.avatar.as_deref(), Some("media-42"));
+    assert_eq!(seen.avatar.as_deref(), Some(avatar.as_str()));
     assert_eq!(
         b2.profile_by_username("ALICE").await.expect("ws profile"),
         mine
