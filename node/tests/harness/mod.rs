@@ -372,3 +372,9 @@ pub async fn must_sign_up(api: &HttpApi, name: &str) -> (chat_types::UserId, Str
     let token = api.login(name, "correct horse").await.expect("login").token;
     (id, token)
 }
+
+/// The process id of `node` while its process runs (for SIGSTOP and SIGCONT in the fault
+/// scenarios), `None` after kill9 or stop.
+pub fn pid_of(node: &NodeProc) -> Option<u32> {
+    node.child.as_ref().map(|c| c.id())
+}
