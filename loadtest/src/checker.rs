@@ -25,15 +25,25 @@
 //! message may or may not be stored, and either is correct. Bodies are compared by hash, and no
 //! body ever appears in a violation, so reports carry no message content.
 //!
+//! Groups: the members of a group conversation are declared with [`Checker::group_members`]
+//! (a direct conversation's are in its id); a push of a group to anyone else is misdelivered.
+//! The notes the server writes into a group's log (`refers: {"kind": "group"}`: created, member
+//! added, ...) were sent by no client: they are not phantoms, but they must agree between the
+//! pushes and the history like any other message.
+//!
+//! Every observed message is interned once (conversation, sender, client message id, body
+//! hash), so that a push costs 16 bytes of memory: a group fan-out to 10,000 connections
+//! records millions of them.
+//!
 //! The checker is plain data with `&mut self` methods and no I/O: the runner wraps it in a
 //! mutex, and the unit tests below feed it good and deliberately broken histories.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use chat_types::{ClientMsgId, ConversationId, Message, Seq, UserId};
+use chat_types::{ClientMsgId, ConversationId, Message, MessageRef, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
 /// One connection that receives pushes.
@@ -44,29 +54,30 @@ pub struct ObserverId(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OpId(usize);
 
-type MsgKey = (ConversationId, UserId, ClientMsgId);
+/// An interned `(conversation, sender, client message id)`.
+type KeyId = u32;
+/// An interned message: a key, a body hash, and whether the server wrote it (a group note).
+type MsgId = u32;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Seen {
-    seq: Seq,
+#[derive(Clone, Debug)]
+struct Key {
+    conv: ConversationId,
     sender: UserId,
     cmid: ClientMsgId,
-    body: u64,
 }
 
-impl Seen {
-    fn of(m: &Message) -> Seen {
-        Seen {
-            seq: m.seq,
-            sender: m.sender,
-            cmid: m.client_msg_id.clone(),
-            body: body_hash(&m.body),
-        }
-    }
+#[derive(Clone, Copy, Debug)]
+struct Msg {
+    key: KeyId,
+    body: u64,
+    note: bool,
+}
 
-    fn same_message(&self, other: &Seen) -> bool {
-        self.sender == other.sender && self.cmid == other.cmid && self.body == other.body
-    }
+/// A message seen at a seq: by a push or in the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    seq: Seq,
+    msg: MsgId,
 }
 
 #[derive(Clone, Debug)]
@@ -79,9 +90,7 @@ enum Outcome {
 #[derive(Clone, Debug)]
 struct Op {
     via: Option<ObserverId>,
-    sender: UserId,
-    conv: ConversationId,
-    cmid: ClientMsgId,
+    key: KeyId,
     body: u64,
     invoked_at: u64,
     outcome: Outcome,
@@ -106,10 +115,16 @@ enum HistoryRead {
 pub struct Checker {
     clock: u64,
     ops: Vec<Op>,
-    sent: HashMap<MsgKey, OpId>,
+    /// The first op of each key.
+    sent: HashMap<KeyId, OpId>,
     observers: Vec<Observer>,
     conversations: BTreeSet<ConversationId>,
     histories: BTreeMap<ConversationId, HistoryRead>,
+    groups: HashMap<ConversationId, HashSet<UserId>>,
+    keys: Vec<Key>,
+    key_index: HashMap<u64, Vec<KeyId>>,
+    msgs: Vec<Msg>,
+    msg_index: HashMap<(KeyId, u64, bool), MsgId>,
 }
 
 impl Checker {
@@ -120,6 +135,55 @@ impl Checker {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
+    }
+
+    fn intern_key(&mut self, conv: ConversationId, sender: UserId, cmid: &ClientMsgId) -> KeyId {
+        let mut h = DefaultHasher::new();
+        (conv, sender, cmid.as_str()).hash(&mut h);
+        let h = h.finish();
+        if let Some(ids) = self.key_index.get(&h) {
+            for &id in ids {
+                let k = &self.keys[id as usize];
+                if k.conv == conv && k.sender == sender && k.cmid == *cmid {
+                    return id;
+                }
+            }
+        }
+        let id = self.keys.len() as KeyId;
+        self.keys.push(Key {
+            conv,
+            sender,
+            cmid: cmid.clone(),
+        });
+        self.key_index.entry(h).or_default().push(id);
+        id
+    }
+
+    fn intern(&mut self, m: &Message) -> Seen {
+        let key = self.intern_key(m.conversation, m.sender, &m.client_msg_id);
+        let body = body_hash(&m.body);
+        let note = matches!(m.refers, Some(MessageRef::Group { .. }));
+        let next = self.msgs.len() as MsgId;
+        let msg = *self.msg_index.entry((key, body, note)).or_insert(next);
+        if msg == next {
+            self.msgs.push(Msg { key, body, note });
+        }
+        Seen { seq: m.seq, msg }
+    }
+
+    fn key_of(&self, msg: MsgId) -> &Key {
+        &self.keys[self.msgs[msg as usize].key as usize]
+    }
+
+    /// Whether `user` is a member of `conv`: from the id for a direct conversation, from
+    /// [`Checker::group_members`] for a group.
+    fn is_member(&self, conv: &ConversationId, user: UserId) -> bool {
+        match conv {
+            ConversationId::Direct { .. } => conv.is_member(user),
+            ConversationId::Group { .. } => {
+                self.groups.get(conv).is_some_and(|m| m.contains(&user))
+            }
+        }
     }
 
     /// A connection of `user` is open and will report its pushes from now on.
@@ -147,6 +211,16 @@ impl Checker {
         self.conversations.insert(conv);
     }
 
+    /// The members of group `conv` for the whole run (and watches it).
+    pub fn group_members(
+        &mut self,
+        conv: ConversationId,
+        members: impl IntoIterator<Item = UserId>,
+    ) {
+        self.conversations.insert(conv);
+        self.groups.insert(conv, members.into_iter().collect());
+    }
+
     /// `sender` invokes a send of `body` to `conv` with `cmid`, from connection `via`.
     /// A retry of the same message is the same op: record it once.
     pub fn send_invoked(
@@ -160,12 +234,11 @@ impl Checker {
         let invoked_at = self.tick();
         let id = OpId(self.ops.len());
         self.conversations.insert(conv);
-        self.sent.entry((conv, sender, cmid.clone())).or_insert(id);
+        let key = self.intern_key(conv, sender, &cmid);
+        self.sent.entry(key).or_insert(id);
         self.ops.push(Op {
             via,
-            sender,
-            conv,
-            cmid,
+            key,
             body: body_hash(body),
             invoked_at,
             outcome: Outcome::Pending,
@@ -191,12 +264,22 @@ impl Checker {
 
     /// Connection `observer` received the push of `message`.
     pub fn delivered(&mut self, observer: ObserverId, message: &Message) {
+        self.delivered_many(observer, std::slice::from_ref(message));
+    }
+
+    /// Connection `observer` received the pushes of `messages`, in this order.
+    pub fn delivered_many(&mut self, observer: ObserverId, messages: &[Message]) {
         self.tick();
-        if let Some(o) = self.observers.get_mut(observer.0 as usize) {
-            o.deliveries
-                .entry(message.conversation)
+        if observer.0 as usize >= self.observers.len() {
+            return;
+        }
+        for m in messages {
+            let seen = self.intern(m);
+            self.observers[observer.0 as usize]
+                .deliveries
+                .entry(m.conversation)
                 .or_default()
-                .push(Seen::of(message));
+                .push(seen);
         }
     }
 
@@ -205,13 +288,9 @@ impl Checker {
     pub fn history_read(&mut self, conv: ConversationId, head: Seq, messages: &[Message]) {
         self.tick();
         self.conversations.insert(conv);
-        self.histories.insert(
-            conv,
-            HistoryRead::Read {
-                head,
-                messages: messages.iter().map(Seen::of).collect(),
-            },
-        );
+        let messages = messages.iter().map(|m| self.intern(m)).collect();
+        self.histories
+            .insert(conv, HistoryRead::Read { head, messages });
     }
 
     /// The history of `conv` could not be read.
@@ -231,8 +310,8 @@ impl Checker {
     pub fn check(&self) -> CheckReport {
         let mut v: Vec<Violation> = Vec::new();
         // (conv, seq) -> the history's message there; key -> the history's seqs of it.
-        let mut stored: HashMap<(ConversationId, Seq), &Seen> = HashMap::new();
-        let mut stored_at: HashMap<MsgKey, Vec<Seq>> = HashMap::new();
+        let mut stored: HashMap<(ConversationId, Seq), MsgId> = HashMap::new();
+        let mut stored_at: HashMap<KeyId, Vec<Seq>> = HashMap::new();
         let mut readable: BTreeSet<ConversationId> = BTreeSet::new();
         let mut history_messages = 0u64;
 
@@ -258,19 +337,22 @@ impl Checker {
             history_messages += messages.len() as u64;
             for m in messages {
                 match stored.get(&(*conv, m.seq)) {
-                    Some(first) if !first.same_message(m) => v.push(Violation::Disagreement {
-                        conv: *conv,
-                        seq: m.seq,
-                        detail: format!(
-                            "history pages hold two messages at this seq: {}/{} and {}/{}",
-                            first.sender, first.cmid, m.sender, m.cmid
-                        ),
-                    }),
+                    Some(&first) if first != m.msg => {
+                        let (a, b) = (self.key_of(first), self.key_of(m.msg));
+                        v.push(Violation::Disagreement {
+                            conv: *conv,
+                            seq: m.seq,
+                            detail: format!(
+                                "history pages hold two messages at this seq: {}/{} and {}/{}",
+                                a.sender, a.cmid, b.sender, b.cmid
+                            ),
+                        })
+                    }
                     Some(_) => {}
                     None => {
-                        stored.insert((*conv, m.seq), m);
+                        stored.insert((*conv, m.seq), m.msg);
                         stored_at
-                            .entry((*conv, m.sender, m.cmid.clone()))
+                            .entry(self.msgs[m.msg as usize].key)
                             .or_default()
                             .push(m.seq);
                     }
@@ -296,43 +378,54 @@ impl Checker {
             }
         }
 
-        // Every stored message was sent by someone, once, with the body sent.
-        let mut keys: Vec<(&MsgKey, &Vec<Seq>)> = stored_at.iter().collect();
-        keys.sort();
-        for ((conv, sender, cmid), seqs) in keys {
+        // Every stored message was sent by someone (or is a server note), once, with the
+        // body sent.
+        let mut keys: Vec<(&KeyId, &Vec<Seq>)> = stored_at.iter().collect();
+        keys.sort_by(|a, b| {
+            let (x, y) = (&self.keys[*a.0 as usize], &self.keys[*b.0 as usize]);
+            (x.conv, x.sender, &x.cmid).cmp(&(y.conv, y.sender, &y.cmid))
+        });
+        for (key, seqs) in keys {
+            let k = &self.keys[*key as usize];
             if seqs.len() > 1 {
                 v.push(Violation::Duplicate {
-                    conv: *conv,
-                    sender: *sender,
-                    cmid: cmid.clone(),
+                    conv: k.conv,
+                    sender: k.sender,
+                    cmid: k.cmid.clone(),
                     seqs: seqs.clone(),
                     source: "history".into(),
                 });
             }
-            match self.sent.get(&(*conv, *sender, cmid.clone())) {
+            match self.sent.get(key) {
                 None => {
                     for seq in seqs {
-                        v.push(Violation::Phantom {
-                            conv: *conv,
-                            seq: *seq,
-                            sender: *sender,
-                            cmid: cmid.clone(),
-                            source: "history".into(),
-                        });
+                        let note = stored
+                            .get(&(k.conv, *seq))
+                            .is_some_and(|m| self.msgs[*m as usize].note);
+                        if !note {
+                            v.push(Violation::Phantom {
+                                conv: k.conv,
+                                seq: *seq,
+                                sender: k.sender,
+                                cmid: k.cmid.clone(),
+                                source: "history".into(),
+                            });
+                        }
                     }
                 }
                 Some(op) => {
                     let sent_body = self.ops[op.0].body;
                     for seq in seqs {
                         let differs = stored
-                            .get(&(*conv, *seq))
-                            .is_some_and(|m| m.body != sent_body);
+                            .get(&(k.conv, *seq))
+                            .is_some_and(|m| self.msgs[*m as usize].body != sent_body);
                         if differs {
                             v.push(Violation::Disagreement {
-                                conv: *conv,
+                                conv: k.conv,
                                 seq: *seq,
                                 detail: format!(
-                                    "the stored body of {sender}/{cmid} differs from the one sent"
+                                    "the stored body of {}/{} differs from the one sent",
+                                    k.sender, k.cmid
                                 ),
                             });
                         }
@@ -358,24 +451,25 @@ impl Checker {
             };
             acked += 1;
             duplicate_acks += u64::from(duplicate);
-            if !readable.contains(&op.conv) {
+            let k = &self.keys[op.key as usize];
+            if !readable.contains(&k.conv) {
                 continue;
             }
-            match stored_at.get(&(op.conv, op.sender, op.cmid.clone())) {
+            match stored_at.get(&op.key) {
                 None => v.push(Violation::Lost {
-                    conv: op.conv,
-                    sender: op.sender,
-                    cmid: op.cmid.clone(),
+                    conv: k.conv,
+                    sender: k.sender,
+                    cmid: k.cmid.clone(),
                     seq,
                     evidence: "acknowledged".into(),
                 }),
                 Some(seqs) if !seqs.contains(&seq) => v.push(Violation::Disagreement {
-                    conv: op.conv,
+                    conv: k.conv,
                     seq,
                     detail: format!(
                         "{}/{} was acknowledged at this seq but is stored at {}",
-                        op.sender,
-                        op.cmid,
+                        k.sender,
+                        k.cmid,
                         join_seqs(seqs)
                     ),
                 }),
@@ -389,7 +483,7 @@ impl Checker {
             let id = ObserverId(i as u32);
             for (conv, seen) in &obs.deliveries {
                 deliveries += seen.len() as u64;
-                if !conv.is_member(obs.user) {
+                if !self.is_member(conv, obs.user) {
                     v.push(Violation::Misdelivered {
                         observer: id,
                         user: obs.user,
@@ -399,7 +493,8 @@ impl Checker {
                     continue;
                 }
                 let mut prev: Option<Seq> = None;
-                let mut at_seqs: HashMap<(UserId, &ClientMsgId), BTreeSet<Seq>> = HashMap::new();
+                let mut first_seq: HashMap<KeyId, Seq> = HashMap::with_capacity(seen.len());
+                let mut dups: BTreeMap<KeyId, BTreeSet<Seq>> = BTreeMap::new();
                 for m in seen {
                     if let Some(p) = prev {
                         if m.seq <= p {
@@ -412,67 +507,78 @@ impl Checker {
                         }
                     }
                     prev = Some(prev.map_or(m.seq, |p| p.max(m.seq)));
-                    at_seqs
-                        .entry((m.sender, &m.cmid))
-                        .or_default()
-                        .insert(m.seq);
+                    let info = self.msgs[m.msg as usize];
+                    match first_seq.entry(info.key) {
+                        Entry::Vacant(e) => {
+                            e.insert(m.seq);
+                        }
+                        Entry::Occupied(e) if *e.get() != m.seq => {
+                            dups.entry(info.key)
+                                .or_insert_with(|| BTreeSet::from([*e.get()]))
+                                .insert(m.seq);
+                        }
+                        Entry::Occupied(_) => {}
+                    }
                     if !readable.contains(conv) {
                         continue;
                     }
-                    let key = (*conv, m.sender, m.cmid.clone());
-                    match (stored.get(&(*conv, m.seq)), self.sent.get(&key)) {
-                        (_, None) => v.push(Violation::Phantom {
+                    let k = &self.keys[info.key as usize];
+                    let sent = info.note || self.sent.contains_key(&info.key);
+                    match (stored.get(&(*conv, m.seq)), sent) {
+                        (_, false) => v.push(Violation::Phantom {
                             conv: *conv,
                             seq: m.seq,
-                            sender: m.sender,
-                            cmid: m.cmid.clone(),
+                            sender: k.sender,
+                            cmid: k.cmid.clone(),
                             source: format!("push to observer {}", id.0),
                         }),
-                        (Some(s), _) if s.same_message(m) => {}
-                        (Some(s), _) => v.push(Violation::Disagreement {
-                            conv: *conv,
-                            seq: m.seq,
-                            detail: format!(
-                                "observer {} was pushed {}/{} here, the history holds {}/{}{}",
-                                id.0,
-                                m.sender,
-                                m.cmid,
-                                s.sender,
-                                s.cmid,
-                                if s.sender == m.sender && s.cmid == m.cmid {
-                                    " with another body"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        }),
-                        (None, _) if stored_at.contains_key(&key) => {
+                        (Some(&s), _) if s == m.msg => {}
+                        (Some(&s), _) => {
+                            let sk = self.key_of(s);
+                            v.push(Violation::Disagreement {
+                                conv: *conv,
+                                seq: m.seq,
+                                detail: format!(
+                                    "observer {} was pushed {}/{} here, the history holds {}/{}{}",
+                                    id.0,
+                                    k.sender,
+                                    k.cmid,
+                                    sk.sender,
+                                    sk.cmid,
+                                    if self.msgs[s as usize].key == info.key {
+                                        " with another body"
+                                    } else {
+                                        ""
+                                    }
+                                ),
+                            })
+                        }
+                        (None, _) if stored_at.contains_key(&info.key) => {
                             v.push(Violation::Disagreement {
                                 conv: *conv,
                                 seq: m.seq,
                                 detail: format!(
                                     "observer {} was pushed {}/{} at this seq, the history \
                                      stores it elsewhere",
-                                    id.0, m.sender, m.cmid
+                                    id.0, k.sender, k.cmid
                                 ),
                             })
                         }
                         (None, _) => v.push(Violation::Lost {
                             conv: *conv,
-                            sender: m.sender,
-                            cmid: m.cmid.clone(),
+                            sender: k.sender,
+                            cmid: k.cmid.clone(),
                             seq: m.seq,
                             evidence: format!("pushed to observer {}", id.0),
                         }),
                     }
                 }
-                let mut dups: Vec<_> = at_seqs.into_iter().filter(|(_, s)| s.len() > 1).collect();
-                dups.sort();
-                for ((sender, cmid), seqs) in dups {
+                for (key, seqs) in dups {
+                    let k = &self.keys[key as usize];
                     v.push(Violation::Duplicate {
                         conv: *conv,
-                        sender,
-                        cmid: cmid.clone(),
+                        sender: k.sender,
+                        cmid: k.cmid.clone(),
                         seqs: seqs.into_iter().collect(),
                         source: format!("pushes to observer {}", id.0),
                     });
@@ -482,34 +588,40 @@ impl Checker {
 
         // Every open connection of a member got every acknowledged message sent after it
         // opened by another connection.
+        let mut acked_by_conv: BTreeMap<ConversationId, Vec<(&Op, Seq)>> = BTreeMap::new();
+        for op in &self.ops {
+            if let Outcome::Acked { seq, .. } = op.outcome {
+                acked_by_conv
+                    .entry(self.keys[op.key as usize].conv)
+                    .or_default()
+                    .push((op, seq));
+            }
+        }
         for (i, obs) in self.observers.iter().enumerate() {
             if obs.closed {
                 continue;
             }
             let id = ObserverId(i as u32);
-            let got: HashMap<ConversationId, BTreeSet<Seq>> = obs
-                .deliveries
-                .iter()
-                .map(|(c, seen)| (*c, seen.iter().map(|m| m.seq).collect()))
-                .collect();
-            for op in &self.ops {
-                let Outcome::Acked { seq, .. } = op.outcome else {
-                    continue;
-                };
-                if op.via == Some(id)
-                    || op.invoked_at < obs.opened_at
-                    || !op.conv.is_member(obs.user)
-                {
+            for (conv, ops) in &acked_by_conv {
+                if !self.is_member(conv, obs.user) {
                     continue;
                 }
-                let has = got.get(&op.conv).is_some_and(|s| s.contains(&seq));
-                if !has {
+                let got: HashSet<Seq> = obs
+                    .deliveries
+                    .get(conv)
+                    .map(|seen| seen.iter().map(|m| m.seq).collect())
+                    .unwrap_or_default();
+                for (op, seq) in ops {
+                    if op.via == Some(id) || op.invoked_at < obs.opened_at || got.contains(seq) {
+                        continue;
+                    }
+                    let k = &self.keys[op.key as usize];
                     v.push(Violation::Undelivered {
                         observer: id,
-                        conv: op.conv,
-                        seq,
-                        sender: op.sender,
-                        cmid: op.cmid.clone(),
+                        conv: *conv,
+                        seq: *seq,
+                        sender: k.sender,
+                        cmid: k.cmid.clone(),
                     });
                 }
             }
@@ -522,12 +634,13 @@ impl Checker {
             let Outcome::Acked { seq, at, .. } = op.outcome else {
                 continue;
             };
-            let seq = match stored_at.get(&(op.conv, op.sender, op.cmid.clone())) {
+            let seq = match stored_at.get(&op.key) {
                 Some(seqs) if seqs.len() == 1 => seqs[0],
                 _ => seq,
             };
+            let k = &self.keys[op.key as usize];
             by_sender
-                .entry((op.conv, op.sender))
+                .entry((k.conv, k.sender))
                 .or_default()
                 .push((op.invoked_at, at, seq, op));
         }
@@ -552,9 +665,9 @@ impl Checker {
                         v.push(Violation::SenderOrder {
                             conv,
                             sender,
-                            earlier: earlier.cmid.clone(),
+                            earlier: self.keys[earlier.key as usize].cmid.clone(),
                             earlier_seq: h,
-                            later: op.cmid.clone(),
+                            later: self.keys[op.key as usize].cmid.clone(),
                             later_seq: seq,
                         });
                     }
@@ -1133,6 +1246,93 @@ mod tests {
         c.history_read(conv(), Seq(3), &good_history());
         let r = c.check();
         assert_eq!(r.counts.misdelivered, 1, "{:#?}", r.violations);
+    }
+
+    fn group_msg(seq: u64, sender: UserId, id: &str, note: bool) -> Message {
+        Message {
+            conversation: ConversationId::group(chat_types::GroupId(7)),
+            seq: Seq(seq),
+            sender,
+            client_msg_id: cmid(id),
+            body: if note {
+                String::new()
+            } else {
+                format!("body of {id}")
+            },
+            ts_ms: 0,
+            refers: note.then_some(MessageRef::Group {
+                change: chat_types::GroupChange::Created,
+            }),
+            attachments: Vec::new(),
+        }
+    }
+
+    /// A group of A, B and C: the server's `created` note at seq 1, then A's message at 2,
+    /// pushed to B and C. `push_to_c` says whether C's connection got it.
+    fn group_run(push_to_c: bool) -> (Checker, ConversationId) {
+        const C: UserId = UserId(3);
+        let g = ConversationId::group(chat_types::GroupId(7));
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let ob = c.observer_opened(B);
+        let oc = c.observer_opened(C);
+        c.group_members(g, [A, B, C]);
+        let note = group_msg(1, A, "sys-1", true);
+        for o in [oa, ob, oc] {
+            c.delivered(o, &note);
+        }
+        let op = c.send_invoked(Some(oa), A, g, cmid("m1"), "body of m1");
+        c.send_acked(op, Seq(2), false);
+        let m = group_msg(2, A, "m1", false);
+        c.delivered_many(ob, std::slice::from_ref(&m));
+        if push_to_c {
+            c.delivered(oc, &m);
+        }
+        c.history_read(g, Seq(2), &[note, m]);
+        (c, g)
+    }
+
+    #[test]
+    fn a_group_fan_out_with_its_server_note_passes() {
+        let (c, _) = group_run(true);
+        let r = c.check();
+        assert!(r.ok(), "{:#?}", r.violations);
+        assert_eq!(r.deliveries, 5);
+    }
+
+    #[test]
+    fn a_group_member_that_missed_a_push_is_reported() {
+        let (c, _) = group_run(false);
+        let r = c.check();
+        assert_eq!(r.counts.undelivered, 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_group_push_to_a_non_member_is_reported() {
+        let (mut c, g) = group_run(true);
+        let stranger = c.observer_opened(UserId(9));
+        c.delivered(stranger, &group_msg(2, A, "m1", false));
+        let r = c.check();
+        assert_eq!(r.counts.misdelivered, 1, "{:#?}", r.violations);
+        // Undeclared membership: every push of the group is misdelivered.
+        let mut c = Checker::new();
+        let ob = c.observer_opened(B);
+        c.delivered(ob, &group_msg(1, A, "m1", false));
+        c.history_read(g, Seq(1), &[group_msg(1, A, "m1", false)]);
+        assert!(c.check().counts.misdelivered == 1);
+    }
+
+    #[test]
+    fn a_client_message_passed_off_as_a_note_is_still_checked() {
+        // A note that differs between the push and the history disagrees.
+        let (mut c, g) = group_run(true);
+        let ob = c.observer_opened(B);
+        let mut forged = group_msg(1, A, "sys-1", true);
+        forged.body = "changed".into();
+        c.delivered(ob, &forged);
+        let _ = g;
+        let r = c.check();
+        assert!(r.counts.disagreements >= 1, "{:#?}", r.violations);
     }
 
     #[test]

@@ -28,8 +28,6 @@ use crate::setup::{self, retry_wait, Targets, User};
 const SEND_ATTEMPTS: u32 = 3;
 /// How long a ping-pong turn waits for the push at the other user before moving on.
 const PUSH_WAIT: Duration = Duration::from_secs(10);
-/// How often an idle reader checks whether to stop.
-const READER_POLL: Duration = Duration::from_millis(100);
 /// Largest history page asked for (the server caps it at its `max_history_page`).
 const HISTORY_PAGE: u32 = 200;
 /// The longest the drain waits for outstanding pushes, however steadily they still arrive.
@@ -76,6 +74,7 @@ pub(crate) async fn run_dm(
     let setup = setup_started.elapsed();
 
     let clock = Clock::new(Instant::now() + Duration::from_millis(50), scenario);
+    live.start_timeline(clock.start, timeline_secs(scenario));
     let ctx = Arc::new(Ctx {
         scenario: scenario.clone(),
         clock,
@@ -100,6 +99,7 @@ pub(crate) async fn run_dm(
                 Arc::clone(side),
                 Arc::clone(&ctx),
                 notify,
+                None,
                 stop_rx.clone(),
                 hard_end,
             )));
@@ -149,14 +149,21 @@ pub(crate) async fn run_dm(
                 }
             }
         }
-        ScenarioKind::ConnectStorm => bail!("connect-storm is not a direct scenario"),
+        ScenarioKind::ConnectStorm
+        | ScenarioKind::GroupFanout
+        | ScenarioKind::IdleConnections
+        | ScenarioKind::Broadcast
+        | ScenarioKind::ReconnectStorm
+        | ScenarioKind::HistoryPaging => {
+            bail!("{} is not a direct scenario", scenario.kind.as_str())
+        }
     }
 
     // Sample at the edges of the measured window.
     tokio::time::sleep_until(clock.measure_start.into()).await;
-    let (server_a, self_a) = sample(&config.server_pids);
+    let (server_a, self_a) = sample(config);
     tokio::time::sleep_until(clock.send_end.into()).await;
-    let (server_b, self_b) = sample(&config.server_pids);
+    let (server_b, self_b) = sample(config);
     connections.open_at_end = live.connections();
 
     for s in senders {
@@ -233,8 +240,13 @@ pub(crate) async fn run_dm(
     })
 }
 
+/// How long a run's timeline may need to be: warm-up, window, the longest drain and slack.
+pub(crate) fn timeline_secs(scenario: &crate::scenario::Scenario) -> f64 {
+    scenario.warmup_secs + scenario.duration_secs + MAX_DRAIN.as_secs_f64() + 10.0
+}
+
 /// Registers, logs in and connects every user, then opens each pair's conversation.
-async fn set_up_pairs(
+pub(crate) async fn set_up_pairs(
     config: &RunConfig,
     targets: &Targets,
     prefix: &str,
@@ -244,48 +256,8 @@ async fn set_up_pairs(
     connections: &mut Connections,
 ) -> anyhow::Result<Vec<Arc<Pair>>> {
     let scenario = &config.scenario;
-    let users = scenario.users as usize;
-    let results = futures_util::stream::iter((0..users).map(|i| async move {
-        let mut t = Tally::default();
-        let r = setup::set_up_user(targets, prefix, i, &mut t, false).await;
-        (i, r, t)
-    }))
-    .buffer_unordered(scenario.setup_concurrency as usize)
-    .collect::<Vec<_>>()
-    .await;
-    let mut sides: Vec<Option<Arc<Side>>> = (0..users).map(|_| None).collect();
-    let mut first_error = None;
-    for (i, r, t) in results {
-        tally.merge(&t);
-        match r {
-            Ok((user, conn, _welcome)) => {
-                connections.opened += 1;
-                live.connection_opened();
-                let observer = lock(checker).observer_opened(user.user_id);
-                sides[i] = Some(Arc::new(Side {
-                    user,
-                    conn: Arc::new(conn),
-                    observer,
-                }));
-            }
-            Err(e) => {
-                connections.failed += 1;
-                first_error.get_or_insert((i, e));
-            }
-        }
-    }
-    if let Some((i, e)) = first_error {
-        let target = &targets.urls[targets.of(i)];
-        return Err(crate::run::setup_error(
-            &format!(
-                "setting up user {} on {target} failed ({} of {users} users failed)",
-                setup::username(prefix, i),
-                connections.failed
-            ),
-            e,
-        ));
-    }
-    let sides: Vec<Arc<Side>> = sides.into_iter().flatten().collect();
+    let (sides, _limits) =
+        set_up_users(config, targets, prefix, checker, live, tally, connections).await?;
     let opened = futures_util::stream::iter(sides.chunks(2).enumerate().map(|(p, two)| {
         let a = Arc::clone(&two[0]);
         let b = Arc::clone(&two[1]);
@@ -328,76 +300,201 @@ async fn set_up_pairs(
     Ok(pairs)
 }
 
+/// Registers, logs in and connects every user of the scenario (each connection an observer
+/// of the checker), `setup_concurrency` at a time, printing how far it got every few seconds
+/// when the run has a progress line. Returns the users in order and the limits the first
+/// one's `welcome` announced.
+pub(crate) async fn set_up_users(
+    config: &RunConfig,
+    targets: &Targets,
+    prefix: &str,
+    checker: &crate::run::SharedChecker,
+    live: &Arc<Live>,
+    tally: &mut Tally,
+    connections: &mut Connections,
+) -> anyhow::Result<(Vec<Arc<Side>>, chat_types::Limits)> {
+    let scenario = &config.scenario;
+    let users = scenario.users as usize;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reporter = (config.progress && users >= 200).then(|| {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let n = done.load(std::sync::atomic::Ordering::Relaxed);
+                eprintln!(
+                    "[set-up {:>4}s] {n} of {users} users registered, logged in and connected",
+                    started.elapsed().as_secs()
+                );
+            }
+        })
+    });
+    let results = futures_util::stream::iter((0..users).map(|i| {
+        let done = Arc::clone(&done);
+        async move {
+            let mut t = Tally::default();
+            let r = setup::set_up_user(targets, prefix, i, &mut t, false).await;
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (i, r, t)
+        }
+    }))
+    .buffer_unordered(scenario.setup_concurrency as usize)
+    .collect::<Vec<_>>()
+    .await;
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    let mut sides: Vec<Option<Arc<Side>>> = (0..users).map(|_| None).collect();
+    let mut first_error = None;
+    let mut limits = None;
+    for (i, r, t) in results {
+        tally.merge(&t);
+        match r {
+            Ok((user, conn, welcome)) => {
+                connections.opened += 1;
+                live.connection_opened();
+                if i == 0 {
+                    limits = Some(welcome.limits);
+                }
+                let observer = lock(checker).observer_opened(user.user_id);
+                sides[i] = Some(Arc::new(Side {
+                    user,
+                    conn: Arc::new(conn),
+                    observer,
+                }));
+            }
+            Err(e) => {
+                connections.failed += 1;
+                first_error.get_or_insert((i, e));
+            }
+        }
+    }
+    if let Some((i, e)) = first_error {
+        let target = &targets.urls[targets.of(i)];
+        // Close what did open, so that a failed set-up leaves nothing behind.
+        close_all(sides.into_iter().flatten()).await;
+        return Err(crate::run::setup_error(
+            &format!(
+                "setting up user {} on {target} failed ({} of {users} users failed)",
+                setup::username(prefix, i),
+                connections.failed
+            ),
+            e,
+        ));
+    }
+    let sides: Vec<Arc<Side>> = sides.into_iter().flatten().collect();
+    Ok((sides, limits.unwrap_or_default()))
+}
+
+/// Pushes a reader takes off its connection and records under one lock of the checker.
+const READ_BATCH: usize = 256;
+
 /// Records every push `side` receives until told to stop (after the drain) or `deadline`.
-async fn read_pushes(
+/// With `fanout`, also the last delivery of each group message (see [`crate::group`]).
+pub(crate) async fn read_pushes(
     side: Arc<Side>,
     ctx: Arc<Ctx>,
     notify: Option<mpsc::UnboundedSender<ClientMsgId>>,
-    stop: watch::Receiver<bool>,
+    fanout: Option<Arc<crate::group::Fanout>>,
+    mut stop: watch::Receiver<bool>,
     deadline: Instant,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut stopping = false;
+    let mut stopping = *stop.borrow();
+    let mut batch: Vec<chat_types::Message> = Vec::with_capacity(16);
     // Bounded by `deadline`; after the stop signal only what is already queued is read.
     while Instant::now() < deadline {
-        if !stopping && *stop.borrow() {
-            stopping = true;
-        }
+        batch.clear();
         let wait = if stopping {
             Duration::ZERO
         } else {
-            READER_POLL
+            deadline.saturating_duration_since(Instant::now())
         };
-        match side.conn.next_message(wait).await {
-            Ok(Some(m)) => {
-                let now = Instant::now();
-                lock(&ctx.checker).delivered(side.observer, &m);
+        let first = tokio::select! {
+            r = side.conn.next_message(wait) => r,
+            changed = stop.changed(), if !stopping => {
+                // A closed channel (the run is gone) stops the reader too.
+                let _ = changed;
+                stopping = true;
+                continue;
+            }
+        };
+        let mut failure = None;
+        match first {
+            Ok(Some(m)) => batch.push(m),
+            Ok(None) if stopping => break,
+            Ok(None) => continue,
+            Err(e) => failure = Some(e),
+        }
+        while failure.is_none() && !batch.is_empty() && batch.len() < READ_BATCH {
+            match side.conn.next_message(Duration::ZERO).await {
+                Ok(Some(m)) => batch.push(m),
+                Ok(None) => break,
+                Err(e) => failure = Some(e),
+            }
+        }
+        if !batch.is_empty() {
+            let now = Instant::now();
+            lock(&ctx.checker).delivered_many(side.observer, &batch);
+            for m in &batch {
+                if matches!(m.refers, Some(chat_types::MessageRef::Group { .. })) {
+                    // A note the server wrote (the group's creation): not a delivery of ours.
+                    Live::add(&ctx.live.notes);
+                    continue;
+                }
                 Live::add(&ctx.live.deliveries);
                 tally.deliveries += 1;
                 if ctx.clock.in_window(now) {
                     tally.deliveries_measured += 1;
                 }
                 match ctx.clock.intended_of(&m.body) {
-                    Some(intended) if ctx.clock.measured(intended) => tally
-                        .delivery
-                        .record(now.saturating_duration_since(intended)),
-                    Some(_) => {}
+                    Some(intended) => {
+                        let latency = now.saturating_duration_since(intended);
+                        ctx.live.timeline_delivery(now, latency);
+                        if ctx.clock.measured(intended) {
+                            tally.delivery.record(latency);
+                        }
+                        if let Some(f) = &fanout {
+                            f.delivered(&m.client_msg_id, latency);
+                        }
+                    }
                     None => tally.error("foreign_body"),
                 }
                 if let Some(n) = &notify {
-                    let _ = n.send(m.client_msg_id);
+                    let _ = n.send(m.client_msg_id.clone());
                 }
             }
-            Ok(None) if stopping => break,
-            Ok(None) => {}
-            Err(e) => {
-                lock(&ctx.checker).observer_closed(side.observer);
-                ctx.live.connection_closed();
-                Live::add(&ctx.live.errors);
-                let key = format!("push_{}", error_key(&e));
-                tally
-                    .error_examples
-                    .entry(key.clone())
-                    .or_insert(e.to_string());
-                tally.error(key);
-                break;
-            }
+        }
+        if let Some(e) = failure {
+            lock(&ctx.checker).observer_closed(side.observer);
+            ctx.live.connection_closed();
+            Live::add(&ctx.live.errors);
+            let key = format!("push_{}", error_key(&e));
+            tally
+                .error_examples
+                .entry(key.clone())
+                .or_insert(e.to_string());
+            tally.error(key);
+            break;
         }
     }
     tally
 }
 
 /// What became of one send.
-struct Sent {
-    intended: Instant,
+pub(crate) struct Sent {
+    pub intended: Instant,
     /// When the ack arrived, and whether it was a duplicate.
-    acked: Option<(Instant, bool)>,
-    errors: Vec<(String, String)>,
+    pub acked: Option<(Instant, bool)>,
+    pub errors: Vec<(String, String)>,
+    /// The connection was found closed: the sender stops.
+    pub closed: bool,
 }
 
 /// Sends one message from `side`, retrying retryable refusals with the same client message
 /// id, and records the send and its outcome in the checker.
-async fn send_one(
+pub(crate) async fn send_one(
     side: Arc<Side>,
     ctx: Arc<Ctx>,
     conv: ConversationId,
@@ -414,12 +511,15 @@ async fn send_one(
     );
     Live::add(&ctx.live.sends);
     let mut errors = Vec::new();
+    let mut closed = false;
     for attempt in 1..=SEND_ATTEMPTS {
         match side.conn.send(conv, cmid.clone(), body.clone()).await {
             Ok(ack) => {
                 let now = Instant::now();
                 lock(&ctx.checker).send_acked(op, ack.seq, ack.duplicate);
                 Live::add(&ctx.live.acks);
+                ctx.live
+                    .timeline_ack(now, now.saturating_duration_since(intended));
                 if !ack.duplicate {
                     Live::add(&ctx.live.fresh_acks);
                 }
@@ -427,11 +527,13 @@ async fn send_one(
                     intended,
                     acked: Some((now, ack.duplicate)),
                     errors,
+                    closed: false,
                 };
             }
             Err(e) => {
                 Live::add(&ctx.live.errors);
                 errors.push((error_key(&e), e.to_string()));
+                closed = matches!(e, chat_client::ClientError::Closed { .. });
                 match retry_wait(&e) {
                     Some(wait) if attempt < SEND_ATTEMPTS => tokio::time::sleep(wait).await,
                     _ => break,
@@ -444,11 +546,12 @@ async fn send_one(
         intended,
         acked: None,
         errors,
+        closed,
     }
 }
 
 /// Adds one send's outcome to `tally`.
-fn account(tally: &mut Tally, clock: &Clock, sent: Sent) {
+pub(crate) fn account(tally: &mut Tally, clock: &Clock, sent: Sent) {
     tally.sends += 1;
     for (key, message) in sent.errors {
         tally.error_examples.entry(key.clone()).or_insert(message);
@@ -469,7 +572,7 @@ fn account(tally: &mut Tally, clock: &Clock, sent: Sent) {
 }
 
 /// The number of slots `start + phase + k * interval` before `end`.
-fn slots(start: Instant, phase: Duration, interval: Duration, end: Instant) -> u64 {
+pub(crate) fn slots(start: Instant, phase: Duration, interval: Duration, end: Instant) -> u64 {
     let span = end.saturating_duration_since(start + phase);
     if interval.is_zero() {
         return 0;
@@ -477,7 +580,7 @@ fn slots(start: Instant, phase: Duration, interval: Duration, end: Instant) -> u
     span.as_nanos().div_ceil(interval.as_nanos()) as u64
 }
 
-fn slot(start: Instant, phase: Duration, interval: Duration, k: u64) -> Instant {
+pub(crate) fn slot(start: Instant, phase: Duration, interval: Duration, k: u64) -> Instant {
     start + phase + Duration::from_nanos((interval.as_nanos() as u64).saturating_mul(k))
 }
 
@@ -540,7 +643,7 @@ async fn pingpong_pair(
 /// One sender keeping up to `window` sends in flight: unpaced (a new send as soon as one is
 /// acknowledged) or, with `pace = (interval, phase)`, on an open-loop schedule capped by the
 /// window.
-async fn flood_sender(
+pub(crate) async fn flood_sender(
     side: Arc<Side>,
     conv: ConversationId,
     sender: usize,
@@ -548,17 +651,40 @@ async fn flood_sender(
     window: usize,
     pace: Option<(Duration, Duration)>,
 ) -> Tally {
+    let c = Arc::clone(&ctx);
+    paced_sender(ctx, 'f', sender, window, pace, move |cmid, intended| {
+        send_one(Arc::clone(&side), Arc::clone(&c), conv, cmid, intended)
+    })
+    .await
+}
+
+/// The loop of [`flood_sender`] around any send: `send(cmid, intended)` with client message
+/// ids `<letter><sender>-<k>`.
+pub(crate) async fn paced_sender<F, Fut>(
+    ctx: Arc<Ctx>,
+    letter: char,
+    sender: usize,
+    window: usize,
+    pace: Option<(Duration, Duration)>,
+    send: F,
+) -> Tally
+where
+    F: Fn(ClientMsgId, Instant) -> Fut,
+    Fut: std::future::Future<Output = Sent>,
+{
     let mut tally = Tally::default();
     let clock = ctx.clock;
     let limit = pace.map(|(iv, ph)| slots(clock.start, ph, iv, clock.send_end));
     let mut inflight = FuturesUnordered::new();
     let mut k: u64 = 0;
+    // Set when a send found the connection closed: nothing more can be sent on it.
+    let mut closed = false;
     tokio::time::sleep_until(clock.start.into()).await;
     loop {
         let now = Instant::now();
         // Launch what is due, up to the window.
         let mut next_due = None;
-        while inflight.len() < window {
+        while inflight.len() < window && !closed {
             let intended = match (pace, limit) {
                 (Some((iv, ph)), Some(n)) => {
                     if k >= n {
@@ -584,17 +710,11 @@ async fn flood_sender(
                     now
                 }
             };
-            let Ok(cmid) = ClientMsgId::new(format!("f{sender}-{k}")) else {
+            let Ok(cmid) = ClientMsgId::new(format!("{letter}{sender}-{k}")) else {
                 tally.error("bad_client_msg_id");
                 break;
             };
-            inflight.push(send_one(
-                Arc::clone(&side),
-                Arc::clone(&ctx),
-                conv,
-                cmid,
-                intended,
-            ));
+            inflight.push(send(cmid, intended));
             k += 1;
         }
         if inflight.is_empty() {
@@ -606,18 +726,26 @@ async fn flood_sender(
                 None => break,
             }
         }
-        match next_due {
+        let sent = match next_due {
             Some(t) => {
                 tokio::select! {
-                    Some(sent) = inflight.next() => account(&mut tally, &clock, sent),
-                    _ = tokio::time::sleep_until(t.into()) => {}
+                    Some(sent) = inflight.next() => Some(sent),
+                    _ = tokio::time::sleep_until(t.into()) => None,
                 }
             }
-            None => {
-                if let Some(sent) = inflight.next().await {
-                    account(&mut tally, &clock, sent);
+            None => inflight.next().await,
+        };
+        if let Some(sent) = sent {
+            if sent.closed && !closed {
+                closed = true;
+                let left = limit.map_or(0, |n| n.saturating_sub(k));
+                if left > 0 {
+                    tally.errors.insert("unsent_connection_closed".into(), left);
+                } else {
+                    tally.error("sender_stopped_connection_closed");
                 }
             }
+            account(&mut tally, &clock, sent);
         }
     }
     tally

@@ -13,9 +13,16 @@
 //! any other client does, so that what it measures and checks is what users get. It sends
 //! traffic only to loopback addresses, and every loop it runs is bounded in count and time.
 
+mod broadcast;
+pub mod chart;
 pub mod checker;
 mod dm;
+mod group;
+mod history;
+mod idle;
 pub mod metrics;
+mod reconnect;
+pub mod relay;
 pub mod report;
 mod run;
 pub mod scenario;
@@ -25,6 +32,7 @@ mod storm;
 pub mod sysstat;
 
 pub use checker::{CheckReport, Checker, Violation, ViolationCounts};
-pub use report::{compare, Report};
+pub use relay::Relay;
+pub use report::{compare, Ceiling, Report};
 pub use run::{run, RunConfig};
 pub use scenario::{Scenario, ScenarioKind};

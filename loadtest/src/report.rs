@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::CheckReport;
-use crate::metrics::LatencySummary;
+use crate::metrics::{LatencySummary, TimelinePoint};
 use crate::scenario::{Scenario, ScenarioKind};
 use crate::scrape::CounterDelta;
 use crate::sysstat::{Machine, ProcStats};
@@ -56,6 +56,165 @@ pub struct Report {
     /// `chat_messages_appended_total` summed over the targets.
     pub appended: Option<CounterDelta>,
     pub check: CheckReport,
+    /// Per-second throughput and latency percentiles (by arrival time), for the chart.
+    #[serde(default)]
+    pub timeline: Vec<TimelinePoint>,
+    /// This run's figures as ratios of the ceiling relay's, when one was given.
+    #[serde(default)]
+    pub ceiling: Option<Ceiling>,
+    /// The run was against the in-process ceiling relay (`calibrate`), not a chat server.
+    #[serde(default)]
+    pub relay: bool,
+}
+
+/// A run's figures against the same scenario run on the bare relay (`calibrate`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ceiling {
+    /// When the relay run started, to tell whether the two were measured side by side.
+    pub relay_started_unix_ms: u64,
+    /// Scenario parameters that differ between the two runs (empty when comparable).
+    pub differences: Vec<String>,
+    pub figures: Vec<CeilingFigure>,
+}
+
+/// One figure of the run beside the relay's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CeilingFigure {
+    pub name: String,
+    pub server: f64,
+    pub relay: f64,
+    /// `server / relay`: for a latency, how many times slower; for a rate, the fraction of
+    /// the relay's reached; for CPU per operation, how many times more.
+    pub ratio: Option<f64>,
+}
+
+impl Ceiling {
+    /// `run` beside `relay`.
+    pub fn of(run: &Report, relay: &Report) -> Ceiling {
+        let mut differences = Vec::new();
+        let (a, b) = (&run.scenario, &relay.scenario);
+        if a.kind != b.kind {
+            differences.push(format!("kind {} vs {}", a.kind.as_str(), b.kind.as_str()));
+        }
+        for (name, x, y) in [
+            ("users", f64::from(a.users), f64::from(b.users)),
+            ("rate", a.rate, b.rate),
+            ("duration_secs", a.duration_secs, b.duration_secs),
+            (
+                "window",
+                f64::from(a.window.unwrap_or(0)),
+                f64::from(b.window.unwrap_or(0)),
+            ),
+            ("body_bytes", a.body_bytes as f64, b.body_bytes as f64),
+        ] {
+            if x != y {
+                differences.push(format!("{name} {x} vs {y}"));
+            }
+        }
+        let mut figures = Vec::new();
+        let mut add = |name: String, server: Option<f64>, relay: Option<f64>| {
+            if let (Some(server), Some(relay)) = (server, relay) {
+                if server == 0.0 && relay == 0.0 {
+                    return;
+                }
+                let ratio = (relay > 0.0).then(|| server / relay);
+                figures.push(CeilingFigure {
+                    name,
+                    server,
+                    relay,
+                    ratio,
+                });
+            }
+        };
+        for (name, l) in &run.latency {
+            let r = relay.latency.get(name);
+            for (q, v, rv) in [
+                ("p50", l.p50_us, r.map(|r| r.p50_us)),
+                ("p99", l.p99_us, r.map(|r| r.p99_us)),
+            ] {
+                add(
+                    format!("{name} {q} (us)"),
+                    Some(v as f64),
+                    rv.map(|v| v as f64),
+                );
+            }
+        }
+        let (t, rt) = (&run.throughput, &relay.throughput);
+        if t.sends > 0 {
+            add("acks/s".into(), Some(t.acks_per_sec), Some(rt.acks_per_sec));
+            add(
+                "deliveries/s".into(),
+                Some(t.deliveries_per_sec),
+                Some(rt.deliveries_per_sec),
+            );
+        }
+        if t.setups > 0 {
+            add(
+                "set-ups/s".into(),
+                Some(t.setups_per_sec),
+                Some(rt.setups_per_sec),
+            );
+        }
+        if t.pages > 0 {
+            add(
+                "pages/s".into(),
+                Some(t.pages_per_sec),
+                Some(rt.pages_per_sec),
+            );
+        }
+        add(
+            "server cpu us/op".into(),
+            run.server.as_ref().and_then(|p| p.cpu_us_per_op),
+            relay.server.as_ref().and_then(|p| p.cpu_us_per_op),
+        );
+        Ceiling {
+            relay_started_unix_ms: relay.started_unix_ms,
+            differences,
+            figures,
+        }
+    }
+
+    /// The ratio of the figure named `name`.
+    pub fn ratio(&self, name: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|f| f.name == name)
+            .and_then(|f| f.ratio)
+    }
+
+    fn to_text(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "against the ceiling (the bare relay, same scenario, same machine):"
+        );
+        if !self.differences.is_empty() {
+            let _ = writeln!(
+                out,
+                "  warning: the runs differ: {}",
+                self.differences.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  {:<28} {:>12} {:>12} {:>9}",
+            "figure", "server", "relay", "ratio"
+        );
+        for f in &self.figures {
+            let reading = if f.name.ends_with("/s") {
+                "of relay"
+            } else {
+                "x relay"
+            };
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>12} {:>12} {:>9} {reading}",
+                f.name,
+                fmt_num(Some(f.server)),
+                fmt_num(Some(f.relay)),
+                f.ratio.map_or("-".into(), |r| format!("{r:.3}")),
+            );
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -70,6 +229,11 @@ pub struct Throughput {
     pub acks_per_sec: f64,
     pub deliveries_per_sec: f64,
     pub setups_per_sec: f64,
+    /// History pages read (`history-paging`), in all and per second in the window.
+    #[serde(default)]
+    pub pages: u64,
+    #[serde(default)]
+    pub pages_per_sec: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -111,8 +275,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "targets {}; run prefix {}; nproc {}; load average {} -> {}",
+            "targets {}{}; run prefix {}; nproc {}; load average {} -> {}",
             self.targets.join(" "),
+            if self.relay {
+                " (the ceiling relay)"
+            } else {
+                ""
+            },
             self.run_prefix,
             self.machine.nproc,
             fmt_load(self.machine.loadavg_before),
@@ -147,6 +316,13 @@ impl Report {
                 t.sends, t.acks, t.acks_per_sec, t.duplicate_acks, t.deliveries, t.deliveries_per_sec
             );
         }
+        if t.pages > 0 {
+            let _ = writeln!(
+                out,
+                "history pages {} ({:.0}/s measured)",
+                t.pages, t.pages_per_sec
+            );
+        }
         let c = &self.connections;
         let _ = writeln!(
             out,
@@ -176,16 +352,21 @@ impl Report {
         }
         for (name, p) in [("server", &self.server), ("load generator", &self.loadgen)] {
             if let Some(p) = p {
+                let rss = if p.hwm_kib == 0 {
+                    "rss not measured (threads of this process)".to_owned()
+                } else {
+                    format!(
+                        "rss {} -> {} KiB (peak {} KiB)",
+                        p.rss_kib_start, p.rss_kib_end, p.hwm_kib
+                    )
+                };
                 let _ = writeln!(
                     out,
-                    "{name} cpu {:.2}s ({:.2} cores){}  rss {} -> {} KiB (peak {} KiB){}",
+                    "{name} cpu {:.2}s ({:.2} cores){}  {rss}{}",
                     p.cpu_secs,
                     p.cores,
                     p.cpu_us_per_op
                         .map_or(String::new(), |v| format!(", {v:.1} us/op")),
-                    p.rss_kib_start,
-                    p.rss_kib_end,
-                    p.hwm_kib,
                     if p.pids.is_empty() {
                         String::new()
                     } else {
@@ -201,19 +382,41 @@ impl Report {
                 );
             }
         }
-        if let (Some(p), true) = (
-            &self.server,
-            self.scenario.kind == ScenarioKind::ConnectStorm,
-        ) {
-            if c.open_at_end > 0 {
-                let grown = p.rss_kib_end.saturating_sub(p.rss_kib_start);
-                let _ = writeln!(
-                    out,
-                    "server rss grew {grown} KiB with {} connections open: {:.1} KiB each \
-                     (password hashing memory the allocator kept included)",
-                    c.open_at_end,
-                    grown as f64 / c.open_at_end as f64
-                );
+        // For fan-out, CPU per delivery says more than CPU per message sent.
+        if t.deliveries_per_sec > 2.0 * t.acks_per_sec && self.measured_secs > 0.0 {
+            let delivered = t.deliveries_per_sec * self.measured_secs;
+            for (name, p) in [("server", &self.server), ("load generator", &self.loadgen)] {
+                if let Some(p) = p {
+                    let _ = writeln!(
+                        out,
+                        "{name} cpu per delivery in the window: {:.1} us",
+                        p.cpu_secs * 1e6 / delivered
+                    );
+                }
+            }
+        }
+        let memory_note = match self.scenario.kind {
+            ScenarioKind::ConnectStorm => {
+                Some("password hashing memory the allocator kept included")
+            }
+            ScenarioKind::IdleConnections => Some("measured after the logins: hashing excluded"),
+            _ => None,
+        };
+        if let Some(note) = memory_note {
+            for (name, p) in [("server", &self.server), ("load generator", &self.loadgen)] {
+                let Some(p) = p.as_ref().filter(|p| p.hwm_kib > 0) else {
+                    continue;
+                };
+                if c.open_at_end > 0 {
+                    let grown = p.rss_kib_end.saturating_sub(p.rss_kib_start);
+                    let _ = writeln!(
+                        out,
+                        "{name} rss grew {grown} KiB with {} connections open: {:.1} KiB each \
+                         ({note})",
+                        c.open_at_end,
+                        grown as f64 / c.open_at_end as f64
+                    );
+                }
             }
         }
         if let Some(a) = &self.appended {
@@ -222,6 +425,10 @@ impl Report {
                 "{}: {} -> {} (+{})",
                 a.name, a.before, a.after, a.delta
             );
+        }
+        if let Some(c) = &self.ceiling {
+            let _ = writeln!(out);
+            c.to_text(&mut out);
         }
         let _ = writeln!(out);
         let ck = &self.check;
@@ -260,6 +467,9 @@ impl Report {
         f.push(("deliveries/s".into(), Some(t.deliveries_per_sec)));
         if t.setups > 0 {
             f.push(("set-ups/s".into(), Some(t.setups_per_sec)));
+        }
+        if t.pages > 0 {
+            f.push(("pages/s".into(), Some(t.pages_per_sec)));
         }
         let errors: u64 = self.errors.values().sum();
         f.push(("errors".into(), Some(errors as f64)));
@@ -408,6 +618,9 @@ mod tests {
             loadgen: None,
             appended: None,
             check: Checker::new().check(),
+            timeline: Vec::new(),
+            ceiling: None,
+            relay: false,
         }
     }
 
@@ -430,6 +643,24 @@ mod tests {
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
         assert!(r.to_text().contains("verdict: PASS"));
+    }
+
+    #[test]
+    fn the_ceiling_states_ratios_and_differences() {
+        let relay = sample(100, 10_000.0);
+        let mut run = sample(250, 2_000.0);
+        run.scenario.users = 4;
+        let c = Ceiling::of(&run, &relay);
+        assert_eq!(c.ratio("send_ack p50 (us)"), Some(2.5));
+        assert_eq!(c.ratio("send_ack p99 (us)"), Some(2.5));
+        assert!(
+            c.differences.iter().any(|d| d.starts_with("users")),
+            "{c:?}"
+        );
+        run.ceiling = Some(c);
+        let text = run.to_text();
+        assert!(text.contains("against the ceiling"), "{text}");
+        assert!(text.contains("2.500 x relay"), "{text}");
     }
 
     #[test]

@@ -32,6 +32,28 @@ pub struct RunConfig {
     pub progress: bool,
     /// The user name prefix; a fresh unique one when `None`.
     pub run_prefix: Option<String>,
+    /// Threads of this process to sample as the server, by name: the in-process relay of
+    /// `calibrate` ([`crate::relay::RELAY_THREAD`]). Added to `server_pids`.
+    pub server_threads: Option<String>,
+}
+
+impl RunConfig {
+    /// A run of `scenario` against `targets` with a progress line and nothing sampled.
+    pub fn new(scenario: Scenario, targets: Vec<String>) -> RunConfig {
+        RunConfig {
+            scenario,
+            targets,
+            server_pids: Vec::new(),
+            progress: true,
+            run_prefix: None,
+            server_threads: None,
+        }
+    }
+
+    /// Whether anything stands for the server's CPU.
+    pub fn samples_server(&self) -> bool {
+        !self.server_pids.is_empty() || self.server_threads.is_some()
+    }
 }
 
 /// The checker, shared by every task of a run.
@@ -125,6 +147,60 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             )
             .await?
         }
+        ScenarioKind::GroupFanout => {
+            crate::group::run_group(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&checker),
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
+        ScenarioKind::ReconnectStorm => {
+            crate::reconnect::run_reconnect(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&checker),
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
+        ScenarioKind::HistoryPaging => {
+            crate::history::run_history(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&checker),
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
+        ScenarioKind::Broadcast => {
+            crate::broadcast::run_broadcast(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&checker),
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
+        ScenarioKind::IdleConnections => {
+            crate::idle::run_idle(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
         ScenarioKind::ConnectStorm => {
             crate::storm::run_storm(
                 &config,
@@ -147,6 +223,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     for (name, l) in [
         ("send_ack", &t.ack),
         ("send_delivery", &t.delivery),
+        ("send_last_delivery", &t.last_delivery),
+        ("history_page", &t.page),
         ("register", &t.register),
         ("login", &t.login),
         ("connect", &t.connect),
@@ -167,9 +245,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         acks_per_sec: rate(t.acks_measured),
         deliveries_per_sec: rate(t.deliveries_measured),
         setups_per_sec: rate(t.setups_measured),
+        pages: t.pages,
+        pages_per_sec: rate(t.pages_measured),
     };
     let ops = match config.scenario.kind {
-        ScenarioKind::ConnectStorm => t.setups_measured,
+        ScenarioKind::ConnectStorm
+        | ScenarioKind::IdleConnections
+        | ScenarioKind::ReconnectStorm => t.setups_measured,
+        ScenarioKind::HistoryPaging => t.pages_measured,
         _ => t.acks_measured,
     };
     let server = outcome.server.take().map(|(start, end)| {
@@ -213,6 +296,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         loadgen,
         appended,
         check,
+        timeline: live.timeline.get().map(|t| t.points()).unwrap_or_default(),
+        ceiling: None,
+        relay: config.server_threads.as_deref() == Some(crate::relay::RELAY_THREAD),
     })
 }
 
@@ -230,8 +316,9 @@ pub(crate) struct Outcome {
 }
 
 /// Samples the servers and this process; `None` for what cannot be read.
-pub(crate) fn sample(pids: &[u32]) -> (Option<ProcSample>, Option<ProcSample>) {
-    let server = if pids.is_empty() {
+pub(crate) fn sample(config: &RunConfig) -> (Option<ProcSample>, Option<ProcSample>) {
+    let pids = &config.server_pids;
+    let mut server = if pids.is_empty() {
         None
     } else {
         match ProcSample::read_all(pids) {
@@ -242,7 +329,21 @@ pub(crate) fn sample(pids: &[u32]) -> (Option<ProcSample>, Option<ProcSample>) {
             }
         }
     };
-    (server, ProcSample::read_self().ok())
+    let mut me = ProcSample::read_self().ok();
+    if let Some(name) = &config.server_threads {
+        match ProcSample::read_threads(name) {
+            Ok(t) => {
+                let s = server.get_or_insert_with(ProcSample::default);
+                s.cpu_secs += t.cpu_secs;
+                // The load generator is this process minus the server's threads.
+                if let Some(me) = &mut me {
+                    me.cpu_secs -= t.cpu_secs;
+                }
+            }
+            Err(e) => eprintln!("cannot sample server threads {name}: {e}"),
+        }
+    }
+    (server, me)
 }
 
 /// Prints one progress line per second to stderr until `stop` is set or `deadline` passes.

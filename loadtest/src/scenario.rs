@@ -22,6 +22,25 @@ pub enum ScenarioKind {
     /// Set-up cost: register, log in and connect `users` users, at most `window` at a time,
     /// started at `rate` per second (0: as fast as the window allows).
     ConnectStorm,
+    /// Fan-out: one group of all `users`, each with one connection; `senders` of them post at
+    /// `rate` messages/s in all (each with at most `window` in flight), and every other member
+    /// must be pushed every message.
+    GroupFanout,
+    /// Memory per connection: register and log in `users` users, then open one WebSocket each
+    /// (`window` at a time, started at `rate`/s, 0: as fast as the window allows), let them
+    /// settle `warmup_secs` and hold them idle `duration_secs`.
+    IdleConnections,
+    /// One to many: `senders` users each broadcast to every other user (one direct message
+    /// per target) at `rate` broadcasts/s in all, at most `window` in flight each.
+    Broadcast,
+    /// Reconnects: every connection drops at once and every user reconnects (resuming its
+    /// event stream), `window` at a time (started at `rate`/s; 0: as fast as the window
+    /// allows), storm after storm until the window ends.
+    ReconnectStorm,
+    /// Scrolling back: pairs whose conversations hold `prefill` messages; every user pages
+    /// backwards through its conversation (`page_size` a page) at `rate` pages/s in all, at
+    /// most `window` in flight each.
+    HistoryPaging,
 }
 
 impl ScenarioKind {
@@ -30,6 +49,11 @@ impl ScenarioKind {
             ScenarioKind::DmPingpong => "dm-pingpong",
             ScenarioKind::DmFlood => "dm-flood",
             ScenarioKind::ConnectStorm => "connect-storm",
+            ScenarioKind::GroupFanout => "group-fanout",
+            ScenarioKind::IdleConnections => "idle-connections",
+            ScenarioKind::Broadcast => "broadcast",
+            ScenarioKind::ReconnectStorm => "reconnect-storm",
+            ScenarioKind::HistoryPaging => "history-paging",
         }
     }
 }
@@ -70,6 +94,15 @@ pub struct Scenario {
     /// scenarios (registration hashes a password: it is deliberately slow).
     #[serde(default = "default_setup_concurrency")]
     pub setup_concurrency: u32,
+    /// `group-fanout`, `broadcast`: how many users send (spread evenly over the users).
+    #[serde(default)]
+    pub senders: Option<u32>,
+    /// `history-paging`: messages written into each conversation before the load.
+    #[serde(default)]
+    pub prefill: Option<u64>,
+    /// `history-paging`: messages asked for per page (1 to 200).
+    #[serde(default)]
+    pub page_size: Option<u32>,
 }
 
 fn default_body_bytes() -> usize {
@@ -98,6 +131,8 @@ pub enum ScenarioError {
 
 /// The largest scale one load generator process is meant to drive.
 pub const MAX_USERS: u32 = 100_000;
+/// The most targets one broadcast may name (the server's default `max_broadcast_targets`).
+pub const MAX_BROADCAST_TARGETS: u32 = 10_000;
 /// The longest phase a scenario may ask for, so that every run ends by itself.
 pub const MAX_PHASE_SECS: f64 = 3600.0;
 
@@ -145,7 +180,10 @@ impl Scenario {
                 message,
             })
         };
-        let dm = matches!(self.kind, ScenarioKind::DmPingpong | ScenarioKind::DmFlood);
+        let dm = matches!(
+            self.kind,
+            ScenarioKind::DmPingpong | ScenarioKind::DmFlood | ScenarioKind::HistoryPaging
+        );
         if self.users == 0 || self.users > MAX_USERS {
             return bad(format!(
                 "users must be 1 to {MAX_USERS}, not {}",
@@ -177,15 +215,77 @@ impl Scenario {
         if self.duration_secs <= 0.0 {
             return bad("duration_secs must be above 0".into());
         }
+        let fanout = matches!(
+            self.kind,
+            ScenarioKind::GroupFanout | ScenarioKind::Broadcast
+        );
+        if fanout {
+            let kind = self.kind.as_str();
+            if self.users < 2 {
+                return bad(format!("{kind} needs at least 2 users, not {}", self.users));
+            }
+            if self.kind == ScenarioKind::Broadcast && self.users > MAX_BROADCAST_TARGETS + 1 {
+                return bad(format!(
+                    "broadcast goes to every other user, at most {MAX_BROADCAST_TARGETS}: \
+                     users must be at most {}",
+                    MAX_BROADCAST_TARGETS + 1
+                ));
+            }
+            if self.rate == 0.0 {
+                return bad(format!(
+                    "{kind} needs a rate above 0: it runs on a fixed schedule"
+                ));
+            }
+            match self.senders {
+                None => return bad(format!("{kind} needs senders")),
+                Some(n) if n == 0 || n > self.users => {
+                    return bad(format!(
+                        "senders must be 1 to users ({}), not {n}",
+                        self.users
+                    ))
+                }
+                Some(_) => {}
+            }
+        } else if self.senders.is_some() {
+            return bad("senders applies to group-fanout and broadcast only".into());
+        }
+        if self.kind == ScenarioKind::HistoryPaging {
+            match self.prefill {
+                None => return bad("history-paging needs prefill".into()),
+                Some(n) if n == 0 || n > 1_000_000 => {
+                    return bad(format!("prefill must be 1 to 1000000, not {n}"))
+                }
+                Some(_) => {}
+            }
+            if let Some(p) = self.page_size {
+                if p == 0 || p > 200 {
+                    return bad(format!("page_size must be 1 to 200, not {p}"));
+                }
+            }
+            if self.rate == 0.0 {
+                return bad(
+                    "history-paging needs a rate above 0: it runs on a fixed schedule".into(),
+                );
+            }
+        } else if self.prefill.is_some() || self.page_size.is_some() {
+            return bad("prefill and page_size apply to history-paging only".into());
+        }
         match (self.kind, self.window) {
             (ScenarioKind::DmPingpong, Some(_)) => {
                 return bad(
                     "window does not apply to dm-pingpong (one message in flight per pair)".into(),
                 )
             }
-            (ScenarioKind::DmFlood | ScenarioKind::ConnectStorm, None) => {
-                return bad(format!("{} needs a window", self.kind.as_str()))
-            }
+            (
+                ScenarioKind::DmFlood
+                | ScenarioKind::ConnectStorm
+                | ScenarioKind::GroupFanout
+                | ScenarioKind::IdleConnections
+                | ScenarioKind::Broadcast
+                | ScenarioKind::ReconnectStorm
+                | ScenarioKind::HistoryPaging,
+                None,
+            ) => return bad(format!("{} needs a window", self.kind.as_str())),
             (_, Some(w)) if w == 0 || w > 65_536 => {
                 return bad(format!("window must be 1 to 65536, not {w}"))
             }
@@ -241,7 +341,18 @@ mod tests {
     fn the_shipped_scenarios_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
         let mut kinds = Vec::new();
-        for name in ["dm-pingpong", "dm-flood", "connect-storm"] {
+        for name in [
+            "dm-pingpong",
+            "dm-flood",
+            "connect-storm",
+            "group-fanout-100",
+            "group-fanout-1k",
+            "group-fanout-10k",
+            "idle-connections",
+            "broadcast",
+            "reconnect-storm",
+            "history-paging",
+        ] {
             let s = Scenario::from_file(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(s.name, name);
             kinds.push(s.kind);
@@ -251,8 +362,48 @@ mod tests {
             [
                 ScenarioKind::DmPingpong,
                 ScenarioKind::DmFlood,
-                ScenarioKind::ConnectStorm
+                ScenarioKind::ConnectStorm,
+                ScenarioKind::GroupFanout,
+                ScenarioKind::GroupFanout,
+                ScenarioKind::GroupFanout,
+                ScenarioKind::IdleConnections,
+                ScenarioKind::Broadcast,
+                ScenarioKind::ReconnectStorm,
+                ScenarioKind::HistoryPaging,
             ]
+        );
+        // Every file in the directory parses (the CI suite validates them all too).
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Scenario::from_file(&path).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn group_fanout_needs_senders_a_rate_and_a_window() {
+        let ok = "kind = \"group-fanout\"\nusers = 10\nrate = 5\nduration_secs = 1\n\
+                  window = 8\nsenders = 2\n";
+        assert_eq!(parse(ok).unwrap().senders, Some(2));
+        for (bad, why) in [
+            (ok.replace("senders = 2", "senders = 11"), "senders must be"),
+            (ok.replace("senders = 2\n", ""), "needs senders"),
+            (ok.replace("rate = 5", "rate = 0"), "rate above 0"),
+            (ok.replace("window = 8\n", ""), "needs a window"),
+            (ok.replace("users = 10", "users = 1"), "at least 2"),
+        ] {
+            let err = parse(&bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let err = parse(
+            "kind = \"dm-flood\"\nusers = 2\nrate = 0\nduration_secs = 1\n\
+                         window = 4\nsenders = 1\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("group-fanout and broadcast only"),
+            "{err}"
         );
     }
 
@@ -288,6 +439,27 @@ mod tests {
         let err = parse("kind = \"connect-storm\"\nusers = 3\nrate = 0\nduration_secs = 1\n")
             .unwrap_err();
         assert!(err.to_string().contains("needs a window"), "{err}");
+    }
+
+    #[test]
+    fn history_paging_needs_a_prefill_and_pairs() {
+        let ok = "kind = \"history-paging\"\nusers = 4\nrate = 50\nduration_secs = 1\n\
+                  window = 2\nprefill = 100\n";
+        assert_eq!(parse(ok).unwrap().prefill, Some(100));
+        for (bad, why) in [
+            (ok.replace("prefill = 100\n", ""), "needs prefill"),
+            (ok.replace("users = 4", "users = 3"), "even"),
+            (format!("{ok}page_size = 500\n"), "page_size must be"),
+        ] {
+            let err = parse(&bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let err = parse(
+            "kind = \"dm-flood\"\nusers = 2\nrate = 0\nduration_secs = 1\n\
+                         window = 4\nprefill = 1\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("history-paging only"), "{err}");
     }
 
     #[test]

@@ -126,6 +126,19 @@ pub async fn set_up_user(
     tally: &mut Tally,
     record: bool,
 ) -> Result<(User, Connection, Welcome), ClientError> {
+    let user = register_and_log_in(targets, prefix, index, tally, record).await?;
+    let (conn, welcome) = connect_user(targets, &user, tally, record, None).await?;
+    Ok((user, conn, welcome))
+}
+
+/// Registers user `index` and logs it in, recording each step's latency in `tally`.
+pub async fn register_and_log_in(
+    targets: &Targets,
+    prefix: &str,
+    index: usize,
+    tally: &mut Tally,
+    record: bool,
+) -> Result<User, ClientError> {
     let target = targets.of(index);
     let api = &targets.apis[target];
     let name = username(prefix, index);
@@ -144,21 +157,35 @@ pub async fn set_up_user(
     if record {
         tally.login.record(t.elapsed());
     }
-    let t = Instant::now();
-    let config = ConnectionConfig::default();
-    let url = api.ws_url(&login.token);
-    let (conn, welcome) = retry(tally, || Connection::connect_with(&url, config.clone())).await?;
-    if record {
-        tally.connect.record(t.elapsed());
-    }
-    let user = User {
+    Ok(User {
         index,
         username: login.username,
         user_id: login.user_id,
         token: login.token,
         target,
+    })
+}
+
+/// Opens `user`'s WebSocket (upgrade plus hello/welcome) on its target, resuming the event
+/// stream after `resume_from` when given; records the latency in `tally`.
+pub async fn connect_user(
+    targets: &Targets,
+    user: &User,
+    tally: &mut Tally,
+    record: bool,
+    resume_from: Option<chat_types::EventSeq>,
+) -> Result<(Connection, Welcome), ClientError> {
+    let t = Instant::now();
+    let config = ConnectionConfig {
+        resume_from,
+        ..ConnectionConfig::default()
     };
-    Ok((user, conn, welcome))
+    let url = targets.apis[user.target].ws_url(&user.token);
+    let (conn, welcome) = retry(tally, || Connection::connect_with(&url, config.clone())).await?;
+    if record {
+        tally.connect.record(t.elapsed());
+    }
+    Ok((conn, welcome))
 }
 
 /// Runs `step` until it succeeds, fails for good, or [`SETUP_ATTEMPTS`] are spent; every

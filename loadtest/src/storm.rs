@@ -33,7 +33,7 @@ pub(crate) async fn run_storm(
         .then(|| spawn_progress(Arc::clone(&live), clock, progress_stop, hard_end));
     let targets = Arc::new(targets.clone());
     let prefix: Arc<str> = Arc::from(prefix);
-    let (server_a, self_a) = sample(&config.server_pids);
+    let (server_a, self_a) = sample(config);
 
     let mut tally = Tally::default();
     let mut connections = Connections::default();
@@ -116,7 +116,7 @@ pub(crate) async fn run_storm(
         tasks.abort_all();
     }
     // All set-ups done (or the window over): measure with every connection still open.
-    let (server_b, self_b) = sample(&config.server_pids);
+    let (server_b, self_b) = sample(config);
     connections.open_at_end = live.connections();
     let measured = last_done
         .min(clock.send_end)

@@ -1,6 +1,6 @@
 //! Smoke test: one real `chat-node` process on loopback, then `dm-pingpong` and `dm-flood` at a
-//! small scale for about 3 s each through the library API. The checker must find nothing, and
-//! messages must have been acknowledged and pushed.
+//! small scale for about 3 s each and a 2 s `group-fanout` to 20 members, through the library
+//! API. The checker must find nothing, and messages must have been acknowledged and pushed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -132,13 +132,9 @@ fn must_load(name: &str) -> Scenario {
 }
 
 async fn must_run(node: &Node, scenario: Scenario) -> Report {
-    let config = RunConfig {
-        scenario,
-        targets: vec![node.base_url()],
-        server_pids: vec![node.child.id()],
-        progress: false,
-        run_prefix: None,
-    };
+    let mut config = RunConfig::new(scenario, vec![node.base_url()]);
+    config.server_pids = vec![node.child.id()];
+    config.progress = false;
     let report = tokio::time::timeout(Duration::from_secs(60), run(config))
         .await
         .expect("the run ends by itself")
@@ -148,6 +144,14 @@ async fn must_run(node: &Node, scenario: Scenario) -> Report {
 }
 
 fn must_pass(report: &Report) {
+    must_keep_the_contract(report);
+    assert_eq!(
+        report.check.history_messages, report.check.acked,
+        "every acknowledged message (and nothing else) is read back"
+    );
+}
+
+fn must_keep_the_contract(report: &Report) {
     assert!(
         report.ok(),
         "{}\nfirst violations: {:#?}",
@@ -156,10 +160,6 @@ fn must_pass(report: &Report) {
     );
     assert!(report.check.acked > 0, "nothing was acknowledged");
     assert!(report.check.deliveries > 0, "nothing was pushed");
-    assert_eq!(
-        report.check.history_messages, report.check.acked,
-        "every acknowledged message (and nothing else) is read back"
-    );
     assert!(report.latency.contains_key("send_ack"));
     assert!(report.latency.contains_key("send_delivery"));
     assert!(report.throughput.acks_per_sec > 0.0);
@@ -189,4 +189,32 @@ async fn pingpong_and_flood_against_one_node_keep_the_contract() {
     assert!(report
         .appended
         .is_some_and(|a| a.delta >= report.check.acked as f64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_fanout_against_one_node_keeps_the_contract() {
+    let node = Node::must_start();
+    node.must_be_ready().await;
+
+    let mut fanout = must_load("group-fanout-100");
+    fanout.users = 20;
+    fanout.senders = Some(4);
+    fanout.rate = 40.0;
+    fanout.window = Some(8);
+    fanout.warmup_secs = 0.5;
+    fanout.duration_secs = 1.5;
+    let report = must_run(&node, fanout).await;
+    must_keep_the_contract(&report);
+    // The group's log holds the creation note and every acknowledged message; each message
+    // reached the 19 other members, and its last delivery was measured.
+    assert_eq!(report.check.history_messages, report.check.acked + 1);
+    assert!(report.latency.contains_key("send_last_delivery"));
+    assert_eq!(report.throughput.deliveries, report.check.acked * 19);
+    // Falling behind the schedule on a loaded machine is not a contract failure.
+    let errors: Vec<_> = report
+        .errors
+        .keys()
+        .filter(|k| *k != "unsent_behind_schedule")
+        .collect();
+    assert!(errors.is_empty(), "{:?}", report.errors);
 }
