@@ -2,11 +2,13 @@
 //! public protocol.
 //!
 //! Owns the scenario files and their parsing ([`scenario`]), the drivers that run them (direct
-//! message ping-pong and flood, connect storm), the measurements (HDR latency histograms from
-//! the intended send time, throughput, errors by stable code, server CPU and memory from
-//! `/proc`, the servers' own `/metrics` counters), the reports (text, JSON, side-by-side
-//! comparison) and the history checker ([`checker`]) that judges every run against the
-//! delivery contract of DESIGN.md section 4.
+//! message ping-pong and flood, connect storm, group fan-out, broadcast, history paging, idle
+//! connections, reconnect storm), the measurements (HDR latency histograms from the intended
+//! send time, throughput, a per-second timeline, errors by stable code, server CPU and memory
+//! from `/proc`, the servers' own `/metrics` counters), the reports (text, JSON, SVG charts,
+//! side-by-side comparison, ratios against the ceiling), the ceiling itself ([`relay`]: a bare
+//! WebSocket relay run in-process by `calibrate`) and the history checker ([`checker`]) that
+//! judges every run against the delivery contract of DESIGN.md section 4.
 //!
 //! Must not depend on any server crate (`chat-storage`, `chat-cluster`, `chat-actors`,
 //! `chat-node`): it sees the cluster only through `chat-client` and `chat-types`, exactly as
