@@ -12,6 +12,7 @@ mod config;
 mod http;
 mod media;
 mod metrics;
+mod peer_codec;
 mod push;
 mod ratelimit;
 mod s3;

@@ -72,21 +72,11 @@ enum MediaPeerReply {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, PeerError> {
-    let mut out = vec![MEDIA_WIRE_VERSION];
-    rmp_serde::encode::write_named(&mut out, v).map_err(|e| PeerError::Handler(e.to_string()))?;
-    Ok(out)
+    crate::peer_codec::encode(MEDIA_WIRE_VERSION, v)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PeerError> {
-    match bytes.split_first() {
-        Some((&MEDIA_WIRE_VERSION, rest)) => {
-            rmp_serde::from_slice(rest).map_err(|e| PeerError::BadPayload(e.to_string()))
-        }
-        Some((v, _)) => Err(PeerError::BadPayload(format!(
-            "media payload version {v} is not supported"
-        ))),
-        None => Err(PeerError::BadPayload("empty media payload".into())),
-    }
+    crate::peer_codec::decode(MEDIA_WIRE_VERSION, "media", bytes)
 }
 
 /// The ring key of a blob.

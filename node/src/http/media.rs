@@ -7,8 +7,6 @@
 //! uploaded it, when it is an avatar, or when they may read a conversation whose messages
 //! carry it; anyone else gets `404`, as for a media that does not exist.
 
-use std::collections::BTreeMap;
-
 use actix_web::body::SizedStream;
 use actix_web::http::{header, StatusCode};
 use actix_web::web::{self, Bytes};
@@ -25,7 +23,7 @@ use chat_types::{
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::{authenticate, error_response, AppState};
+use super::{authenticate, error_response, query_params as query, AppState};
 use crate::auth::now_ms;
 
 /// Bytes per piece of a download body.
@@ -57,12 +55,6 @@ fn not_found() -> WireError {
 
 fn media_id(raw: &str) -> Result<MediaId, WireError> {
     MediaId::parse(raw).map_err(|_| not_found())
-}
-
-fn query(req: &HttpRequest) -> BTreeMap<String, String> {
-    web::Query::<BTreeMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default()
 }
 
 /// Refuses an upload of `size` bytes before anything is read: the size limit, then the quota.

@@ -145,6 +145,13 @@ pub fn bearer_token(req: &HttpRequest) -> Option<String> {
         .and_then(|q| q.get("token").cloned())
 }
 
+/// The query string as name -> value (empty when it does not parse).
+pub fn query_params(req: &HttpRequest) -> std::collections::BTreeMap<String, String> {
+    web::Query::<std::collections::BTreeMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default()
+}
+
 pub async fn authenticate(state: &AppState, req: &HttpRequest) -> Result<Principal, WireError> {
     let token = bearer_token(req)
         .ok_or_else(|| WireError::new(ErrorCode::Unauthorized, "missing bearer token"))?;

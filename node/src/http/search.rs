@@ -12,14 +12,8 @@ use chat_types::search::{
 };
 use chat_types::{ConversationId, ErrorCode, UserId, WireError};
 
-use super::{authenticate, error_response, AppState};
+use super::{authenticate, error_response, query_params as query, AppState};
 use crate::search::QueryWire;
-
-fn query(req: &HttpRequest) -> BTreeMap<String, String> {
-    web::Query::<BTreeMap<String, String>>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .unwrap_or_default()
-}
 
 fn invalid(m: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::InvalidArgument, m)
