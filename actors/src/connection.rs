@@ -1,6 +1,20 @@
 //! The connection actor: one per WebSocket, on the node that holds the socket. It owns the
 //! socket's bounded outbound queue; a client that does not read fills it and is closed with
 //! a resumable close code instead of slowing anyone else down.
+//!
+//! It also keeps the connection's place in its user's event stream (the cursor) and hands
+//! events to the client strictly in stream order, each once, whatever order the pushes
+//! arrive in: pushes of one user come from several delivery paths (one per conversation,
+//! a retried push, a replay after a ring change) and may overtake each other on the way.
+//! An event beyond the next one is held back; when the missing one has not come within
+//! [`GAP_WAIT`], the connection asks its user's session to replay from its cursor, and if
+//! that fails it closes with a resumable code so that the client resumes on its own. The
+//! client never sees a gap it is not told about.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use chat_types::{
     close, ConversationId, Event, EventSeq, NodeId, PresenceStatus, ServerFrame, UserEvent, UserId,
@@ -8,6 +22,13 @@ use chat_types::{
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use crate::router::Router;
+
+/// How long an event may wait for the one before it before the connection asks for a replay.
+pub const GAP_WAIT: Duration = Duration::from_millis(300);
+/// Events held back behind a gap; beyond this the newest are dropped (the replay has them).
+const MAX_HELD: usize = 2048;
 
 /// A connection anywhere in the cluster: the node that holds it and its id there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -40,6 +61,15 @@ pub enum PushFrame {
 }
 
 impl PushFrame {
+    /// The stream position this frame stands for, when it is ordered in the stream.
+    fn position(&self) -> Option<EventSeq> {
+        match self {
+            PushFrame::Event(e) => Some(e.event_seq),
+            PushFrame::Cursor { event_seq } => Some(*event_seq),
+            _ => None,
+        }
+    }
+
     fn into_server_frame(self) -> ServerFrame {
         match self {
             PushFrame::Event(Event { event_seq, event }) => match event {
@@ -107,8 +137,33 @@ pub enum Outbound {
 pub enum ConnectionMsg {
     /// An event (or a resync notice) for this connection's user.
     Push(PushFrame),
+    /// The session has the connection: events after `cursor` are the client's to receive
+    /// (until now they were held back).
+    Start { cursor: EventSeq },
+    /// A gap may have stayed open for [`GAP_WAIT`].
+    GapCheck,
+    /// The replay asked for after a gap ended (`false`: it could not be made).
+    Resumed(bool),
     /// Close the socket with this code.
     Close { code: u16, reason: String },
+}
+
+/// The connection's cursor as the router sees it (for re-attaching after a ring change):
+/// 0 until the connection has started, else the cursor plus one.
+#[derive(Clone, Debug, Default)]
+pub struct SharedCursor(Arc<AtomicU64>);
+
+impl SharedCursor {
+    pub fn get(&self) -> Option<EventSeq> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(EventSeq(n - 1)),
+        }
+    }
+
+    fn set(&self, cursor: EventSeq) {
+        self.0.store(cursor.0.saturating_add(1), Ordering::Release);
+    }
 }
 
 pub struct ConnectionActor;
@@ -116,12 +171,156 @@ pub struct ConnectionActor;
 pub struct ConnectionArgs {
     pub user: UserId,
     pub out: mpsc::Sender<Outbound>,
+    /// This connection, as the rest of the cluster names it.
+    pub me: ConnRef,
+    pub router: Weak<Router>,
+    pub cursor: SharedCursor,
 }
 
 pub struct ConnectionState {
     user: UserId,
     out: mpsc::Sender<Outbound>,
+    me: ConnRef,
+    router: Weak<Router>,
     closing: bool,
+    /// The last event handed to the client; `None` until the session has the connection.
+    cursor: Option<EventSeq>,
+    shared: SharedCursor,
+    /// Events (and cursor notes) beyond the next one, by position.
+    held: BTreeMap<EventSeq, PushFrame>,
+    /// A resync notice that arrived before the start: the cursor starts at its head.
+    resync_before_start: Option<EventSeq>,
+    gap_check_pending: bool,
+    resuming: bool,
+}
+
+impl ConnectionState {
+    /// Queues a frame for the socket; false once the connection is closing.
+    fn emit(&mut self, myself: &ActorRef<ConnectionMsg>, frame: PushFrame) -> bool {
+        if self.closing {
+            return false;
+        }
+        match self
+            .out
+            .try_send(Outbound::Frame(frame.into_server_frame()))
+        {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(user = %self.user, "slow consumer; closing its connection");
+                // The writer also watches for a full queue; this close is best effort.
+                self.close(
+                    close::SLOW_CONSUMER,
+                    "outbound queue full; reconnect and resume",
+                );
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.closing = true;
+                myself.stop(None);
+                false
+            }
+        }
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.closing = true;
+        let out = self.out.clone();
+        let reason = reason.to_owned();
+        tokio::spawn(async move {
+            let _ = out.send(Outbound::Close { code, reason }).await;
+        });
+    }
+
+    fn advance(&mut self, to: EventSeq) {
+        self.cursor = Some(to);
+        self.shared.set(to);
+    }
+
+    /// Hands over every held frame that is next in the stream; drops those already handed.
+    fn drain(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        let Some(mut cursor) = self.cursor else {
+            return;
+        };
+        while let Some(entry) = self.held.first_entry() {
+            let pos = *entry.key();
+            if pos <= cursor {
+                entry.remove();
+                continue;
+            }
+            if pos.0 != cursor.0 + 1 {
+                break;
+            }
+            let frame = entry.remove();
+            if !self.emit(myself, frame) {
+                return;
+            }
+            cursor = pos;
+            self.advance(pos);
+        }
+    }
+
+    fn push(&mut self, myself: &ActorRef<ConnectionMsg>, frame: PushFrame) {
+        if let PushFrame::Resync { event_head } = frame {
+            // The stream cannot be replayed from the cursor: the client reloads, and the
+            // cursor starts again at the head.
+            if self.cursor.is_none() {
+                self.resync_before_start = Some(event_head);
+            } else {
+                self.advance(event_head);
+            }
+            if self.emit(myself, frame) {
+                self.drain(myself);
+            }
+            return;
+        }
+        let Some(pos) = frame.position() else {
+            // Typing and presence: ephemeral, unordered.
+            self.emit(myself, frame);
+            return;
+        };
+        match self.cursor {
+            Some(c) if pos <= c => {}
+            Some(c) if pos.0 == c.0 + 1 => {
+                if self.emit(myself, frame) {
+                    self.advance(pos);
+                    self.drain(myself);
+                }
+            }
+            _ => {
+                if self.held.len() < MAX_HELD {
+                    self.held.insert(pos, frame);
+                }
+                if self.cursor.is_some() {
+                    self.watch_gap(myself);
+                }
+            }
+        }
+    }
+
+    fn has_gap(&self) -> bool {
+        self.cursor.is_some() && !self.held.is_empty()
+    }
+
+    fn watch_gap(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        if !self.gap_check_pending && !self.resuming {
+            self.gap_check_pending = true;
+            myself.send_after(GAP_WAIT, || ConnectionMsg::GapCheck);
+        }
+    }
+
+    /// Asks the user's session to replay everything after the cursor.
+    fn resume(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        let (Some(cursor), Some(router)) = (self.cursor, self.router.upgrade()) else {
+            return;
+        };
+        self.resuming = true;
+        let (user, me, reply) = (self.user, self.me, myself.clone());
+        tracing::debug!(%user, %cursor, "gap in pushed events; asking for a replay");
+        tokio::spawn(async move {
+            let ok = router.reattach(user, me, Some(cursor)).await.is_ok();
+            let _ = reply.send_message(ConnectionMsg::Resumed(ok));
+        });
+    }
 }
 
 impl Actor for ConnectionActor {
@@ -137,7 +336,15 @@ impl Actor for ConnectionActor {
         Ok(ConnectionState {
             user: args.user,
             out: args.out,
+            me: args.me,
+            router: args.router,
             closing: false,
+            cursor: None,
+            shared: args.cursor,
+            held: BTreeMap::new(),
+            resync_before_start: None,
+            gap_check_pending: false,
+            resuming: false,
         })
     }
 
@@ -151,27 +358,28 @@ impl Actor for ConnectionActor {
             return Ok(());
         }
         match msg {
-            ConnectionMsg::Push(frame) => {
-                match state
-                    .out
-                    .try_send(Outbound::Frame(frame.into_server_frame()))
-                {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::info!(user = %state.user, "slow consumer; closing its connection");
-                        state.closing = true;
-                        // The writer also watches for a full queue; this close is best effort.
-                        let out = state.out.clone();
-                        tokio::spawn(async move {
-                            let _ = out
-                                .send(Outbound::Close {
-                                    code: close::SLOW_CONSUMER,
-                                    reason: "outbound queue full; reconnect and resume".into(),
-                                })
-                                .await;
-                        });
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => myself.stop(None),
+            ConnectionMsg::Push(frame) => state.push(&myself, frame),
+            ConnectionMsg::Start { cursor } => {
+                let cursor = state.resync_before_start.take().unwrap_or(cursor);
+                state.advance(cursor);
+                state.drain(&myself);
+                if state.has_gap() {
+                    state.watch_gap(&myself);
+                }
+            }
+            ConnectionMsg::GapCheck => {
+                state.gap_check_pending = false;
+                if state.has_gap() && !state.resuming {
+                    state.resume(&myself);
+                }
+            }
+            ConnectionMsg::Resumed(ok) => {
+                state.resuming = false;
+                if !ok {
+                    tracing::info!(user = %state.user, "replay after a gap failed; closing so that the client resumes");
+                    state.close(close::GOING_AWAY, "missed events; reconnect and resume");
+                } else if state.has_gap() {
+                    state.watch_gap(&myself);
                 }
             }
             ConnectionMsg::Close { code, reason } => {
@@ -180,5 +388,144 @@ impl Actor for ConnectionActor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_types::Seq;
+
+    fn read(n: u64) -> PushFrame {
+        PushFrame::Event(Event {
+            event_seq: EventSeq(n),
+            event: UserEvent::Read {
+                conversation: ConversationId::direct(UserId(1), UserId(2)),
+                seq: Seq(n),
+            },
+        })
+    }
+
+    /// The stream positions (or a marker for other frames) the client received so far.
+    fn received(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            out.push(match o {
+                Outbound::Frame(ServerFrame::Read { event_seq, .. }) => event_seq.0.to_string(),
+                Outbound::Frame(ServerFrame::EventCursor { event_seq }) => {
+                    format!("cursor {}", event_seq.0)
+                }
+                Outbound::Frame(ServerFrame::Resync { event_head }) => {
+                    format!("resync {}", event_head.0)
+                }
+                Outbound::Frame(ServerFrame::Typing { .. }) => "typing".into(),
+                other => format!("{other:?}"),
+            });
+        }
+        out
+    }
+
+    /// Lets the actor handle what was sent to it (messages are handled in order).
+    async fn settle(actor: &ActorRef<ConnectionMsg>) {
+        let _ = actor
+            .call(
+                |reply| {
+                    let _ = reply.send(());
+                    ConnectionMsg::GapCheck
+                },
+                Some(Duration::from_secs(5)),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn events_reach_the_client_in_stream_order_once_whatever_order_they_arrive_in() {
+        let (out, mut rx) = mpsc::channel(64);
+        let cursor = SharedCursor::default();
+        let args = ConnectionArgs {
+            user: UserId(1),
+            out,
+            me: ConnRef {
+                node: NodeId(1),
+                conn: 1,
+            },
+            router: Weak::new(),
+            cursor: cursor.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
+            .await
+            .expect("spawn");
+        let push = |f: PushFrame| actor.send_message(ConnectionMsg::Push(f)).expect("send");
+
+        // A replay that arrives before the session's answer is held until the start.
+        push(read(3));
+        push(read(2));
+        settle(&actor).await;
+        assert!(received(&mut rx).is_empty(), "nothing before the start");
+        assert_eq!(cursor.get(), None);
+        actor
+            .send_message(ConnectionMsg::Start {
+                cursor: EventSeq(1),
+            })
+            .expect("start");
+        settle(&actor).await;
+        assert_eq!(received(&mut rx), ["2", "3"]);
+        assert_eq!(cursor.get(), Some(EventSeq(3)));
+
+        // A repeat is dropped; one that overtook its predecessor waits for it.
+        push(read(3));
+        push(read(5));
+        push(PushFrame::Typing {
+            conversation: ConversationId::direct(UserId(1), UserId(2)),
+            user: UserId(2),
+            expires_ms: 1,
+        });
+        settle(&actor).await;
+        assert_eq!(received(&mut rx), ["typing"], "5 waits for 4; typing does not");
+        push(read(4));
+        push(PushFrame::Cursor {
+            event_seq: EventSeq(6),
+        });
+        settle(&actor).await;
+        assert_eq!(received(&mut rx), ["4", "5", "cursor 6"]);
+
+        // A resync moves the cursor to the head: older events are dropped, newer follow.
+        push(PushFrame::Resync {
+            event_head: EventSeq(10),
+        });
+        push(read(9));
+        push(read(11));
+        settle(&actor).await;
+        assert_eq!(received(&mut rx), ["resync 10", "11"]);
+        assert_eq!(cursor.get(), Some(EventSeq(11)));
+    }
+
+    #[tokio::test]
+    async fn a_resync_during_the_replay_starts_the_cursor_at_its_head() {
+        let (out, mut rx) = mpsc::channel(64);
+        let args = ConnectionArgs {
+            user: UserId(1),
+            out,
+            me: ConnRef {
+                node: NodeId(1),
+                conn: 1,
+            },
+            router: Weak::new(),
+            cursor: SharedCursor::default(),
+        };
+        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
+            .await
+            .expect("spawn");
+        let send = |m: ConnectionMsg| actor.send_message(m).expect("send");
+        send(ConnectionMsg::Push(PushFrame::Resync {
+            event_head: EventSeq(2000),
+        }));
+        send(ConnectionMsg::Push(read(2001)));
+        send(ConnectionMsg::Start {
+            cursor: EventSeq(5),
+        });
+        settle(&actor).await;
+        assert_eq!(received(&mut rx), ["resync 2000", "2001"]);
     }
 }

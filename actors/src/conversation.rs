@@ -8,6 +8,7 @@
 //! A retried send (same client message id) is replicated again before its answer: the first
 //! attempt may have stored the message here and failed before reaching a quorum.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -62,6 +63,8 @@ pub struct ConversationState {
     /// The ring epoch this actor caught up at; `None` until it has.
     synced_at: Option<RingEpoch>,
     fanout: mpsc::UnboundedSender<(Message, Option<ConnRef>)>,
+    /// Set when the actor stops: its delivery task then stops too.
+    stopped: Arc<AtomicBool>,
 }
 
 impl ConversationState {
@@ -98,16 +101,21 @@ impl ConversationState {
     }
 }
 
-/// Delivers one message to one member, retrying for a while; false when it gave up.
+/// Delivers one message to one member, retrying for a while; false when it gave up (or the
+/// actor stopped).
 async fn deliver_with_retries(
     router: &Router,
     node: NodeId,
     users: Vec<UserId>,
     message: &Message,
     origin: Option<ConnRef>,
+    stopped: &AtomicBool,
 ) -> bool {
     let mut delay = std::time::Duration::from_millis(50);
     for attempt in 1..=DELIVERY_ATTEMPTS {
+        if attempt > 1 && stopped.load(Ordering::Acquire) {
+            return false;
+        }
         match router
             .deliver_batch(node, users.clone(), message.clone(), origin)
             .await
@@ -189,6 +197,8 @@ impl Actor for ConversationActor {
         args: ConversationArgs,
     ) -> Result<ConversationState, ActorProcessingErr> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Option<ConnRef>)>();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stop_seen = stopped.clone();
         let router = args.router.clone();
         let log = args.log.clone();
         let conversation = args.conversation;
@@ -196,12 +206,17 @@ impl Actor for ConversationActor {
         // home to some member (never once per member across the network), where it becomes
         // an event of each member's stream. A failed delivery is retried (event streams
         // deduplicate) before the next message goes out; once a message has reached every
-        // member, the delivery watermark moves past it.
+        // member, the delivery watermark moves past it. Once the actor has stopped (the ring
+        // changed) the queue is abandoned: the next actor delivers again from the watermark,
+        // and two tasks delivering one conversation at once would race each other's pushes.
         tokio::spawn(async move {
             // After one message could not be delivered the watermark stays below it, so that
             // the next actor for this conversation delivers it (and what follows) again.
             let mut stuck = false;
             while let Some((message, origin)) = rx.recv().await {
+                if stop_seen.load(Ordering::Acquire) {
+                    return;
+                }
                 let Some(router) = router.upgrade() else {
                     return;
                 };
@@ -215,7 +230,9 @@ impl Actor for ConversationActor {
                 }
                 let mut all_delivered = true;
                 for (node, users) in router.by_home(&recipients) {
-                    if !deliver_with_retries(&router, node, users, &message, origin).await {
+                    if !deliver_with_retries(&router, node, users, &message, origin, &stop_seen)
+                        .await
+                    {
                         all_delivered = false;
                     }
                 }
@@ -232,7 +249,17 @@ impl Actor for ConversationActor {
             router: args.router,
             synced_at: None,
             fanout: tx,
+            stopped,
         })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ConversationState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stopped.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn handle(
@@ -357,13 +384,12 @@ impl Actor for ConversationActor {
                 limit,
                 reply,
             } => {
-                let _ = reply.send(read_page(
-                    &*state.log,
-                    &state.conversation,
-                    after,
-                    before,
-                    limit,
-                ));
+                // A new owner answers only after it has caught up.
+                let page = match state.ready().await {
+                    Ok(_) => read_page(&*state.log, &state.conversation, after, before, limit),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(page);
             }
         }
         Ok(())

@@ -31,6 +31,14 @@ impl std::fmt::Display for LogRef {
 }
 
 impl LogRef {
+    /// The owner under `ring`: the first of the replica set.
+    pub fn owner(&self, ring: &Ring) -> Option<NodeId> {
+        match self {
+            LogRef::Conversation(c) => ring.owner_of_conversation(c),
+            LogRef::User(u) => ring.home_of_user(*u),
+        }
+    }
+
     /// The replica set under `ring`, owner first.
     pub fn replicas(&self, ring: &Ring) -> Vec<NodeId> {
         match self {

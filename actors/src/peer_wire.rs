@@ -3,7 +3,7 @@
 
 use chat_types::{
     Attachment, ClientMsgId, ConversationId, ConversationSummary, EventSeq, Message, MessageRef,
-    PresenceStatus, RingEpoch, Seq, UserEvent, UserId,
+    NodeId, PresenceStatus, RingEpoch, Seq, UserEvent, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +117,9 @@ pub enum ActorRequestBody {
     Seal { log: LogRef, epoch: RingEpoch },
     /// From a new owner catching up: entries after `after`, whatever the ring says.
     Fetch { log: LogRef, after: u64, limit: u32 },
+    /// `node` has (re)started with no sessions: the connections of users whose home it is
+    /// attach again.
+    Restarted { node: NodeId },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -36,7 +36,8 @@ const RECONCILE_WINDOW: u64 = 16;
 
 /// The owner side's entry point to a log: the router and the current ring, after catching
 /// `log` up when `synced_at` is not the current epoch (then recorded). The flag says whether
-/// a catch-up just happened.
+/// a catch-up just happened. `NotOwner` when this node does not own `log` under the current
+/// ring.
 pub(crate) async fn synced(
     router: &std::sync::Weak<Router>,
     log: LogRef,
@@ -46,6 +47,17 @@ pub(crate) async fn synced(
         .upgrade()
         .ok_or_else(|| ActorError::Unavailable("node is shutting down".into()))?;
     let ring = router.ring();
+    // A request can wait in an actor's mailbox while the ring moves its log elsewhere: only
+    // the owner under the current ring may catch up and write at its epoch (two writers at
+    // one epoch would hand out the same position twice).
+    let owner = log.owner(&ring);
+    if owner != Some(router.node_id) {
+        *synced_at = None;
+        return Err(ActorError::NotOwner {
+            owner: owner.unwrap_or(router.node_id),
+            epoch: ring.epoch(),
+        });
+    }
     let fresh = *synced_at != Some(ring.epoch());
     if fresh {
         router.catch_up(log, &ring).await?;
@@ -60,7 +72,7 @@ impl Router {
     }
 
     /// Sends a request to one specific node (no ownership routing).
-    async fn direct(
+    pub(crate) async fn direct(
         &self,
         node: NodeId,
         epoch: RingEpoch,

@@ -24,7 +24,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 
 use crate::connection::{
-    ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound, PushFrame,
+    ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound, PushFrame, SharedCursor,
 };
 use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
 use crate::error::ActorError;
@@ -37,6 +37,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const EPOCH_WAIT: Duration = Duration::from_secs(3);
 const MAX_HOPS: usize = 5;
 const RING_HISTORY: usize = 16;
+/// How long pushes to an unreachable node are retried.
+const PUSH_RETRY_FOR: Duration = Duration::from_secs(20);
+/// How long a connection whose home cannot be reached after a ring change is retried.
+const REATTACH_FOR: Duration = Duration::from_secs(15);
+/// How long a (re)started node keeps telling an unreachable member that it started.
+const ANNOUNCE_FOR: Duration = Duration::from_secs(30);
+/// Connections re-attached at once after a ring change.
+const REATTACH_PARALLEL: usize = 64;
 
 /// Counts for `/metrics` and cluster status.
 #[derive(Clone, Copy, Debug, Default)]
@@ -68,7 +76,7 @@ pub struct Router {
     offline: std::sync::OnceLock<Arc<dyn crate::offline::OfflinePush>>,
     conversations: Mutex<HashMap<ConversationId, ActorRef<ConversationMsg>>>,
     sessions: Mutex<HashMap<UserId, ActorRef<SessionMsg>>>,
-    connections: Mutex<HashMap<u64, (UserId, ActorRef<ConnectionMsg>)>>,
+    connections: Mutex<HashMap<u64, LocalConn>>,
     next_conn: AtomicU64,
     peer_push_requests: AtomicU64,
 }
@@ -87,6 +95,21 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn transport_error(e: TransportError) -> ActorError {
     ActorError::Unavailable(e.to_string())
+}
+
+/// A connection held by this node.
+struct LocalConn {
+    user: UserId,
+    actor: ActorRef<ConnectionMsg>,
+    cursor: SharedCursor,
+}
+
+/// A local connection to attach to its user's session again.
+struct Reattach {
+    conn: ConnRef,
+    user: UserId,
+    cursor: SharedCursor,
+    actor: ActorRef<ConnectionMsg>,
 }
 
 /// What a routed request is addressed to.
@@ -131,6 +154,7 @@ impl Router {
             peer_push_requests: AtomicU64::new(0),
         });
         router.spawn_reattach_on_ring_change();
+        router.spawn_announce_start();
         router.wake_undelivered(&router.meta.ring());
         router
     }
@@ -433,7 +457,8 @@ impl Router {
         })
     }
 
-    /// Makes pushes, one request per connection node.
+    /// Makes pushes, one request per connection node. A node that cannot be reached gets
+    /// the stored events again later (see [`Router::retry_pushes`]).
     async fn push_batch(&self, pushes: Vec<crate::session::PushTarget>) {
         let mut by_node: BTreeMap<NodeId, Vec<(Vec<u64>, PushFrame)>> = BTreeMap::new();
         for (node, conns, frame) in pushes {
@@ -446,28 +471,66 @@ impl Router {
                 }
                 continue;
             }
-            let Some(info) = self.meta.node_info(node) else {
-                continue;
-            };
-            let req = ActorRequest {
-                epoch: self.meta.ring().epoch(),
-                body: ActorRequestBody::PushMany { items },
-            };
-            self.peer_push_requests.fetch_add(1, Ordering::Relaxed);
-            let sent = match encode(&req) {
-                Ok(bytes) => self
-                    .meta
-                    .transport()
-                    .request(&info.peer_addr, Channel::Actor, bytes, PEER_TIMEOUT)
-                    .await
-                    .map(|_| ())
-                    .map_err(transport_error),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = sent {
-                tracing::warn!(%node, error = %e, "pushes to node failed; its clients catch up on resume");
+            if let Err(e) = self.push_many(node, items.clone()).await {
+                tracing::info!(%node, error = %e, "pushes to node failed; retrying");
+                self.retry_pushes(node, items);
             }
         }
+    }
+
+    async fn push_many(
+        &self,
+        node: NodeId,
+        items: Vec<(Vec<u64>, PushFrame)>,
+    ) -> Result<(), ActorError> {
+        let info = self
+            .meta
+            .node_info(node)
+            .ok_or_else(|| ActorError::Unavailable(format!("node {node} is not a member")))?;
+        let req = ActorRequest {
+            epoch: self.meta.ring().epoch(),
+            body: ActorRequestBody::PushMany { items },
+        };
+        self.peer_push_requests.fetch_add(1, Ordering::Relaxed);
+        self.meta
+            .transport()
+            .request(&info.peer_addr, Channel::Actor, encode(&req)?, PEER_TIMEOUT)
+            .await
+            .map_err(transport_error)?;
+        Ok(())
+    }
+
+    /// Sends stored events that could not be pushed to `node` again, with backoff, for
+    /// about [`PUSH_RETRY_FOR`] (ephemeral frames are dropped): the connections there keep
+    /// them in stream order and drop what they already have. A node that stays out of reach
+    /// longer is marked down, and its connections re-attach from their cursors when it is
+    /// back.
+    pub(crate) fn retry_pushes(&self, node: NodeId, items: Vec<(Vec<u64>, PushFrame)>) {
+        let items: Vec<(Vec<u64>, PushFrame)> = items
+            .into_iter()
+            .filter(|(_, f)| matches!(f, PushFrame::Event(_) | PushFrame::Cursor { .. }))
+            .collect();
+        if items.is_empty() {
+            return;
+        }
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut delay = Duration::from_millis(100);
+            while started.elapsed() < PUSH_RETRY_FOR {
+                tokio::time::sleep(delay).await;
+                let Some(router) = me.upgrade() else { return };
+                if router.is_gone(node) {
+                    return;
+                }
+                match router.push_many(node, items.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::debug!(%node, error = %e, "push retry failed"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            tracing::warn!(%node, "pushes to node given up; its connections resume from their cursors");
+        });
     }
 
     /// Writes a group change into the group's log, ordered with its messages (after the
@@ -570,25 +633,40 @@ impl Router {
         out: mpsc::Sender<Outbound>,
         resume_from: Option<EventSeq>,
     ) -> Result<(ConnRef, EventSeq, EventSeq), ActorError> {
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let (actor, _) = Actor::spawn(None, ConnectionActor, ConnectionArgs { user, out })
-            .await
-            .map_err(|e| ActorError::Unavailable(e.to_string()))?;
-        lock(&self.connections).insert(conn, (user, actor));
         let conn = ConnRef {
             node: self.node_id,
-            conn,
+            conn: self.next_conn.fetch_add(1, Ordering::Relaxed),
         };
-        let body = ActorRequestBody::Attach {
+        let cursor = SharedCursor::default();
+        let args = ConnectionArgs {
             user,
-            conn,
-            resume_from,
+            out,
+            me: conn,
+            router: self.me.clone(),
+            cursor: cursor.clone(),
         };
-        match self.route(Target::User(user), body).await {
+        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
+            .await
+            .map_err(|e| ActorError::Unavailable(e.to_string()))?;
+        lock(&self.connections).insert(
+            conn.conn,
+            LocalConn {
+                user,
+                actor: actor.clone(),
+                cursor,
+            },
+        );
+        match self.reattach(user, conn, resume_from).await {
             Ok(ActorReply::Attached {
                 event_head,
                 acked_event_seq,
-            }) => Ok((conn, event_head, acked_event_seq)),
+            }) => {
+                // What the session replayed (after `resume_from`) is held by the actor until
+                // now; a resync notice among it moves the start to the head.
+                let cursor = resume_from.unwrap_or(event_head);
+                let _ = actor.send_message(ConnectionMsg::Start { cursor });
+                Ok((conn, event_head, acked_event_seq))
+            }
             Ok(_) => {
                 self.forget_connection(conn.conn);
                 Err(ActorError::BadPayload("unexpected reply to attach".into()))
@@ -598,6 +676,25 @@ impl Router {
                 Err(e)
             }
         }
+    }
+
+    /// Attaches a local connection to its user's session, which first replays every event
+    /// after `resume_from` to it. Boxed: it is spawned from request handling, which it may
+    /// come back to.
+    pub(crate) fn reattach(
+        &self,
+        user: UserId,
+        conn: ConnRef,
+        resume_from: Option<EventSeq>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ActorReply, ActorError>> + Send + '_>,
+    > {
+        let body = ActorRequestBody::Attach {
+            user,
+            conn,
+            resume_from,
+        };
+        Box::pin(self.route(Target::User(user), body))
     }
 
     /// Removes a local connection and detaches it from the user's session.
@@ -613,8 +710,8 @@ impl Router {
 
     /// Closes every local connection with `code` (graceful shutdown).
     pub fn close_all(&self, code: u16, reason: &str) {
-        for (_, (_, actor)) in lock(&self.connections).iter() {
-            let _ = actor.send_message(ConnectionMsg::Close {
+        for c in lock(&self.connections).values() {
+            let _ = c.actor.send_message(ConnectionMsg::Close {
                 code,
                 reason: reason.to_owned(),
             });
@@ -622,8 +719,8 @@ impl Router {
     }
 
     fn forget_connection(&self, conn: u64) {
-        if let Some((_, actor)) = lock(&self.connections).remove(&conn) {
-            actor.stop(None);
+        if let Some(c) = lock(&self.connections).remove(&conn) {
+            c.actor.stop(None);
         }
     }
 
@@ -682,8 +779,8 @@ impl Router {
     fn push_local(&self, conns: &[u64], frame: PushFrame) {
         let map = lock(&self.connections);
         for c in conns {
-            if let Some((_, actor)) = map.get(c) {
-                let _ = actor.send_message(ConnectionMsg::Push(frame.clone()));
+            if let Some(local) = map.get(c) {
+                let _ = local.actor.send_message(ConnectionMsg::Push(frame.clone()));
             }
         }
     }
@@ -794,7 +891,8 @@ impl Router {
             | ActorRequestBody::PushMany { .. }
             | ActorRequestBody::Replicate { .. }
             | ActorRequestBody::Seal { .. }
-            | ActorRequestBody::Fetch { .. } => None,
+            | ActorRequestBody::Fetch { .. }
+            | ActorRequestBody::Restarted { .. } => None,
         };
         if let Some(target) = target {
             let owner = target.owner(&ring);
@@ -997,6 +1095,12 @@ impl Router {
             } => self.serve_replicate(log, epoch, entries, watermark).await,
             ActorRequestBody::Seal { log, epoch } => self.serve_seal(log, epoch).await,
             ActorRequestBody::Fetch { log, after, limit } => self.serve_fetch(log, after, limit),
+            ActorRequestBody::Restarted { node } => {
+                if let Some(me) = self.me.upgrade() {
+                    tokio::spawn(async move { me.reattach_homed_on(node).await });
+                }
+                Ok(ActorReply::Done)
+            }
         }
     }
 
@@ -1063,26 +1167,156 @@ impl Router {
                 }
                 router.drop_unowned(&ring);
                 router.wake_undelivered(&ring);
-                let conns: Vec<(u64, UserId)> = lock(&router.connections)
+                // Each connection re-attaches from its cursor, so that the (possibly new)
+                // home replays whatever it appended before the connection was back in its
+                // live set (one still connecting has no cursor yet: it finds any gap when its
+                // next event comes).
+                let conns: Vec<Reattach> = lock(&router.connections)
                     .iter()
-                    .map(|(c, (u, _))| (*c, *u))
+                    .map(|(c, l)| Reattach {
+                        conn: ConnRef {
+                            node: router.node_id,
+                            conn: *c,
+                        },
+                        user: l.user,
+                        cursor: l.cursor.clone(),
+                        actor: l.actor.clone(),
+                    })
                     .collect();
-                for (conn, user) in conns {
-                    let conn = ConnRef {
-                        node: router.node_id,
-                        conn,
-                    };
-                    let _ = router
-                        .route(
-                            Target::User(user),
-                            ActorRequestBody::Attach {
-                                user,
-                                conn,
-                                resume_from: None,
-                            },
-                        )
-                        .await;
+                let failed = router.reattach_all(conns).await;
+                if !failed.is_empty() {
+                    router.retry_reattach(ring.epoch(), failed);
                 }
+            }
+        });
+    }
+
+    /// A node that restarts within the failure timeout changes no ring, but its sessions
+    /// start empty: once it serves, it tells every other member, whose connections of users
+    /// homed here then attach again (from their cursors).
+    fn spawn_announce_start(&self) {
+        let me = self.me.clone();
+        let node = self.node_id;
+        let mut watch = self.meta.ring_watch();
+        tokio::spawn(async move {
+            if watch
+                .wait_for(|r| r.members().contains(&node))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let Some(router) = me.upgrade() else { return };
+            let others: Vec<NodeId> = router
+                .ring()
+                .members()
+                .iter()
+                .copied()
+                .filter(|n| *n != node)
+                .collect();
+            drop(router);
+            let mut tasks = tokio::task::JoinSet::new();
+            for peer in others {
+                let me = me.clone();
+                tasks.spawn(async move {
+                    let mut delay = Duration::from_millis(100);
+                    let started = tokio::time::Instant::now();
+                    while started.elapsed() < ANNOUNCE_FOR {
+                        let Some(router) = me.upgrade() else { return };
+                        let epoch = router.ring().epoch();
+                        let body = ActorRequestBody::Restarted { node };
+                        if router.direct(peer, epoch, body).await.is_ok() {
+                            return;
+                        }
+                        drop(router);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        });
+    }
+
+    /// Re-attaches the local connections of users whose home is `node` under the current ring.
+    async fn reattach_homed_on(self: Arc<Self>, node: NodeId) {
+        let ring = self.ring();
+        let conns: Vec<Reattach> = lock(&self.connections)
+            .iter()
+            .filter(|(_, l)| ring.home_of_user(l.user) == Some(node))
+            .map(|(c, l)| Reattach {
+                conn: ConnRef {
+                    node: self.node_id,
+                    conn: *c,
+                },
+                user: l.user,
+                cursor: l.cursor.clone(),
+                actor: l.actor.clone(),
+            })
+            .collect();
+        if conns.is_empty() {
+            return;
+        }
+        tracing::info!(%node, conns = conns.len(), "a home node restarted; re-attaching its users' connections");
+        let failed = self.reattach_all(conns).await;
+        if !failed.is_empty() {
+            self.retry_reattach(ring.epoch(), failed);
+        }
+    }
+
+    /// Re-attaches connections, [`REATTACH_PARALLEL`] at a time; returns those that failed.
+    async fn reattach_all(self: &Arc<Self>, conns: Vec<Reattach>) -> Vec<Reattach> {
+        let mut failed = Vec::new();
+        let mut conns = conns.into_iter().peekable();
+        while conns.peek().is_some() {
+            let mut tasks = tokio::task::JoinSet::new();
+            for c in conns.by_ref().take(REATTACH_PARALLEL) {
+                let router = self.clone();
+                tasks.spawn(async move {
+                    match router.reattach(c.user, c.conn, c.cursor.get()).await {
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::debug!(user = %c.user, error = %e, "re-attach failed");
+                            Some(c)
+                        }
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                failed.extend(done.ok().flatten());
+            }
+        }
+        failed
+    }
+
+    /// Retries re-attaching connections whose home could not be reached (it may be dead and
+    /// not yet marked down) until a newer ring takes over the job, for at most
+    /// [`REATTACH_FOR`]; then closes them with a resumable code: left open, they would
+    /// silently stop receiving.
+    fn retry_reattach(&self, epoch: RingEpoch, mut failed: Vec<Reattach>) {
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut delay = Duration::from_millis(200);
+            while !failed.is_empty() {
+                tokio::time::sleep(delay).await;
+                let Some(router) = me.upgrade() else { return };
+                if router.meta.ring().epoch() > epoch {
+                    return;
+                }
+                failed.retain(|c| lock(&router.connections).contains_key(&c.conn.conn));
+                if started.elapsed() >= REATTACH_FOR {
+                    for c in failed {
+                        tracing::info!(user = %c.user, "cannot re-attach after a ring change; closing the connection");
+                        let _ = c.actor.send_message(ConnectionMsg::Close {
+                            code: chat_types::close::GOING_AWAY,
+                            reason: "the cluster changed; reconnect and resume".into(),
+                        });
+                    }
+                    return;
+                }
+                failed = router.reattach_all(failed).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
         });
     }

@@ -159,15 +159,17 @@ impl SessionState {
             }
             // The sender's own connection has the message from its ack; it only learns
             // where its cursor now is, so that a resume does not replay its own sends.
-            if let Some(o) = origin.filter(|o| {
-                self.conns
-                    .get(&o.node)
-                    .is_some_and(|conns| conns.contains(&o.conn))
-            }) {
+            if let Some(o) = origin.filter(|o| self.is_attached(o)) {
                 pushes.push((o.node, vec![o.conn], PushFrame::Cursor { event_seq }));
             }
         }
         Ok(pushes)
+    }
+
+    fn is_attached(&self, conn: &ConnRef) -> bool {
+        self.conns
+            .get(&conn.node)
+            .is_some_and(|conns| conns.contains(&conn.conn))
     }
 
     /// The user's connections by node, but `skip`.
@@ -209,7 +211,16 @@ impl SessionState {
         }
         let event = UserEvent::Read { conversation, seq };
         if let Some((_, event)) = self.append_event(event).await? {
+            let event_seq = event.event_seq;
             self.push(&router, PushFrame::Event(event), origin).await;
+            // The connection that marked it only learns where its cursor now is.
+            if let Some(o) = origin.filter(|o| self.is_attached(o)) {
+                let cursor = PushFrame::Cursor { event_seq };
+                if let Err(e) = router.push(o.node, vec![o.conn], cursor.clone()).await {
+                    tracing::info!(user = %self.user, node = %o.node, error = %e, "cursor push failed");
+                    router.retry_pushes(o.node, vec![(vec![o.conn], cursor)]);
+                }
+            }
         }
         for member in router.members_of(&conversation) {
             if member != self.user {
@@ -297,10 +308,12 @@ impl SessionState {
             if targets.is_empty() {
                 continue;
             }
-            if let Err(e) = router.push(*node, targets, frame.clone()).await {
-                tracing::warn!(user = %self.user, %node, error = %e, "push to node failed");
+            if let Err(e) = router.push(*node, targets.clone(), frame.clone()).await {
+                tracing::info!(user = %self.user, %node, error = %e, "push to node failed");
                 if router.is_gone(*node) {
                     gone.push(*node);
+                } else {
+                    router.retry_pushes(*node, vec![(targets, frame.clone())]);
                 }
             }
         }

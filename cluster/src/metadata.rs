@@ -588,6 +588,21 @@ fn spawn_failure_detector(meta: std::sync::Weak<Metadata>, timeout: Duration) {
             }
             let down = meta.read(|s| s.down_nodes().clone());
             let now = tokio::time::Instant::now();
+            // A leader is reachable from a quorum by definition: if it was marked down while
+            // it was cut off, and has now led for a few periods, it marks itself up (nobody
+            // else runs this detector while it leads).
+            let own = meta.node_id.0;
+            let streak = ok_streak.entry(own).or_insert(0);
+            *streak += 1;
+            if down.contains(&own) && *streak >= 3 {
+                tracing::info!(node = %meta.node_id, "leading while marked down; marking this node up");
+                let _ = meta
+                    .write(MetaCommand::SetNodeDown {
+                        node: own,
+                        down: false,
+                    })
+                    .await;
+            }
             for (node, info) in meta.nodes().iter() {
                 if *node == meta.node_id {
                     continue;
