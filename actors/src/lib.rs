@@ -25,7 +25,7 @@ pub use connection::{ConnRef, Outbound, PushFrame};
 pub use error::ActorError;
 pub use logs::LocalLogs;
 pub use offline::{OfflineNotice, OfflinePush};
-pub use router::{Router, RouterBreakage, RouterStats};
+pub use router::{LocalLogPage, Router, RouterBreakage, RouterStats};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {

@@ -28,7 +28,7 @@ use crate::connection::{
 };
 use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
 use crate::error::ActorError;
-use crate::logs::LocalLogs;
+use crate::logs::{LocalLogs, LogRef};
 use crate::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
 use crate::session::{SessionActor, SessionArgs, SessionMsg};
 
@@ -54,6 +54,16 @@ pub struct RouterStats {
     pub sessions: usize,
     /// Push requests sent to other nodes (one per node per batch).
     pub peer_push_requests: u64,
+}
+
+/// A page of one node's own copy of a conversation log ([`Router::local_log`]).
+#[derive(Clone, Debug)]
+pub struct LocalLogPage {
+    pub head: Seq,
+    pub delivered: Seq,
+    /// Whether this node is in the log's replica set under its current ring.
+    pub replica: bool,
+    pub entries: Vec<chat_storage::Written>,
 }
 
 /// Switches that break a guarantee on purpose, for tests that must see the checks fail.
@@ -170,6 +180,28 @@ impl Router {
             sessions: lock(&self.sessions).len(),
             peer_push_requests: self.peer_push_requests.load(Ordering::Relaxed),
         }
+    }
+
+    /// This node's own copy of a conversation log (whatever the ring says): its head, its
+    /// delivery watermark and up to `limit` entries after `after`, with the epoch each was
+    /// written under. For operators comparing replicas.
+    pub fn local_log(
+        &self,
+        conversation: ConversationId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<LocalLogPage, ActorError> {
+        let log = LogRef::Conversation(conversation);
+        let entries = match self.logs.read_after(log, after.0, limit.min(1000))? {
+            crate::logs::Entries::Messages(m) => m,
+            crate::logs::Entries::Events(_) => Vec::new(),
+        };
+        Ok(LocalLogPage {
+            head: Seq(self.logs.head(log)?),
+            delivered: Seq(self.logs.watermark(log)?),
+            replica: log.replicas(&self.ring()).contains(&self.node_id),
+            entries,
+        })
     }
 
     // ----- the client-facing operations -------------------------------------------------

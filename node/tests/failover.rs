@@ -81,6 +81,79 @@ async fn a_killed_owner_is_replaced_without_an_operator_and_rejoins_when_back() 
         history.messages.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
         (1..=7).collect::<Vec<_>>()
     );
+    // Replica by replica: the returned node's own copy holds the same entries as the others'.
+    let copies = must_agree_on_replicas(&trio.nodes, conv).await;
+    assert_eq!(copies.len(), 3, "three replicas of the log");
+    assert_eq!(copies[0].len(), 7);
+
+    // The operator endpoint answers bad input with clear errors.
+    let base = trio.nodes[0].base_url();
+    let (status, _) = harness::reqwest_lite::Client
+        .get(&format!("{base}/v1/admin/logs/{conv}"))
+        .await
+        .expect("get");
+    assert_eq!(status, 401, "the operator token is required");
+    for query in [
+        "dm:x?limit=5",
+        "{conv}?limit=0",
+        "{conv}?limit=5000",
+        "{conv}?after=-1",
+    ] {
+        let url = format!(
+            "{base}/v1/admin/logs/{}",
+            query.replace("{conv}", &conv.to_string())
+        );
+        let v = harness::reqwest_lite::Client
+            .get_json_authorized(&url, harness::ADMIN_TOKEN)
+            .await
+            .expect("get");
+        assert_eq!(v["code"], "invalid_argument", "{query}: {v}");
+    }
+}
+
+/// Polls every node's own copy of `conv` (`GET /v1/admin/logs/...`) until the replicas hold
+/// identical entries (seq, writer's epoch, digest), for up to 10 s; returns the copies.
+async fn must_agree_on_replicas(
+    nodes: &[harness::NodeProc],
+    conv: chat_types::ConversationId,
+) -> Vec<Vec<(u64, u64, String)>> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut copies = Vec::new();
+        for n in nodes {
+            let v = harness::reqwest_lite::Client
+                .get_json_authorized(
+                    &format!("{}/v1/admin/logs/{conv}?limit=1000", n.base_url()),
+                    harness::ADMIN_TOKEN,
+                )
+                .await
+                .expect("local log");
+            if v["replica"] != true {
+                continue;
+            }
+            let entries: Vec<(u64, u64, String)> = v["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| {
+                    (
+                        e["seq"].as_u64().expect("seq"),
+                        e["epoch"].as_u64().expect("epoch"),
+                        e["digest"].as_str().expect("digest").to_owned(),
+                    )
+                })
+                .collect();
+            copies.push(entries);
+        }
+        if copies.windows(2).all(|w| w[0] == w[1]) {
+            return copies;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still differ after 10 s: {copies:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,3 +176,81 @@ pub async fn rebuild_search(state: web::Data<AppState>, req: HttpRequest) -> Htt
         ),
     }
 }
+
+/// `GET /v1/admin/logs/{conversation}?after=0&limit=500`: this node's own copy of a
+/// conversation log, whatever the ring says (the owner's answer is what clients read): its
+/// head, delivery watermark, whether the node is a replica under its ring, and the entries
+/// after `after` (at most 1000), each with the epoch it was written under and a digest of
+/// the message, so that replicas can be compared entry by entry without their bodies.
+pub async fn local_log(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    if let Err(e) = check_admin(&state, &req) {
+        return error_response(&state, e);
+    }
+    let conversation: chat_types::ConversationId = match path.parse() {
+        Ok(c) => c,
+        Err(e) => {
+            return error_response(
+                &state,
+                WireError::new(ErrorCode::InvalidArgument, format!("conversation: {e}")),
+            )
+        }
+    };
+    let params = super::query_params(&req);
+    let number = |key: &str, default: u64| -> Result<u64, WireError> {
+        params.get(key).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| {
+                WireError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("{key} must be a whole number"),
+                )
+            })
+        })
+    };
+    let (after, limit) = match (number("after", 0), number("limit", 500)) {
+        (Ok(a), Ok(l)) if (1..=1000).contains(&l) => (a, l),
+        (Err(e), _) | (_, Err(e)) => return error_response(&state, e),
+        _ => {
+            return error_response(
+                &state,
+                WireError::new(ErrorCode::InvalidArgument, "limit is 1 to 1000"),
+            )
+        }
+    };
+    let page = match state
+        .router
+        .local_log(conversation, chat_types::Seq(after), limit as usize)
+    {
+        Ok(p) => p,
+        Err(e) => return error_response(&state, e.to_wire()),
+    };
+    let entries: Vec<_> = page
+        .entries
+        .iter()
+        .map(|w| {
+            let m = &w.message;
+            let digest = serde_json::to_vec(m)
+                .map(|bytes| hex::encode(&Sha256::digest(&bytes)[..8]))
+                .unwrap_or_default();
+            json!({
+                "seq": m.seq,
+                "epoch": w.epoch,
+                "sender": m.sender,
+                "client_msg_id": m.client_msg_id,
+                "digest": digest,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "node_id": state.meta.node_id(),
+        "conversation": conversation,
+        "ring_epoch": state.meta.ring().epoch(),
+        "replica": page.replica,
+        "head": page.head,
+        "delivered": page.delivered,
+        "entries": entries,
+    }))
+}

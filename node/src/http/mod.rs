@@ -109,6 +109,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/v1/admin/drain", web::post().to(admin::drain))
         .route(
+            "/v1/admin/logs/{conversation}",
+            web::get().to(admin::local_log),
+        )
+        .route(
             "/v1/admin/search/rebuild",
             web::post().to(admin::rebuild_search),
         )

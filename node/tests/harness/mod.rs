@@ -248,6 +248,29 @@ pub mod reqwest_lite {
             let (_, body) = self.get(url).await?;
             serde_json::from_str(&body).map_err(std::io::Error::other)
         }
+
+        /// GET with a bearer token; the body as JSON.
+        pub async fn get_json_authorized(
+            &self,
+            url: &str,
+            token: &str,
+        ) -> std::io::Result<serde_json::Value> {
+            let rest = url.strip_prefix("http://").unwrap_or(url);
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let mut s = tokio::net::TcpStream::connect(host).await?;
+            let req = format!(
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            serde_json::from_str(body).map_err(std::io::Error::other)
+        }
     }
 }
 
