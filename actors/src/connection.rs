@@ -482,7 +482,11 @@ mod tests {
             expires_ms: 1,
         });
         settle(&actor).await;
-        assert_eq!(received(&mut rx), ["typing"], "5 waits for 4; typing does not");
+        assert_eq!(
+            received(&mut rx),
+            ["typing"],
+            "5 waits for 4; typing does not"
+        );
         push(read(4));
         push(PushFrame::Cursor {
             event_seq: EventSeq(6),
