@@ -578,16 +578,31 @@ fn spawn_failure_detector(meta: std::sync::Weak<Metadata>, timeout: Duration) {
     tokio::spawn(async move {
         let mut last_ok: HashMap<u64, tokio::time::Instant> = HashMap::new();
         let mut ok_streak: HashMap<u64, u32> = HashMap::new();
+        // The leader seen while following: when this node takes over, that one has been
+        // silent for at least an election timeout already.
+        let mut previous_leader: Option<u64> = None;
+        let mut leading = false;
         loop {
             tokio::time::sleep(period).await;
             let Some(meta) = meta.upgrade() else { return };
             if !meta.is_leader() {
                 last_ok.clear();
                 ok_streak.clear();
+                leading = false;
+                previous_leader = meta.leader().map(|l| l.0).or(previous_leader);
                 continue;
             }
             let down = meta.read(|s| s.down_nodes().clone());
             let now = tokio::time::Instant::now();
+            if !leading {
+                leading = true;
+                // An election happened because the old leader went quiet: it is marked down
+                // at the first ping it fails, not a whole failure timeout after this node
+                // took over (so a killed leader's share moves about as fast as a follower's).
+                if let Some(old) = previous_leader.filter(|l| *l != meta.node_id.0) {
+                    last_ok.insert(old, now.checked_sub(timeout).unwrap_or(now));
+                }
+            }
             // A leader is reachable from a quorum by definition: if it was marked down while
             // it was cut off, and has now led for a few periods, it marks itself up (nobody
             // else runs this detector while it leads).

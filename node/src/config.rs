@@ -128,7 +128,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 150,
             election_timeout_min_ms: 800,
             election_timeout_max_ms: 1600,
-            failure_timeout_ms: 2000,
+            failure_timeout_ms: 1500,
         }
     }
 }
