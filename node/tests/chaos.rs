@@ -14,13 +14,15 @@
 //!
 //! `cargo test --workspace --test chaos` runs the CI subset (the tests not ignored, short
 //! durations). `scripts/chaos` runs every test, ignored ones included, with `CHAOS_FULL=1`
-//! (long durations, more load) and prints the figures. A test is ignored either because it
-//! belongs to the full set only, or because it exposes a product bug named in its reason.
+//! (long durations, more load) and prints the figures. A test is ignored because it belongs to
+//! the full set only.
 
 mod harness;
 
 #[path = "chaos/cluster.rs"]
 mod cluster;
+#[path = "chaos/docker.rs"]
+mod docker;
 #[path = "chaos/links.rs"]
 mod links;
 #[path = "chaos/load.rs"]
@@ -97,29 +99,31 @@ async fn must_run_in_namespaces(plan: Plan) -> Option<Vec<scenarios::Figures>> {
 
 // ----- the CI subset -------------------------------------------------------------------------
 
-/// The faults that change the ring (a node leaves it and comes back) break pushes to open
-/// connections (the bugs below), but what is stored must survive them all: this runs them in
-/// a row on one cluster and judges the histories. The full-contract versions are ignored.
+/// Every fault that changes the ring or the nodes, in a row on one cluster, each judged on
+/// the whole contract: what is stored and what is pushed to connections that stay open. The
+/// longer versions, one cluster per fault, are the full set below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_survive_kills_partitions_pauses_and_flapping_in_order_once() {
+async fn kills_partitions_pauses_flapping_restarts_and_a_drain_lose_and_miss_nothing() {
     let ci = vec![
         Fault::KillOwner { down: secs(4) },
         Fault::KillLeader { down: secs(4) },
         Fault::PartitionFollower { cut: secs(6) },
         Fault::PauseLeader { pause: secs(5) },
         Fault::Flapping { total: secs(8) },
+        Fault::RollingRestart,
+        Fault::AddThenDrain,
     ];
     let figures = must_run_on_processes(Plan::new(ci.clone(), ci)).await;
-    scenarios::assert_histories_ok(&figures);
+    scenarios::assert_all_ok(&figures);
 }
 
 /// The same for a partition made of dropped packets (iptables in network namespaces), where
 /// the cut-off node's peer connections hang instead of failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_survive_a_partition_that_drops_packets_in_order_once() {
+async fn a_partition_that_drops_packets_loses_and_misses_nothing() {
     let ci = vec![Fault::PartitionFollower { cut: secs(6) }];
     if let Some(figures) = must_run_in_namespaces(Plan::new(ci.clone(), ci)).await {
-        scenarios::assert_histories_ok(&figures);
+        scenarios::assert_all_ok(&figures);
     }
 }
 
@@ -169,18 +173,10 @@ async fn clients_cut_off_all_at_once_resume_without_a_gap() {
     .await;
 }
 
-// ----- exposing product bugs (see "Fault scenarios under load" in docs/reliability.md) -------
-
-// Connections that stay open while the ring changes miss pushes: on a ring change every node
-// re-attaches its connections to the users' new homes without a cursor, so the new home never
-// pushes what it appended before the re-attach arrived (in particular the messages the new
-// owner of a conversation delivers again right after taking over), and pushes to a node that
-// cannot be reached are dropped for clients that never reconnect. After a ring change the
-// restarted conversation actor and the stopped one's delivery task also deliver the same
-// messages concurrently, and their pushes can overtake each other.
+// ----- the full set: one fault per cluster, longer under CHAOS_FULL=1 ---------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: open connections miss pushes across a ring change (re-attach without a cursor); see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn killing_the_owner_of_busy_conversations_loses_and_misses_nothing() {
     must_keep_the_contract_on_processes(
         vec![Fault::KillOwner { down: secs(5) }],
@@ -190,7 +186,7 @@ async fn killing_the_owner_of_busy_conversations_loses_and_misses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: open connections miss pushes across a ring change, and pushes of one conversation overtake each other; see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn killing_the_raft_leader_loses_and_misses_nothing() {
     must_keep_the_contract_on_processes(
         vec![Fault::KillLeader { down: secs(5) }],
@@ -200,7 +196,7 @@ async fn killing_the_raft_leader_loses_and_misses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: connections on a cut-off node miss every push of the partition; a leader marked down never marks itself up (cluster stuck); see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn a_partitioned_node_loses_nothing_and_its_clients_miss_nothing() {
     must_keep_the_contract_on_processes(
         vec![Fault::PartitionFollower { cut: secs(8) }],
@@ -213,7 +209,7 @@ async fn a_partitioned_node_loses_nothing_and_its_clients_miss_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: open connections miss pushes across a ring change, and pushes of one conversation overtake each other; see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn flapping_partitions_lose_and_miss_nothing() {
     must_keep_the_contract_on_processes(
         vec![Fault::Flapping { total: secs(10) }],
@@ -223,7 +219,7 @@ async fn flapping_partitions_lose_and_miss_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: connections on a cut-off node miss every push of the partition; see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn partitions_that_drop_packets_in_network_namespaces_lose_and_miss_nothing() {
     must_keep_the_contract_in_namespaces(
         vec![Fault::PartitionFollower { cut: secs(8) }],
@@ -237,7 +233,7 @@ async fn partitions_that_drop_packets_in_network_namespaces_lose_and_miss_nothin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: open connections miss pushes across a ring change, and pushes of one conversation overtake each other; see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn a_leader_stopped_past_the_election_timeout_loses_and_misses_nothing() {
     must_keep_the_contract_on_processes(
         vec![Fault::PauseLeader { pause: secs(5) }],
@@ -246,21 +242,201 @@ async fn a_leader_stopped_past_the_election_timeout_loses_and_misses_nothing() {
     .await;
 }
 
-// ----- the full set only (and exposing bugs too) ------------------------------------------------
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "full set (scripts/chaos); bug: open connections miss pushes across a ring change; see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn a_rolling_restart_of_every_node_loses_and_misses_nothing() {
     must_keep_the_contract_on_processes(vec![Fault::RollingRestart], vec![Fault::RollingRestart])
         .await;
 }
 
-// A drained node keeps serving requests already on their way to its conversation actors: the
-// actor catches up under the new ring (where it is not a member), seals the replicas at the
-// new epoch and writes at the same epoch as the real new owner, so both assign a seq and one
-// acknowledged message disappears from the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "full set (scripts/chaos); bug: a drained node still writes at the new epoch and an acknowledged message is lost; see docs/reliability.md"]
+#[ignore = "full set (scripts/chaos)"]
 async fn adding_a_fourth_node_then_draining_the_first_loses_and_misses_nothing() {
     must_keep_the_contract_on_processes(vec![Fault::AddThenDrain], vec![Fault::AddThenDrain]).await;
+}
+
+// ----- the Docker backend --------------------------------------------------------------------
+
+/// The figures of `plan` on three containers (`docker::DockerCluster`), each with its `/data`
+/// on a small disk of its own if `disk` is given; `None` (and a message) where no Docker engine
+/// answers or, with `disk`, where mounting is not permitted.
+async fn must_run_in_docker(
+    plan: Plan,
+    disk: Option<cluster::DiskSize>,
+) -> Option<Vec<scenarios::Figures>> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let root = scratch();
+    let cluster = match docker::DockerCluster::try_start(root.path(), disk).await {
+        Ok(c) => c,
+        Err(reason) => {
+            eprintln!("SKIPPED: {reason}");
+            return None;
+        }
+    };
+    let mut bench = Bench::must_wrap(cluster, 3).await;
+    let figures = scenarios::must_run_all(&mut bench, &plan, "cd").await;
+    scenarios::print_table(&figures);
+    Some(figures)
+}
+
+/// A follower's container cut off the other nodes with `docker network disconnect` (its
+/// clients still reach it through its published port), then the leader's container frozen
+/// with `docker pause`: judged on what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_a_disconnected_and_a_paused_container_in_order_once() {
+    let ci = vec![
+        Fault::PartitionFollower { cut: secs(6) },
+        Fault::PauseLeader { pause: secs(5) },
+    ];
+    if let Some(figures) = must_run_in_docker(Plan::new(ci.clone(), ci), None).await {
+        scenarios::assert_histories_ok(&figures);
+    }
+}
+
+// A killed container's address stops answering (no RST, unlike a killed process on
+// loopback): dials to it hang, and the whole metadata group stalls with it (elections between
+// the two live nodes time out) for 15-30 s instead of marking the dead node down within 2 s;
+// once, the leader marked a live node down instead. And pushes addressed to connections by
+// (node, connection number) reach whoever holds that number after the node restarts, since
+// the numbers start at 1 again: another user's connection (a non-member got 91 pushes of a
+// direct conversation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a killed container stalls the metadata group for 15-30 s (dials to its dead address block every peer request), and pushes reach another user's connection after the node restarts (connection numbers reused); see docs/reliability.md"]
+async fn acknowledged_messages_survive_a_killed_container_and_a_disconnected_one_in_order_once() {
+    let ci = vec![
+        Fault::KillOwner { down: secs(4) },
+        Fault::PartitionFollower { cut: secs(6) },
+    ];
+    if let Some(figures) = must_run_in_docker(Plan::new(ci.clone(), ci), None).await {
+        scenarios::assert_histories_ok(&figures);
+    }
+}
+
+/// Every container fault at full length: docker kill, disconnect, pause, docker stop and start
+/// of every node in turn, a slow link; judged on what is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full set (scripts/chaos); bug: a killed container stalls the metadata group, and pushes reach another user's connection after a restart; see docs/reliability.md"]
+async fn containers_killed_disconnected_paused_and_restarted_keep_every_acknowledged_message() {
+    let faults = vec![
+        Fault::PartitionFollower { cut: secs(30) },
+        Fault::PauseLeader { pause: secs(10) },
+        Fault::SlowLink {
+            delay: Duration::from_millis(200),
+            total: secs(30),
+        },
+        Fault::RollingRestart,
+        Fault::KillOwner { down: secs(15) },
+        Fault::KillLeader { down: secs(15) },
+    ];
+    if let Some(figures) = must_run_in_docker(Plan::new(faults.clone(), faults), None).await {
+        scenarios::assert_histories_ok(&figures);
+    }
+}
+
+// ----- disk full -----------------------------------------------------------------------------
+
+/// Each node's data directory is a tmpfs of 48 MiB, grown to 192 MiB when the filler goes
+/// (see `cluster::DiskSize` for why).
+const SMALL_DISK: cluster::DiskSize = cluster::DiskSize {
+    start: 48 << 20,
+    freed: 192 << 20,
+};
+
+/// The figures of `plan` on three processes whose data directories are small disks; `None`
+/// (and a message) where mounting a tmpfs is not permitted.
+async fn must_run_on_processes_with_small_disks(plan: Plan) -> Option<Vec<scenarios::Figures>> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let root = scratch();
+    let cluster = match ProcCluster::try_start_with_disks(root.path(), SMALL_DISK).await {
+        Ok(c) => c,
+        Err(reason) => {
+            eprintln!("SKIPPED: a small disk per node is not available here: {reason}");
+            return None;
+        }
+    };
+    let mut bench = Bench::must_wrap(cluster, 3).await;
+    let figures = scenarios::must_run_all(&mut bench, &plan, "cf").await;
+    scenarios::print_table(&figures);
+    Some(figures)
+}
+
+/// A follower's disk fills up under load and is freed again; the node is restarted (SIGTERM,
+/// start) if it still cannot write metadata 20 s later, which it cannot (the bug below).
+/// Nothing acknowledged may be lost or repeated, the sends that fail must be answered with an
+/// error, and every conversation must be served again. Judged on what is stored: the restart
+/// is a ring change, across which open connections miss pushes (bug A).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_nothing_and_a_restart_brings_the_node_back() {
+    let plan = Plan::new(
+        vec![Fault::DiskFull {
+            hold: secs(6),
+            restart: true,
+        }],
+        vec![Fault::DiskFull {
+            hold: secs(30),
+            restart: true,
+        }],
+    );
+    if let Some(figures) = must_run_on_processes_with_small_disks(plan).await {
+        scenarios::assert_histories_ok(&figures);
+    }
+}
+
+// On the write that finds the disk full, openraft's RaftCore stops for good (a storage error
+// is fatal to it): the node keeps serving its conversations once RocksDB resumes, but every
+// metadata write through it (registration, login) answers "cluster metadata is unavailable"
+// until it is restarted, it applies no ring change, and its /readyz still says ready with
+// the leader and ring it last knew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: after its disk was full a node never writes metadata again until restarted (openraft's RaftCore stops on the failed log write) and /readyz still says ready; see docs/reliability.md"]
+async fn a_full_disk_loses_nothing_and_the_node_serves_again_once_space_is_freed() {
+    let plan = Plan::new(
+        vec![Fault::DiskFull {
+            hold: secs(6),
+            restart: false,
+        }],
+        vec![Fault::DiskFull {
+            hold: secs(30),
+            restart: false,
+        }],
+    );
+    if let Some(figures) = must_run_on_processes_with_small_disks(plan).await {
+        scenarios::assert_all_ok(&figures);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full set (scripts/chaos)"]
+async fn a_full_disk_in_a_container_loses_nothing_and_a_restart_brings_the_node_back() {
+    let faults = vec![Fault::DiskFull {
+        hold: secs(30),
+        restart: true,
+    }];
+    let plan = Plan::new(faults.clone(), faults);
+    if let Some(figures) = must_run_in_docker(plan, Some(SMALL_DISK)).await {
+        scenarios::assert_histories_ok(&figures);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full set (scripts/chaos)"]
+async fn a_full_disk_in_a_network_namespace_loses_nothing_and_a_restart_brings_the_node_back() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let root = scratch();
+    let cluster = match NetnsCluster::try_start_with_disks(root.path(), SMALL_DISK).await {
+        Ok(c) => c,
+        Err(reason) => {
+            eprintln!("SKIPPED: network namespaces or small disks are not available: {reason}");
+            return;
+        }
+    };
+    let faults = vec![Fault::DiskFull {
+        hold: secs(30),
+        restart: true,
+    }];
+    let mut bench = Bench::must_wrap(cluster, 3).await;
+    let figures =
+        scenarios::must_run_all(&mut bench, &Plan::new(faults.clone(), faults), "cg").await;
+    scenarios::print_table(&figures);
+    scenarios::assert_histories_ok(&figures);
 }

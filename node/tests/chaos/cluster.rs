@@ -46,6 +46,117 @@ pub trait Cluster {
     fn add_node(&mut self) -> usize;
     /// The end of slot `i`'s log.
     fn log_tail(&self, i: usize) -> String;
+    /// Fills the file system holding slot `i`'s data directory to the last byte with a file
+    /// of the test's; the filler's size. `Err` when the backend was started without a small
+    /// disk per node (see [`SmallDisk`]).
+    fn fill_disk(&mut self, i: usize) -> Result<u64, String>;
+    /// Deletes the filler of [`Cluster::fill_disk`] (and grows the disk, see [`DiskSize`]).
+    fn free_disk(&mut self, i: usize);
+}
+
+/// The sizes of a [`SmallDisk`]: what it starts with, and what it grows to when the filler
+/// is deleted.
+///
+/// Why two: RocksDB reserves its write-ahead log 70 MiB at a time (1.1 times the 64 MiB
+/// write buffer, `fallocate`), so on a disk that had room for that reservation a full disk is
+/// only felt when the log is switched, minutes later at the load of these tests; and after a
+/// "no space" error RocksDB resumes writing by itself only once 64 MiB are free. A disk that
+/// starts smaller than the reservation (RocksDB ignores the failed `fallocate`) fails the
+/// node's writes as soon as it is full; growing it when the filler goes, as an operator who
+/// extends a volume does, leaves room for both.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskSize {
+    pub start: u64,
+    pub freed: u64,
+}
+
+/// A small file system of its own for one node's data directory: a tmpfs mounted over the
+/// (empty) directory, so that a test can fill it up. Unmounted on drop.
+pub struct SmallDisk {
+    path: std::path::PathBuf,
+    size: DiskSize,
+}
+
+impl SmallDisk {
+    /// The name of the file the test fills the disk with.
+    const FILLER: &'static str = "chaos-disk-filler";
+
+    /// Mounts a tmpfs of `size.start` over `path` (created when missing), owned by `owner`
+    /// (uid, gid) if given; `Err` with the reason where mounting is not permitted.
+    pub fn try_mount(
+        path: &Path,
+        size: DiskSize,
+        owner: Option<(u32, u32)>,
+    ) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut opts = format!("size={},mode=0755", size.start);
+        if let Some((uid, gid)) = owner {
+            opts.push_str(&format!(",uid={uid},gid={gid}"));
+        }
+        mount(&["-t", "tmpfs", "-o", &opts, "tmpfs"], path)?;
+        Ok(SmallDisk {
+            path: path.to_owned(),
+            size,
+        })
+    }
+
+    /// Writes the filler until the file system has no byte left; its size.
+    pub fn fill(&self) -> Result<u64, String> {
+        use std::io::Write;
+        let path = self.path.join(Self::FILLER);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut written = 0u64;
+        // Big blocks first, then smaller ones for what is left.
+        for block in [1 << 20, 64 << 10, 4 << 10, 512, 1] {
+            let buf = vec![0u8; block];
+            loop {
+                match f.write(&buf) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Deletes the filler and grows the file system to `size.freed`.
+    pub fn free(&self) -> Result<(), String> {
+        let filler = self.path.join(Self::FILLER);
+        if filler.exists() {
+            std::fs::remove_file(&filler).map_err(|e| format!("{}: {e}", filler.display()))?;
+        }
+        let opts = format!("remount,size={}", self.size.freed);
+        mount(&["-o", &opts], &self.path)
+    }
+}
+
+fn mount(args: &[&str], path: &Path) -> Result<(), String> {
+    let out = Command::new("mount")
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|e| format!("run mount: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {args:?} {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
 
 /// `chat-node` processes on loopback (the test harness's [`NodeProc`]). Partitions and slow
@@ -53,6 +164,8 @@ pub trait Cluster {
 pub struct ProcCluster {
     root: std::path::PathBuf,
     nodes: Vec<NodeProc>,
+    /// Each slot's small disk, if it has one (unmounted after `nodes` are dropped).
+    disks: Vec<Option<SmallDisk>>,
     paused: Vec<bool>,
     cut: BTreeSet<usize>,
     delay: BTreeMap<usize, Duration>,
@@ -61,11 +174,27 @@ pub struct ProcCluster {
 impl ProcCluster {
     /// Three nodes, formed and ready.
     pub async fn must_start(root: &Path) -> ProcCluster {
+        Self::must_start_on(root, Vec::new()).await
+    }
+
+    /// Three nodes whose data directories are each on a small disk of their own (for
+    /// [`Cluster::fill_disk`]); `Err` with the reason where mounting is not permitted.
+    pub async fn try_start_with_disks(root: &Path, size: DiskSize) -> Result<ProcCluster, String> {
+        let mut disks = Vec::new();
+        // The harness names the nodes n1, n2, n3 and keeps their data in `root/<name>`.
+        for name in ["n1", "n2", "n3"] {
+            disks.push(Some(SmallDisk::try_mount(&root.join(name), size, None)?));
+        }
+        Ok(Self::must_start_on(root, disks).await)
+    }
+
+    async fn must_start_on(root: &Path, disks: Vec<Option<SmallDisk>>) -> ProcCluster {
         let trio = harness::must_start_trio(root, &[]).await;
         ProcCluster {
             root: root.to_owned(),
             paused: vec![false; trio.nodes.len()],
             nodes: trio.nodes,
+            disks,
             cut: BTreeSet::new(),
             delay: BTreeMap::new(),
         }
@@ -180,6 +309,20 @@ impl Cluster for ProcCluster {
 
     fn log_tail(&self, i: usize) -> String {
         self.nodes[i].log_tail()
+    }
+
+    fn fill_disk(&mut self, i: usize) -> Result<u64, String> {
+        match self.disks.get(i) {
+            Some(Some(d)) => d.fill(),
+            _ => Err(format!("slot {i} has no small disk of its own")),
+        }
+    }
+
+    fn free_disk(&mut self, i: usize) {
+        if let Some(Some(d)) = self.disks.get(i) {
+            d.free()
+                .unwrap_or_else(|e| panic!("freeing slot {i}'s disk: {e}"));
+        }
     }
 }
 

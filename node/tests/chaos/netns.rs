@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cluster::{must_set_faults, Cluster};
+use crate::cluster::{must_set_faults, Cluster, DiskSize, SmallDisk};
 use crate::harness::ADMIN_TOKEN;
 
 fn run(args: &[&str]) -> Result<(), String> {
@@ -99,6 +99,8 @@ pub struct NetnsCluster {
     root: PathBuf,
     nodes: Vec<NsNode>,
     forward_rule: bool,
+    /// Each slot's small disk, if it has one (unmounted after the nodes are killed).
+    disks: Vec<Option<SmallDisk>>,
 }
 
 impl Drop for NetnsCluster {
@@ -124,6 +126,16 @@ impl NetnsCluster {
     /// Creates the bridge and three namespaces and starts a node in each; `Err` with the
     /// reason when this machine does not allow network namespaces (the caller skips).
     pub async fn try_start(root: &Path) -> Result<NetnsCluster, String> {
+        Self::try_start_on(root, None).await
+    }
+
+    /// As [`NetnsCluster::try_start`], each node's data directory on a small disk of its own
+    /// (for [`Cluster::fill_disk`]); `Err` also where mounting is not permitted.
+    pub async fn try_start_with_disks(root: &Path, size: DiskSize) -> Result<NetnsCluster, String> {
+        Self::try_start_on(root, Some(size)).await
+    }
+
+    async fn try_start_on(root: &Path, disk: Option<DiskSize>) -> Result<NetnsCluster, String> {
         let pid = std::process::id();
         let tag = format!("{}", pid % 100_000);
         let net = format!("10.{}.{}", 200 + pid % 50, (pid / 50) % 250);
@@ -137,6 +149,7 @@ impl NetnsCluster {
             root: root.to_owned(),
             nodes: Vec::new(),
             forward_rule: false,
+            disks: Vec::new(),
         };
         run(&["ip", "link", "add", &c.bridge, "type", "bridge"])?;
         run(&[
@@ -153,6 +166,10 @@ impl NetnsCluster {
         c.forward_rule = run(&c.forward_args("-I")).is_ok();
         for i in 0..3 {
             c.add_slot()?;
+            if let Some(size) = disk {
+                let d = SmallDisk::try_mount(&c.nodes[i].data_dir, size, None)?;
+                c.disks.push(Some(d));
+            }
             if i == 0 {
                 c.nodes[0].start();
                 must_ready(&c.nodes[0].http(), 1, &c.nodes[0]).await;
@@ -346,5 +363,19 @@ impl Cluster for NetnsCluster {
 
     fn log_tail(&self, i: usize) -> String {
         self.nodes[i].log_tail()
+    }
+
+    fn fill_disk(&mut self, i: usize) -> Result<u64, String> {
+        match self.disks.get(i) {
+            Some(Some(d)) => d.fill(),
+            _ => Err(format!("slot {i} has no small disk of its own")),
+        }
+    }
+
+    fn free_disk(&mut self, i: usize) {
+        if let Some(Some(d)) = self.disks.get(i) {
+            d.free()
+                .unwrap_or_else(|e| panic!("freeing slot {i}'s disk: {e}"));
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! same cluster, injects its faults, heals, measures how the cluster comes back, stops the
 //! load and judges every conversation with the history checker.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chat_loadtest::Violation;
@@ -37,6 +37,13 @@ pub enum Fault {
     RollingRestart,
     /// A fourth node joins, then the first one drains and stops.
     AddThenDrain,
+    /// Fill the disk of the busiest owner (not the leader) to the last byte, hold it full for
+    /// `hold` (registering a user through another node meanwhile, so every node must append
+    /// to its Raft log), then delete the filler. The node must answer with errors rather than
+    /// hang or crash, and then serve again: its conversations, and a registration through it
+    /// (a metadata write). With `restart`, a node that still cannot write metadata 20 s after
+    /// the space is freed is restarted (SIGTERM, start), and that is noted.
+    DiskFull { hold: Duration, restart: bool },
 }
 
 impl Fault {
@@ -53,6 +60,8 @@ impl Fault {
             Fault::DropAcks { .. } => "drop acks",
             Fault::RollingRestart => "rolling restart",
             Fault::AddThenDrain => "add 4th, drain 1st",
+            Fault::DiskFull { restart: false, .. } => "disk full",
+            Fault::DiskFull { restart: true, .. } => "disk full, restart if stuck",
         }
     }
 }
@@ -126,12 +135,24 @@ pub struct Figures {
     /// For each missed or misordered push: when it was acked and what the observer's
     /// connections went through.
     pub diagnostics: Vec<String>,
+    /// What the scenario itself requires and did not get (e.g. a node that never served
+    /// again after its fault was undone).
+    pub problems: Vec<String>,
 }
 
 impl Figures {
     /// The whole contract held: the stored histories and every push.
     pub fn ok(&self) -> bool {
         self.outcome.report.ok() && self.history_ok()
+    }
+
+    /// The verdict and the scenario's own problems, in one line.
+    pub fn verdict(&self) -> String {
+        let mut v = self.outcome.report.verdict_line();
+        for p in &self.problems {
+            v.push_str(&format!("; PROBLEM: {p}"));
+        }
+        v
     }
 
     /// The contract held for what is stored: nothing acknowledged lost, no duplicate, no gap,
@@ -141,6 +162,7 @@ impl Figures {
         self.outcome.report.violations.iter().all(is_about_pushes)
             && self.outcome.history_mismatches.is_empty()
             && self.reconnects_given_up == 0
+            && self.problems.is_empty()
     }
 
     /// Violations about pushes to open connections only.
@@ -220,8 +242,15 @@ async fn must_run<C: Cluster>(
     tokio::time::sleep(plan.warm).await;
     let mut losses = Vec::new();
     let mut notes = Vec::new();
+    let mut problems = Vec::new();
     let fault_at = load.at(Instant::now());
-    inject(bench, &load, fault, &mut losses, &mut notes).await;
+    let mut record = Record {
+        losses: &mut losses,
+        notes: &mut notes,
+        problems: &mut problems,
+        prefix,
+    };
+    inject(bench, &load, fault, &mut record).await;
     let heal_at = load.at(Instant::now());
     let converge = bench.must_converge().await;
     let healed = Instant::now();
@@ -331,6 +360,7 @@ async fn must_run<C: Cluster>(
         served_again,
         errors,
         diagnostics,
+        problems,
     }
 }
 
@@ -420,13 +450,101 @@ async fn sleep_until(t: Instant) {
     tokio::time::sleep_until(t.into()).await;
 }
 
+/// What a fault's injection records besides its effect on the load.
+struct Record<'a> {
+    losses: &'a mut Vec<Loss>,
+    notes: &'a mut Vec<String>,
+    problems: &'a mut Vec<String>,
+    /// The scenario's prefix, for names the injection makes up.
+    prefix: &'a str,
+}
+
+/// The load's client errors by kind so far.
+fn error_counts(load: &Load) -> BTreeMap<String, u64> {
+    crate::cluster::lock(&load.stats.errors).clone()
+}
+
+/// The errors counted since `before`, by kind.
+fn errors_since(load: &Load, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    error_counts(load)
+        .into_iter()
+        .map(|(k, n)| {
+            let was = before.get(&k).copied().unwrap_or(0);
+            (k, n - was)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Kinds of client error that are not an answer from a node.
+const NOT_ANSWERS: &[&str] = &["timeout", "closed", "ws", "http", "protocol"];
+
+/// Registers a new user through slot `i` (a metadata write: a Raft entry every node appends).
+async fn register_through<C: Cluster>(
+    bench: &Bench<C>,
+    i: usize,
+    name: &str,
+) -> Result<(), String> {
+    let url = format!("http://{}", bench.cluster.http_addr(i));
+    let api = chat_client::HttpApi::with_timeout(&url, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    api.register(name, "chaos-password")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Registers users through slot `i` until one succeeds or `limit` passes; how long it took,
+/// or the last error.
+async fn must_try_register<C: Cluster>(
+    bench: &Bench<C>,
+    i: usize,
+    name: &str,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut k = 0;
+    loop {
+        let last = match register_through(bench, i, &format!("{name}{k}")).await {
+            Ok(()) => return Ok(started.elapsed()),
+            Err(e) => e,
+        };
+        if started.elapsed() > limit {
+            return Err(last);
+        }
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether slot `i` answers `/healthz`.
+async fn answers<C: Cluster>(bench: &Bench<C>, i: usize) -> bool {
+    let url = format!("http://{}/healthz", bench.cluster.http_addr(i));
+    matches!(
+        crate::cluster::http_json("GET", &url, None).await,
+        Ok((200, _))
+    )
+}
+
+fn describe(errors: &BTreeMap<String, u64>) -> String {
+    if errors.is_empty() {
+        return "none".into();
+    }
+    errors
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn inject<C: Cluster>(
     bench: &mut Bench<C>,
     load: &Load,
     fault: &Fault,
-    losses: &mut Vec<Loss>,
-    notes: &mut Vec<String>,
+    rec: &mut Record<'_>,
 ) {
+    let losses = &mut *rec.losses;
+    let notes = &mut *rec.notes;
     match fault {
         Fault::KillOwner { down } => {
             let leader = must_leader(bench).await;
@@ -563,6 +681,87 @@ async fn inject<C: Cluster>(
                 convs,
             });
         }
+        Fault::DiskFull { hold, restart } => {
+            let leader = must_leader(bench).await;
+            let victim = busiest(bench, load, Some(leader)).await;
+            let convs = owned_by(bench, load, victim).await;
+            let before = error_counts(load);
+            let acked_before = load.acked();
+            let filled = bench
+                .cluster
+                .fill_disk(victim)
+                .unwrap_or_else(|e| panic!("filling slot {victim}'s disk: {e}"));
+            let at = Instant::now();
+            notes.push(format!(
+                "slot {victim}'s disk filled ({} MiB filler)",
+                filled >> 20
+            ));
+            // A metadata change while the disk is full, which every node appends to its
+            // Raft log (the leader is another node, so the majority has room for it).
+            tokio::time::sleep(*hold / 2).await;
+            match register_through(bench, leader, &format!("{}dfa", rec.prefix)).await {
+                Ok(()) => notes.push(format!("a user registered through slot {leader} meanwhile")),
+                Err(e) => notes.push(format!(
+                    "registering through slot {leader} meanwhile failed: {e}"
+                )),
+            }
+            sleep_until(at + *hold).await;
+            let during = errors_since(load, &before);
+            let answered: u64 = during
+                .iter()
+                .filter(|(k, _)| !NOT_ANSWERS.contains(&k.as_str()))
+                .map(|(_, n)| n)
+                .sum();
+            notes.push(format!(
+                "while full: {} acks, failed sends: {}",
+                load.acked() - acked_before,
+                describe(&during)
+            ));
+            if answered == 0 {
+                rec.problems.push(format!(
+                    "no send was answered with an error while slot {victim}'s disk was full \
+                     (failures: {})",
+                    describe(&during)
+                ));
+            }
+            if !answers(bench, victim).await {
+                rec.problems.push(format!(
+                    "slot {victim} does not answer /healthz with a full disk"
+                ));
+            }
+            bench.cluster.free_disk(victim);
+            let freed = Instant::now();
+            losses.push(Loss {
+                what: format!("slot {victim}'s disk freed"),
+                at: freed,
+                convs,
+            });
+            let limit = if *restart { secs(20) } else { secs(60) };
+            let name = format!("{}dfb", rec.prefix);
+            match must_try_register(bench, victim, &name, limit).await {
+                Ok(d) => notes.push(format!("a registration through it worked {} after", ms(d))),
+                Err(e) if *restart => {
+                    notes.push(format!(
+                        "RESTARTED: registrations through it still failed {} after ({e})",
+                        ms(freed.elapsed())
+                    ));
+                    bench.stop(victim);
+                    let back = bench.start(victim).await;
+                    notes.push(format!("serving after {}", ms(back)));
+                    let name = format!("{}dfc", rec.prefix);
+                    if let Err(e) = must_try_register(bench, victim, &name, secs(30)).await {
+                        rec.problems.push(format!(
+                            "registrations through slot {victim} still fail after its restart: {e}"
+                        ));
+                    }
+                }
+                Err(e) => rec.problems.push(format!(
+                    "registrations through slot {victim} still fail {} after its disk was \
+                     freed: {e}",
+                    ms(freed.elapsed())
+                )),
+            }
+        }
     }
 }
 
@@ -614,6 +813,9 @@ pub fn print_figures(f: &Figures) {
     }
     if !f.errors.is_empty() {
         eprintln!("    client errors: {}", f.errors);
+    }
+    for p in &f.problems {
+        eprintln!("    PROBLEM {p}");
     }
     for m in &f.outcome.history_mismatches {
         eprintln!("    HISTORY MISMATCH {m}");
@@ -683,7 +885,7 @@ pub fn assert_all_ok(all: &[Figures]) {
     let failed: Vec<String> = all
         .iter()
         .filter(|f| !f.ok())
-        .map(|f| format!("{}: {}", f.name, f.outcome.report.verdict_line()))
+        .map(|f| format!("{}: {}", f.name, f.verdict()))
         .collect();
     assert!(
         failed.is_empty(),
@@ -705,7 +907,7 @@ pub fn assert_histories_ok(all: &[Figures]) {
     let failed: Vec<String> = all
         .iter()
         .filter(|f| !f.history_ok())
-        .map(|f| format!("{}: {}", f.name, f.outcome.report.verdict_line()))
+        .map(|f| format!("{}: {}", f.name, f.verdict()))
         .collect();
     assert!(
         failed.is_empty(),
