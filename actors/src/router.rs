@@ -87,6 +87,7 @@ pub struct Router {
     conversations: Mutex<HashMap<ConversationId, ActorRef<ConversationMsg>>>,
     sessions: Mutex<HashMap<UserId, ActorRef<SessionMsg>>>,
     connections: Mutex<HashMap<u64, LocalConn>>,
+    /// The next connection number (also names system messages' client ids).
     next_conn: AtomicU64,
     peer_push_requests: AtomicU64,
 }
@@ -160,7 +161,11 @@ impl Router {
             conversations: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(1),
+            // Connection numbers never repeat across restarts of this node: a push or a
+            // retried push addressed to a connection of the previous process must not reach
+            // whoever holds the same number now. Milliseconds times 2^20 leave room for a
+            // million connections per millisecond of uptime before the next start's range.
+            next_conn: AtomicU64::new((crate::now_ms() << 20).max(1)),
             peer_push_requests: AtomicU64::new(0),
         });
         router.spawn_reattach_on_ring_change();

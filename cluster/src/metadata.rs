@@ -230,7 +230,24 @@ impl Metadata {
     /// Member of the cluster, with a known leader: ready to serve.
     pub fn is_ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        m.current_leader.is_some() && self.ring().members().contains(&self.node_id)
+        m.running_state.is_ok()
+            && m.current_leader.is_some()
+            && self.ring().members().contains(&self.node_id)
+    }
+
+    /// Resolves when this node's Raft core has stopped on a fatal error (for one, a metadata
+    /// log write that failed on a full disk): the node then no longer follows the metadata
+    /// and must be restarted. The reason, for the log.
+    pub async fn stopped_on_error(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core has gone".into();
+            }
+        }
     }
 
     /// The current leader's id, if known.

@@ -150,3 +150,58 @@ async fn garbage_on_the_wire_does_not_kill_the_server() {
         .await
         .expect("server still serves");
 }
+
+/// A listener that never accepts, with its one-place queue already taken: the kernel drops
+/// further SYNs, so a dial to it hangs, as one to a dead host does.
+async fn must_black_hole() -> (String, tokio::net::TcpListener, Vec<std::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Fill the accept queue (its length is the backlog plus one) and then some.
+    let fillers = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    (addr.to_string(), listener, fillers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_hangs_does_not_hold_up_requests_to_other_peers() {
+    let (live, _server) = must_serve().await;
+    let (dead, _listener, _fillers) = must_black_hole().await;
+    let t = Transport::default();
+    let stuck = {
+        let (t, dead) = (t.clone(), dead.clone());
+        tokio::spawn(async move {
+            t.request(&dead, Channel::Actor, vec![1], Duration::from_secs(3))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let reply = t
+        // Shorter than the dial timeout (1 s): a request that had to wait for the other
+        // dial would time out.
+        .request(
+            &live,
+            Channel::Actor,
+            vec![1, 2],
+            Duration::from_millis(800),
+        )
+        .await
+        .expect("the live peer answers while the other dial hangs");
+    assert_eq!(reply, vec![2, 1]);
+    eprintln!("the live peer answered in {:?}", started.elapsed());
+    let err = stuck
+        .await
+        .expect("task")
+        .expect_err("the black hole never answers");
+    assert!(
+        matches!(err, TransportError::Unreachable { .. }),
+        "a dial that gets no answer gives up before the request's own timeout: {err:?}"
+    );
+}

@@ -250,8 +250,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(http = %config.node.http_addr, peer = %config.node.peer_addr, "serving");
     let server_task = tokio::spawn(server);
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    // A node whose metadata log has failed (its Raft core stopped, e.g. on a full disk)
+    // would go on serving with a view of the cluster that no longer moves: it stops instead,
+    // its share moves to the other nodes, and its supervisor restarts it.
+    let fatal = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = meta.stopped_on_error() => Some(reason),
+    };
+    match &fatal {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(%reason, "the metadata log failed; stopping the node"),
+    }
     router.close_all(close::GOING_AWAY, "node is shutting down; reconnect");
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     handle.stop(true).await;
@@ -263,7 +272,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     rebalancer.abort();
     meta.shutdown().await;
     peer_server.abort();
-    store.flush().context("flushing the database")?;
+    let flushed = store.flush().context("flushing the database");
+    if let Some(reason) = fatal {
+        anyhow::bail!(
+            "stopped because the metadata log failed ({reason}); restart the node once the \
+             cause (such as a full disk) is gone"
+        );
+    }
+    flushed?;
     tracing::info!("stopped");
     Ok(())
 }

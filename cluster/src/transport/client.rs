@@ -13,6 +13,11 @@ use super::faults::Faults;
 use super::frame::{read_frame, write_all, Channel, Envelope, EnvelopeBody, ENVELOPE_VERSION};
 use super::{PeerError, TransportError};
 
+/// How long a dial may take. A live peer answers in milliseconds; a dead host drops the SYN
+/// and the dial would otherwise last the whole request timeout, holding up the retry that
+/// the caller makes once the ring has routed around that host.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Vec<u8>, PeerError>>>>>;
 
 /// A live connection to one peer.
@@ -34,8 +39,13 @@ pub struct Transport {
     inner: Arc<Inner>,
 }
 
+/// The connection to one peer address, or none yet. Dialling holds only this slot, so a
+/// dial that hangs (a dead host drops the SYN) delays requests to that address alone, never
+/// those to the other peers.
+type Slot = tokio::sync::Mutex<Option<Arc<PeerConn>>>;
+
 struct Inner {
-    conns: tokio::sync::Mutex<HashMap<String, Arc<PeerConn>>>,
+    conns: Mutex<HashMap<String, Arc<Slot>>>,
     next_id: AtomicU64,
     faults: Faults,
 }
@@ -56,7 +66,7 @@ impl Transport {
     pub fn new(faults: Faults) -> Self {
         Transport {
             inner: Arc::new(Inner {
-                conns: tokio::sync::Mutex::new(HashMap::new()),
+                conns: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 faults,
             }),
@@ -116,21 +126,36 @@ impl Transport {
     }
 
     async fn connection(&self, addr: &str) -> Result<Arc<PeerConn>, TransportError> {
-        let mut conns = self.inner.conns.lock().await;
-        if let Some(c) = conns.get(addr) {
+        let slot = lock(&self.inner.conns)
+            .entry(addr.to_owned())
+            .or_default()
+            .clone();
+        let mut current = slot.lock().await;
+        if let Some(c) = current.as_ref() {
             if c.is_open() {
                 return Ok(c.clone());
             }
         }
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| TransportError::Unreachable {
-                addr: addr.to_owned(),
-                detail: e.to_string(),
-            })?;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(TransportError::Unreachable {
+                    addr: addr.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(TransportError::Unreachable {
+                    addr: addr.to_owned(),
+                    detail: format!(
+                        "no answer to the connection attempt within {CONNECT_TIMEOUT:?}"
+                    ),
+                })
+            }
+        };
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(spawn_connection(stream, addr.to_owned()));
-        conns.insert(addr.to_owned(), conn.clone());
+        *current = Some(conn.clone());
         Ok(conn)
     }
 }

@@ -26,6 +26,9 @@ pub trait Cluster {
     /// Whether slot `i`'s process exists (a paused one does).
     fn is_running(&self, i: usize) -> bool;
     fn is_paused(&self, i: usize) -> bool;
+    /// If slot `i`'s process ended on its own, how (it then counts as not running and can be
+    /// started again); `None` while it runs or after the test stopped it.
+    fn exited(&mut self, i: usize) -> Option<String>;
     /// SIGKILL: no shutdown, no flush.
     fn kill(&mut self, i: usize);
     /// SIGTERM, then wait for a clean exit.
@@ -251,6 +254,10 @@ impl Cluster for ProcCluster {
 
     fn is_paused(&self, i: usize) -> bool {
         self.paused[i]
+    }
+
+    fn exited(&mut self, i: usize) -> Option<String> {
+        self.nodes[i].exited()
     }
 
     fn kill(&mut self, i: usize) {

@@ -332,6 +332,23 @@ impl Cluster for DockerCluster {
         self.nodes[i].state == State::Paused
     }
 
+    fn exited(&mut self, i: usize) -> Option<String> {
+        if self.nodes[i].state != State::Running {
+            return None;
+        }
+        let name = self.nodes[i].name.clone();
+        let state = run(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.ExitCode}}",
+            &name,
+        ])
+        .ok()?;
+        let code = state.strip_prefix("false ")?;
+        self.nodes[i].state = State::Stopped;
+        Some(format!("exit code {code}"))
+    }
+
     fn kill(&mut self, i: usize) {
         if self.nodes[i].state == State::Paused {
             self.resume(i);

@@ -282,6 +282,13 @@ impl Cluster for NetnsCluster {
         self.nodes[i].paused
     }
 
+    fn exited(&mut self, i: usize) -> Option<String> {
+        let status = self.nodes[i].child.as_mut()?.try_wait().ok()??;
+        self.nodes[i].child = None;
+        self.nodes[i].paused = false;
+        Some(status.to_string())
+    }
+
     fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();

@@ -106,6 +106,13 @@ impl NodeProc {
         }
     }
 
+    /// If the process ended on its own, its exit status (and it no longer counts as running).
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.to_string())
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
