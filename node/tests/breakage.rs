@@ -186,19 +186,33 @@ async fn stale_owner_writes_late(failpoints: &str) -> StaleWrite {
     signal(old, "-CONT");
     let stale = stale.await.expect("send task");
     eprintln!("the old owner answered {stale:?}");
-
-    let history = others[0]
-        .api()
-        .history(
-            &bob_token,
-            conv,
-            HistoryQuery {
-                limit: Some(100),
-                ..Default::default()
-            },
+    // Heal its link; it is marked up again and may own the conversation once more.
+    let status = reqwest_lite::Client
+        .put_json(
+            &format!("{}/v1/admin/faults", old.base_url()),
+            ADMIN_TOKEN,
+            &serde_json::json!({}),
         )
         .await
-        .expect("history")
+        .expect("clear faults");
+    assert_eq!(status, 200);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let query = HistoryQuery {
+            limit: Some(100),
+            ..Default::default()
+        };
+        match others[0].api().history(&bob_token, conv, query).await {
+            Ok(page) => break page,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("history not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("history: {e}"),
+        }
+    };
+    let history = page
         .messages
         .iter()
         .map(|m| (m.seq.0, m.client_msg_id.as_str().to_owned()))

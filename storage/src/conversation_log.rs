@@ -15,6 +15,7 @@
 //! an older epoch is refused (`StaleEpoch`), so once a new owner has sealed a majority of
 //! replicas at its epoch (`seal`), an old owner can no longer reach a quorum.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chat_types::{
@@ -144,12 +145,22 @@ pub struct Breakage {
     pub dedup_not_replicated: bool,
 }
 
+/// A conversation's head and fence as stored, kept in memory once read: every append needs
+/// both. Only changed with the conversation's stripe held, right after the write succeeded.
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    head: Seq,
+    fence: RingEpoch,
+}
+
+type Stripe = HashMap<ConversationId, Known>;
+
 /// [`ConversationLog`] on the node's RocksDB.
 pub struct RocksConversationLog {
     store: Store,
     durability: Durability,
     breakage: Breakage,
-    stripes: Vec<Mutex<()>>,
+    stripes: Vec<Mutex<Stripe>>,
 }
 
 impl std::fmt::Debug for RocksConversationLog {
@@ -166,7 +177,9 @@ impl RocksConversationLog {
             store,
             durability,
             breakage: Breakage::default(),
-            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            stripes: (0..LOCK_STRIPES)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
         }
     }
 
@@ -174,12 +187,52 @@ impl RocksConversationLog {
         &self.store
     }
 
-    fn stripe(&self, conv: &ConversationId) -> &Mutex<()> {
+    /// The conversation's stripe, locked. A poisoned stripe only means another write
+    /// panicked; what it guards is re-read from RocksDB when missing.
+    fn lock(&self, conv: &ConversationId) -> std::sync::MutexGuard<'_, Stripe> {
         let key = conv.to_key();
         let h = key
             .iter()
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
-        &self.stripes[h % LOCK_STRIPES]
+        self.stripes[h % LOCK_STRIPES]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The conversation's head and fence (read from RocksDB the first time).
+    fn known(&self, stripe: &mut Stripe, conv: &ConversationId) -> Result<Known, StorageError> {
+        if let Some(k) = stripe.get(conv) {
+            return Ok(*k);
+        }
+        let known = Known {
+            head: self.stored_head(conv)?,
+            fence: fence::read(&self.store, &conv.to_key())?,
+        };
+        stripe.insert(*conv, known);
+        Ok(known)
+    }
+
+    fn stored_head(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
+        let key = conv.to_key();
+        match self
+            .store
+            .db()
+            .get_pinned_cf(self.store.cf(CF_HEAD)?, key)?
+        {
+            Some(v) => Ok(Seq(decode_u64_v1(CF_HEAD, &key, &v)?)),
+            None => Ok(Seq(0)),
+        }
+    }
+
+    /// Refuses `epoch` when the log has seen a newer one (unless fencing is broken on purpose).
+    fn check_known_fence(&self, known: Known, epoch: RingEpoch) -> Result<(), StorageError> {
+        if !self.breakage.no_fencing && epoch < known.fence {
+            return Err(StorageError::StaleEpoch {
+                epoch: epoch.0,
+                fence: known.fence.0,
+            });
+        }
+        Ok(())
     }
 
     fn decode_message(key: &[u8], value: &[u8]) -> Result<Message, StorageError> {
@@ -222,11 +275,7 @@ impl ConversationLog for RocksConversationLog {
     }
 
     fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
-        // A poisoned stripe only means another append panicked; the lock guards no data.
-        let _guard = self
-            .stripe(&req.conversation)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut stripe = self.lock(&req.conversation);
         let db = self.store.db();
         let dkey = dedup_key(&req.conversation, req.sender, req.client_msg_id.as_str());
         if let Some(v) = db.get_pinned_cf(self.store.cf(CF_DEDUP)?, &dkey)? {
@@ -236,8 +285,9 @@ impl ConversationLog for RocksConversationLog {
                 duplicate: true,
             });
         }
-        self.check_fence(&req.conversation, req.epoch)?;
-        let seq = self.head(&req.conversation)?.next();
+        let known = self.known(&mut stripe, &req.conversation)?;
+        self.check_known_fence(known, req.epoch)?;
+        let seq = known.head.next();
         let mkey = message_key(&req.conversation, seq);
         let record = StoredMessageV1 {
             sender: req.sender,
@@ -261,13 +311,22 @@ impl ConversationLog for RocksConversationLog {
         );
         batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(seq.0));
         batch.put_cf(self.store.cf(CF_INDEX_FEED)?, mkey, []);
-        fence::put(
-            &self.store,
-            &mut batch,
-            &req.conversation.to_key(),
-            req.epoch,
-        )?;
+        if req.epoch != known.fence {
+            fence::put(
+                &self.store,
+                &mut batch,
+                &req.conversation.to_key(),
+                req.epoch,
+            )?;
+        }
         db.write_opt(batch, &Store::write_opts(self.durability))?;
+        stripe.insert(
+            req.conversation,
+            Known {
+                head: seq,
+                fence: req.epoch,
+            },
+        );
         Ok(AppendOutcome {
             message: Message {
                 conversation: req.conversation,
@@ -284,15 +343,8 @@ impl ConversationLog for RocksConversationLog {
     }
 
     fn head(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
-        let key = conv.to_key();
-        match self
-            .store
-            .db()
-            .get_pinned_cf(self.store.cf(CF_HEAD)?, key)?
-        {
-            Some(v) => Ok(Seq(decode_u64_v1(CF_HEAD, &key, &v)?)),
-            None => Ok(Seq(0)),
-        }
+        let mut stripe = self.lock(conv);
+        Ok(self.known(&mut stripe, conv)?.head)
     }
 
     fn apply_replicated(&self, epoch: RingEpoch, entries: &[Written]) -> Result<Seq, StorageError> {
@@ -300,10 +352,11 @@ impl ConversationLog for RocksConversationLog {
             return Ok(Seq(0));
         };
         let conv = first.message.conversation;
-        let _guard = self.stripe(&conv).lock().unwrap_or_else(|p| p.into_inner());
-        self.check_fence(&conv, epoch)?;
+        let mut stripe = self.lock(&conv);
+        let known = self.known(&mut stripe, &conv)?;
+        self.check_known_fence(known, epoch)?;
         let db = self.store.db();
-        let mut head = self.head(&conv)?;
+        let mut head = known.head;
         let mut batch = WriteBatch::default();
         for w in entries.iter().filter(|w| w.message.conversation == conv) {
             let m = &w.message;
@@ -350,18 +403,27 @@ impl ConversationLog for RocksConversationLog {
         );
         fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
         db.write_opt(batch, &Store::write_opts(self.durability))?;
+        stripe.insert(conv, Known { head, fence: epoch });
         Ok(head)
     }
 
     fn seal(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<Seq, StorageError> {
-        let _guard = self.stripe(conv).lock().unwrap_or_else(|p| p.into_inner());
-        self.check_fence(conv, epoch)?;
+        let mut stripe = self.lock(conv);
+        let known = self.known(&mut stripe, conv)?;
+        self.check_known_fence(known, epoch)?;
         let mut batch = WriteBatch::default();
         fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
         self.store
             .db()
             .write_opt(batch, &Store::write_opts(self.durability))?;
-        self.head(conv)
+        stripe.insert(
+            *conv,
+            Known {
+                head: known.head,
+                fence: epoch,
+            },
+        );
+        Ok(known.head)
     }
 
     fn delivered(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
@@ -396,7 +458,7 @@ impl ConversationLog for RocksConversationLog {
     }
 
     fn set_delivered(&self, conv: &ConversationId, seq: Seq) -> Result<(), StorageError> {
-        let _guard = self.stripe(conv).lock().unwrap_or_else(|p| p.into_inner());
+        let _stripe = self.lock(conv);
         if seq <= self.delivered(conv)? {
             return Ok(());
         }
@@ -453,13 +515,6 @@ impl RocksConversationLog {
     /// The newest owner epoch this log has seen for `conv` (0 when none).
     pub fn fence(&self, conv: &ConversationId) -> Result<RingEpoch, StorageError> {
         fence::read(&self.store, &conv.to_key())
-    }
-
-    fn check_fence(&self, conv: &ConversationId, epoch: RingEpoch) -> Result<(), StorageError> {
-        if self.breakage.no_fencing {
-            return Ok(());
-        }
-        fence::check(&self.store, &conv.to_key(), epoch)
     }
 
     /// Deliberately breaks a guarantee, for tests that must see the checks fail. Only the

@@ -25,18 +25,6 @@ pub(crate) fn read(store: &Store, key: &[u8]) -> Result<RingEpoch, StorageError>
     }
 }
 
-/// Refuses `epoch` when the log has seen a newer one.
-pub(crate) fn check(store: &Store, key: &[u8], epoch: RingEpoch) -> Result<(), StorageError> {
-    let fence = read(store, key)?;
-    if epoch < fence {
-        return Err(StorageError::StaleEpoch {
-            epoch: epoch.0,
-            fence: fence.0,
-        });
-    }
-    Ok(())
-}
-
 /// Adds "the fence is now `epoch`" to a batch (callers have checked it is not older).
 pub(crate) fn put(
     store: &Store,
