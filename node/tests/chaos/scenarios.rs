@@ -388,7 +388,7 @@ async fn replicas_agree<C: Cluster>(
     loop {
         let mut differ = None;
         'convs: for conv in convs {
-            let mut copies: Vec<(usize, Vec<(u64, u64, String)>)> = Vec::new();
+            let mut copies: Vec<(usize, Vec<Entry>)> = Vec::new();
             for i in bench.live() {
                 match local_copy(bench, i, conv).await {
                     Ok(Some(entries)) => copies.push((i, entries)),
@@ -424,13 +424,16 @@ async fn replicas_agree<C: Cluster>(
     }
 }
 
+/// One entry of a node's own copy of a log: seq, the writer's epoch, the message's digest.
+type Entry = (u64, u64, String);
+
 /// Slot `i`'s own copy of `conv` as (seq, writer's epoch, digest), page by page; `None` when
 /// the slot is not one of its replicas under its ring.
 async fn local_copy<C: Cluster>(
     bench: &Bench<C>,
     i: usize,
     conv: &ConversationId,
-) -> Result<Option<Vec<(u64, u64, String)>>, String> {
+) -> Result<Option<Vec<Entry>>, String> {
     let mut entries = Vec::new();
     let mut after = 0;
     loop {
