@@ -468,25 +468,42 @@ impl Router {
         Box::pin(async move {
             let ring = self.meta.ring();
             let mut result = Ok(());
-            let mut pushes = Vec::new();
+            // Every local session gets the message at once and appends it in parallel with
+            // the others (a thousand-member group's members would otherwise wait for each
+            // other's round trip); the answers are collected afterwards.
+            let mut waiting = Vec::new();
             for user in users {
-                let outcome = if ring.home_of_user(user) == Some(self.node_id) {
-                    match self.session_actor(user).await {
-                        Ok(session) => call(&session, |reply| SessionMsg::Deliver {
-                            message: message.clone(),
-                            origin,
-                            reply,
-                        })
-                        .await
-                        .and_then(|r| r)
-                        .map(|p| pushes.extend(p)),
-                        Err(e) => Err(e),
+                if ring.home_of_user(user) != Some(self.node_id) {
+                    if let Err(e) = self.deliver(user, message.clone(), origin).await {
+                        result = Err(e);
                     }
-                } else {
-                    self.deliver(user, message.clone(), origin).await
+                    continue;
+                }
+                let session = match self.session_actor(user).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        result = Err(e);
+                        continue;
+                    }
                 };
-                if let Err(e) = outcome {
-                    result = Err(e);
+                let (tx, rx) = ractor::concurrency::oneshot();
+                let sent = session.cast(SessionMsg::Deliver {
+                    message: message.clone(),
+                    origin,
+                    reply: tx.into(),
+                });
+                match sent {
+                    Ok(()) => waiting.push(rx),
+                    Err(e) => result = Err(stopped(e)),
+                }
+            }
+            let mut pushes = Vec::new();
+            for rx in waiting {
+                match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+                    Ok(Ok(Ok(p))) => pushes.extend(p),
+                    Ok(Ok(Err(e))) => result = Err(e),
+                    Ok(Err(_)) => result = Err(ActorError::Unavailable("actor stopped".into())),
+                    Err(_) => result = Err(ActorError::Unavailable("actor timed out".into())),
                 }
             }
             self.push_batch(pushes).await;
