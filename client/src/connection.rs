@@ -10,6 +10,7 @@
 //! All methods take `&self`, so one connection can be shared (`Arc<Connection>`) between a
 //! task that sends and a task that reads pushes.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -55,6 +56,11 @@ pub struct ConnectionConfig {
     /// Resume the event stream after this cursor (see [`Connection::last_event_seq`]): the
     /// server first pushes every event the client missed, or a `resync` raw event.
     pub resume_from: Option<EventSeq>,
+    /// Bind the socket's local end to this address (port chosen by the system) before
+    /// connecting: one machine can then open more than ~64k connections to one server port
+    /// by spreading them over several source addresses (`127.0.0.1`, `127.0.0.2`, ... on
+    /// loopback). `None`: the system picks, as usual. Plain `ws://` URLs only.
+    pub local_addr: Option<IpAddr>,
 }
 
 impl Default for ConnectionConfig {
@@ -64,6 +70,7 @@ impl Default for ConnectionConfig {
             push_buffer: None,
             heartbeat: true,
             resume_from: None,
+            local_addr: None,
         }
     }
 }
@@ -189,14 +196,17 @@ impl Connection {
         ws_url: &str,
         config: ConnectionConfig,
     ) -> Result<Connection, ClientError> {
-        let (stream, _response) = tokio::time::timeout(
-            config.request_timeout,
-            // Nagle off: requests are small and latency matters more than packet count.
-            connect_async_with_config(ws_url, None, true),
-        )
+        let (stream, _response) = tokio::time::timeout(config.request_timeout, async {
+            match config.local_addr {
+                // Nagle off: requests are small and latency matters more than packet count.
+                None => connect_async_with_config(ws_url, None, true)
+                    .await
+                    .map_err(upgrade_error),
+                Some(local) => connect_from(ws_url, local).await,
+            }
+        })
         .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(upgrade_error)?;
+        .map_err(|_| ClientError::Timeout)??;
         let (sink, stream) = stream.split();
         let inner = Arc::new(Inner {
             sink: AsyncMutex::new(sink),
@@ -1097,6 +1107,63 @@ fn encode(frame: &ClientFrame) -> Result<String, ClientError> {
         .map_err(|e| ClientError::Protocol(format!("cannot encode a client frame: {e}")))
 }
 
+/// Opens a TCP socket bound to `local` (any port), connects it to the host and port of the
+/// `ws://` URL `ws_url` and performs the WebSocket upgrade on it.
+async fn connect_from(
+    ws_url: &str,
+    local: IpAddr,
+) -> Result<
+    (
+        WsStream,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    ClientError,
+> {
+    let url = reqwest::Url::parse(ws_url)
+        .map_err(|e| ClientError::Ws(format!("bad WebSocket URL {ws_url:?}: {e}")))?;
+    if url.scheme() != "ws" {
+        return Err(ClientError::Ws(format!(
+            "a local address needs a ws:// URL, not {ws_url:?}"
+        )));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| ClientError::Ws(format!("no host in {ws_url:?}")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let remotes: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| ClientError::Ws(format!("cannot resolve {host}: {e}")))?
+        .filter(|a| a.is_ipv4() == local.is_ipv4())
+        .collect();
+    let Some(remote) = remotes.first().copied() else {
+        return Err(ClientError::Ws(format!(
+            "{host} has no address of the same family as the local address {local}"
+        )));
+    };
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| ClientError::Ws(format!("socket: {e}")))?;
+    socket
+        .bind(std::net::SocketAddr::new(local, 0))
+        .map_err(|e| ClientError::Ws(format!("binding the local address {local}: {e}")))?;
+    let tcp = socket
+        .connect(remote)
+        .await
+        .map_err(|e| ClientError::Ws(format!("connecting {remote} from {local}: {e}")))?;
+    // Nagle off, as on the default path.
+    tcp.set_nodelay(true)
+        .map_err(|e| ClientError::Ws(format!("TCP_NODELAY: {e}")))?;
+    tokio_tungstenite::client_async(ws_url, MaybeTlsStream::Plain(tcp))
+        .await
+        .map_err(upgrade_error)
+}
+
 fn upgrade_error(e: WsError) -> ClientError {
     match e {
         WsError::Http(response) => {
@@ -1255,6 +1322,7 @@ mod tests {
             push_buffer: None,
             heartbeat: false,
             resume_from: None,
+            local_addr: None,
         }
     }
 
@@ -1561,5 +1629,47 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_local_address_is_the_source_the_server_sees() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let _ = seen_tx.send(peer);
+            let mut ws = accept_async(tcp).await.unwrap();
+            must_handshake(&mut ws).await;
+            while ws.next().await.is_some() {}
+        });
+        let url = format!("ws://{addr}/v1/ws?token=t");
+        let local: IpAddr = "127.0.0.3".parse().unwrap();
+        let config = ConnectionConfig {
+            local_addr: Some(local),
+            ..quiet()
+        };
+        let (conn, welcome) = Connection::connect_with(&url, config).await.unwrap();
+        assert_eq!(welcome.user_id, UserId(1));
+        let peer = seen_rx.await.unwrap();
+        assert_eq!(peer.ip(), local, "the server saw {peer}");
+        conn.close().await.unwrap();
+
+        // Only plain ws:// URLs can be bound; anything else is a clear error, not a panic.
+        let config = ConnectionConfig {
+            local_addr: Some(local),
+            ..quiet()
+        };
+        let err = Connection::connect_with(&format!("wss://{addr}/v1/ws"), config.clone())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("ws:// URL"), "{err}");
+        // An IPv6 local address cannot reach an IPv4 server.
+        let config = ConnectionConfig {
+            local_addr: Some("::1".parse().unwrap()),
+            ..quiet()
+        };
+        let err = Connection::connect_with(&url, config).await.unwrap_err();
+        assert!(err.to_string().contains("same family"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The REST half of the protocol: `/v1/register`, `/v1/login`, `/v1/logout`, history,
 //! profiles, settings, sessions, contacts and blocks, and the URL of the WebSocket endpoint.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use chat_types::rest::{
@@ -31,6 +32,16 @@ impl HttpApi {
 
     /// Like [`HttpApi::new`] with a request timeout other than the default.
     pub fn with_timeout(base_url: &str, timeout: Duration) -> Result<HttpApi, ClientError> {
+        HttpApi::with_local_addr(base_url, timeout, None)
+    }
+
+    /// Like [`HttpApi::with_timeout`], with every request's socket bound to `local_addr` when
+    /// given (see `ConnectionConfig::local_addr`).
+    pub fn with_local_addr(
+        base_url: &str,
+        timeout: Duration,
+        local_addr: Option<IpAddr>,
+    ) -> Result<HttpApi, ClientError> {
         let base = Url::parse(base_url)
             .map_err(|e| ClientError::Http(format!("bad base URL {base_url:?}: {e}")))?;
         if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
@@ -40,6 +51,7 @@ impl HttpApi {
         }
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .local_address(local_addr)
             .build()
             .map_err(|e| ClientError::Http(error_chain(&e)))?;
         Ok(HttpApi { client, base })
@@ -475,5 +487,38 @@ mod tests {
             Err(ClientError::Http(_)) => {}
             other => panic!("expected an http error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn requests_leave_from_the_local_address_given() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut tcp, peer) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let body =
+                serde_json::to_string(&WireError::new(chat_types::ErrorCode::Unauthorized, "no"))
+                    .unwrap();
+            let response = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tcp.write_all(response.as_bytes()).await.unwrap();
+            peer
+        });
+        let local: IpAddr = "127.0.0.4".parse().unwrap();
+        let api = HttpApi::with_local_addr(
+            &format!("http://{addr}"),
+            Duration::from_secs(5),
+            Some(local),
+        )
+        .unwrap();
+        let err = api.login("alice", "password1").await.unwrap_err();
+        assert!(matches!(err, ClientError::Server(_)), "{err:?}");
+        assert_eq!(server.await.unwrap().ip(), local);
     }
 }

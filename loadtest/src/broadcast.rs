@@ -12,23 +12,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use chat_client::HttpApi;
 use chat_types::{BroadcastOutcome, ClientMsgId, ConversationId, UserId};
-use tokio::sync::watch;
 
-use crate::dm::{
-    close_all, paced_sender, read_pushes, set_up_users, slots, timeline_secs, Sent, Side,
+use crate::common::{
+    self, close_all, paced_sender, set_up_users, slots, timeline_secs, Pump, Schedule, Sent, Side,
 };
 use crate::group::Fanout;
 use crate::metrics::{error_key, Live, Tally};
 use crate::report::Connections;
-use crate::run::{lock, sample, spawn_progress, wait_for, Clock, Ctx, Outcome, RunConfig};
+use crate::run::{lock, spawn_progress, Clock, Ctx, Outcome, RunConfig};
 use crate::setup::{retry_wait, Targets};
 
-const MAX_DRAIN: Duration = Duration::from_secs(120);
-const SENDER_GRACE: Duration = Duration::from_secs(60);
-const HISTORY_PAGE: u32 = 200;
 const SEND_ATTEMPTS: u32 = 3;
 
 pub(crate) async fn run_broadcast(
@@ -88,24 +83,11 @@ pub(crate) async fn run_broadcast(
         checker: Arc::clone(&checker),
         live: Arc::clone(&live),
     });
-    let hard_end = clock.send_end + SENDER_GRACE + MAX_DRAIN + scenario.drain();
+    let hard_end = common::hard_end(&clock, scenario);
     let progress = config
         .progress
         .then(|| spawn_progress(Arc::clone(&live), clock, progress_stop, hard_end));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let readers: Vec<_> = sides
-        .iter()
-        .map(|side| {
-            tokio::spawn(read_pushes(
-                Arc::clone(side),
-                Arc::clone(&ctx),
-                None,
-                Some(Arc::clone(&fanout)),
-                stop_rx.clone(),
-                hard_end,
-            ))
-        })
-        .collect();
+    let pump = Pump::over(&sides, &ctx, Some(&fanout), hard_end);
 
     let window = scenario.window.unwrap_or(1) as usize;
     let senders: Vec<_> = sender_sides
@@ -126,7 +108,10 @@ pub(crate) async fn run_broadcast(
                 'b',
                 i,
                 window,
-                Some((interval, phases[i])),
+                Schedule::Fixed {
+                    interval,
+                    phase: phases[i],
+                },
                 move |cmid, intended| {
                     broadcast_one(
                         Arc::clone(&side),
@@ -140,49 +125,18 @@ pub(crate) async fn run_broadcast(
         })
         .collect();
 
-    tokio::time::sleep_until(clock.measure_start.into()).await;
-    let (server_a, self_a) = sample(config);
-    tokio::time::sleep_until(clock.send_end.into()).await;
-    let (server_b, self_b) = sample(config);
+    let samples = common::sample_window(config, &clock).await;
     connections.open_at_end = live.connections();
-    for s in senders {
-        let left = hard_end.saturating_duration_since(Instant::now());
-        let abort = s.abort_handle();
-        match tokio::time::timeout(left, s).await {
-            Ok(Ok(t)) => tally.merge(&t),
-            Ok(Err(e)) => bail!("a sender task failed: {e}"),
-            Err(_) => {
-                abort.abort();
-                tally.error("sender_abandoned");
-            }
-        }
-    }
+    common::join_tasks(senders, hard_end, "sender", &mut tally).await?;
     // Each stored target is owed one push, to its recipient.
-    let drain_started = Instant::now();
-    let owed = || Live::get(&live.deliveries) < Live::get(&live.fresh_acks);
-    let mut last = (Live::get(&live.deliveries), Instant::now());
-    wait_for(MAX_DRAIN, || {
-        let now = Live::get(&live.deliveries);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-        let idle = last.1.elapsed();
-        !owed() || idle >= scenario.drain()
-    })
+    let drained = common::drain(
+        &live,
+        scenario,
+        || Live::get(&live.deliveries) < Live::get(&live.fresh_acks),
+        &mut tally,
+    )
     .await;
-    if owed() {
-        tally.error("drain_gave_up");
-    }
-    let drained = drain_started.elapsed();
-    let _ = stop_tx.send(true);
-    for r in readers {
-        let left = hard_end
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        if let Ok(Ok(t)) = tokio::time::timeout(left, r).await {
-            tally.merge(&t);
-        }
-    }
+    pump.stop(&mut tally).await;
     if let Some(p) = progress {
         p.abort();
     }
@@ -201,7 +155,7 @@ pub(crate) async fn run_broadcast(
             }
         }
     }
-    crate::run::read_histories(&checker, reads, HISTORY_PAGE).await;
+    crate::run::read_histories(&checker, reads, common::HISTORY_PAGE).await;
     close_all(sides.iter().cloned()).await;
     Ok(Outcome {
         tally,
@@ -209,8 +163,8 @@ pub(crate) async fn run_broadcast(
         measured: scenario.duration(),
         drained,
         connections,
-        server: server_a.zip(server_b),
-        loadgen: self_a.zip(self_b),
+        server: samples.server,
+        loadgen: samples.loadgen,
     })
 }
 
@@ -280,6 +234,7 @@ async fn broadcast_one(
                 return Sent {
                     intended,
                     acked: Some((now, attempt > 1)),
+                    seq: None,
                     errors,
                     closed: false,
                 };
@@ -302,6 +257,7 @@ async fn broadcast_one(
     Sent {
         intended,
         acked: None,
+        seq: None,
         errors,
         closed,
     }

@@ -19,7 +19,11 @@
 //!   of one of its user's conversations (sent after it opened, from another connection);
 //! - **misdelivered**: a push of a conversation reached a connection of a non-member;
 //! - **unchecked**: a conversation whose history could not be read, so nothing above could be
-//!   judged for it. It counts as a violation: the oracle never passes what it did not see.
+//!   judged for it. It counts as a violation: the oracle never passes what it did not see;
+//! - **search**: a search that must have exactly one known answer (a unique word planted in
+//!   one acknowledged message, a user's own name, a conversation's member) returned something
+//!   else. The driver judges each answer and records the mismatch with
+//!   [`Checker::search_mismatch`].
 //!
 //! A send that failed (timeout, closed connection, a server error) has an unknown outcome: the
 //! message may or may not be stored, and either is correct. Bodies are compared by hash, and no
@@ -125,6 +129,7 @@ pub struct Checker {
     key_index: HashMap<u64, Vec<KeyId>>,
     msgs: Vec<Msg>,
     msg_index: HashMap<(KeyId, u64, bool), MsgId>,
+    searches: Vec<Violation>,
 }
 
 impl Checker {
@@ -299,6 +304,15 @@ impl Checker {
         self.conversations.insert(conv);
         self.histories
             .insert(conv, HistoryRead::Failed(reason.into()));
+    }
+
+    /// A search for `query` did not return the one answer it must: `detail` says what came
+    /// back instead (never a message body).
+    pub fn search_mismatch(&mut self, query: impl Into<String>, detail: impl Into<String>) {
+        self.searches.push(Violation::WrongSearchResult {
+            query: query.into(),
+            detail: detail.into(),
+        });
     }
 
     /// The conversations to read at the end.
@@ -675,6 +689,7 @@ impl Checker {
             }
         }
 
+        v.extend(self.searches.iter().cloned());
         let counts = ViolationCounts::of(&v);
         CheckReport {
             conversations: self.conversations.len() as u64,
@@ -772,6 +787,10 @@ pub enum Violation {
         conv: ConversationId,
         reason: String,
     },
+    WrongSearchResult {
+        query: String,
+        detail: String,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -863,6 +882,9 @@ impl fmt::Display for Violation {
                     "unchecked: the history of {conv} could not be read: {reason}"
                 )
             }
+            Violation::WrongSearchResult { query, detail } => {
+                write!(f, "search: the query {query:?} {detail}")
+            }
         }
     }
 }
@@ -879,6 +901,9 @@ pub struct ViolationCounts {
     pub undelivered: u64,
     pub misdelivered: u64,
     pub unchecked: u64,
+    /// Searches whose one known answer did not come back (`search` scenario).
+    #[serde(default)]
+    pub search: u64,
 }
 
 impl ViolationCounts {
@@ -897,6 +922,7 @@ impl ViolationCounts {
                 Violation::Undelivered { .. } => &mut c.undelivered,
                 Violation::Misdelivered { .. } => &mut c.misdelivered,
                 Violation::Unchecked { .. } => &mut c.unchecked,
+                Violation::WrongSearchResult { .. } => &mut c.search,
             };
             *slot += 1;
         }
@@ -913,6 +939,7 @@ impl ViolationCounts {
             + self.undelivered
             + self.misdelivered
             + self.unchecked
+            + self.search
     }
 }
 
@@ -941,7 +968,7 @@ impl CheckReport {
         let c = &self.counts;
         format!(
             "verdict: {} lost={} duplicated={} out-of-order={} gaps={} disagreements={} \
-             phantoms={} undelivered={} misdelivered={} unchecked={} ({} stored messages \
+             phantoms={} undelivered={} misdelivered={} unchecked={}{} ({} stored messages \
              checked in {} conversations)",
             if self.ok() { "PASS" } else { "FAIL" },
             c.lost,
@@ -953,6 +980,11 @@ impl CheckReport {
             c.undelivered,
             c.misdelivered,
             c.unchecked,
+            if c.search > 0 {
+                format!(" search={}", c.search)
+            } else {
+                String::new()
+            },
             self.history_messages,
             self.conversations
         )
@@ -1343,5 +1375,26 @@ mod tests {
         let (mut c, _, _) = good_run();
         c.history_failed(conv(), "timed out");
         assert_eq!(c.check().counts.unchecked, 1);
+    }
+
+    #[test]
+    fn a_wrong_search_answer_fails_the_verdict() {
+        let (mut c, _, _) = good_run();
+        c.history_read(conv(), Seq(3), &good_history());
+        assert!(c.check().ok());
+        c.search_mismatch(
+            "ltxw00000001q",
+            "must find only dm:1:2 seq 1; found 0 hit(s)",
+        );
+        let r = c.check();
+        assert!(!r.ok());
+        assert_eq!(r.counts.search, 1);
+        assert!(r.verdict_line().contains("FAIL"), "{}", r.verdict_line());
+        assert!(
+            r.verdict_line().contains("search=1"),
+            "{}",
+            r.verdict_line()
+        );
+        assert!(r.violations[0].to_string().starts_with("search:"));
     }
 }

@@ -17,22 +17,16 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use chat_types::{ClientMsgId, UserId};
 use futures_util::StreamExt;
-use tokio::sync::watch;
 
-use crate::dm::{close_all, flood_sender, read_pushes, set_up_users, slot, slots, timeline_secs};
+use crate::common::{self, close_all, set_up_users, slot, slots, timeline_secs, Pump, Schedule};
+use crate::dm::flood_sender;
 use crate::metrics::{Live, Tally};
 use crate::report::Connections;
-use crate::run::{lock, sample, spawn_progress, wait_for, Clock, Ctx, Outcome, RunConfig};
+use crate::run::{lock, spawn_progress, Clock, Ctx, Outcome, RunConfig};
 use crate::setup::Targets;
 
 /// How long to wait for the group's creation note to reach every member before the load.
 const SETTLE: Duration = Duration::from_secs(60);
-/// The longest the drain waits for outstanding pushes, however steadily they still arrive.
-const MAX_DRAIN: Duration = Duration::from_secs(120);
-/// Extra time after the drain for senders to finish before they are abandoned.
-const SENDER_GRACE: Duration = Duration::from_secs(60);
-/// Largest history page asked for.
-const HISTORY_PAGE: u32 = 200;
 
 /// One scheduled message of one sender: how many recipients still owe its push, and the
 /// latest latency of those that got it.
@@ -234,24 +228,11 @@ pub(crate) async fn run_group(
         checker: Arc::clone(&checker),
         live: Arc::clone(&live),
     });
-    let hard_end = clock.send_end + SENDER_GRACE + MAX_DRAIN + scenario.drain();
+    let hard_end = common::hard_end(&clock, scenario);
     let progress = config
         .progress
         .then(|| spawn_progress(Arc::clone(&live), clock, progress_stop, hard_end));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let readers: Vec<_> = sides
-        .iter()
-        .map(|side| {
-            tokio::spawn(read_pushes(
-                Arc::clone(side),
-                Arc::clone(&ctx),
-                None,
-                Some(Arc::clone(&fanout)),
-                stop_rx.clone(),
-                hard_end,
-            ))
-        })
-        .collect();
+    let pump = Pump::over(&sides, &ctx, Some(&fanout), hard_end);
 
     let window = scenario.window.unwrap_or(1) as usize;
     let senders: Vec<_> = sender_sides
@@ -264,62 +245,27 @@ pub(crate) async fn run_group(
                 i,
                 Arc::clone(&ctx),
                 window,
-                Some((interval, phases[i])),
+                Schedule::Fixed {
+                    interval,
+                    phase: phases[i],
+                },
             ))
         })
         .collect();
 
-    tokio::time::sleep_until(clock.measure_start.into()).await;
-    let (server_a, self_a) = sample(config);
-    tokio::time::sleep_until(clock.send_end.into()).await;
-    let (server_b, self_b) = sample(config);
+    let samples = common::sample_window(config, &clock).await;
     connections.open_at_end = live.connections();
-
-    for s in senders {
-        let left = hard_end.saturating_duration_since(Instant::now());
-        let abort = s.abort_handle();
-        match tokio::time::timeout(left, s).await {
-            Ok(Ok(t)) => tally.merge(&t),
-            Ok(Err(e)) => bail!("a sender task failed: {e}"),
-            Err(_) => {
-                abort.abort();
-                tally.error("sender_abandoned");
-            }
-        }
-    }
+    common::join_tasks(senders, hard_end, "sender", &mut tally).await?;
     // Every fresh ack is owed one push per other member. Wait while they keep coming, as in
     // the direct scenarios.
-    let drain_started = Instant::now();
-    let owed = || Live::get(&live.deliveries) < Live::get(&live.fresh_acks) * u64::from(recipients);
-    let failures = Live::get(&live.acks) < Live::get(&live.sends);
-    let quiet = if failures {
-        Duration::from_millis(500).min(scenario.drain())
-    } else {
-        Duration::ZERO
-    };
-    let mut last = (Live::get(&live.deliveries), Instant::now());
-    wait_for(MAX_DRAIN, || {
-        let now = Live::get(&live.deliveries);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-        let idle = last.1.elapsed();
-        (!owed() && idle >= quiet) || idle >= scenario.drain()
-    })
+    let drained = common::drain(
+        &live,
+        scenario,
+        || Live::get(&live.deliveries) < Live::get(&live.fresh_acks) * u64::from(recipients),
+        &mut tally,
+    )
     .await;
-    if owed() {
-        tally.error("drain_gave_up");
-    }
-    let drained = drain_started.elapsed();
-    let _ = stop_tx.send(true);
-    for r in readers {
-        let left = hard_end
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        if let Ok(Ok(t)) = tokio::time::timeout(left, r).await {
-            tally.merge(&t);
-        }
-    }
+    pump.stop(&mut tally).await;
     if let Some(p) = progress {
         p.abort();
     }
@@ -330,7 +276,7 @@ pub(crate) async fn run_group(
     crate::run::read_histories(
         &checker,
         vec![(conv, api, owner.user.token.clone())],
-        HISTORY_PAGE,
+        common::HISTORY_PAGE,
     )
     .await;
     close_all(sides.iter().cloned()).await;
@@ -340,8 +286,8 @@ pub(crate) async fn run_group(
         measured: scenario.duration(),
         drained,
         connections,
-        server: server_a.zip(server_b),
-        loadgen: self_a.zip(self_b),
+        server: samples.server,
+        loadgen: samples.loadgen,
     })
 }
 

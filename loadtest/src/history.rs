@@ -17,12 +17,14 @@ use chat_types::rest::HistoryQuery;
 use chat_types::{ClientMsgId, ConversationId, Seq};
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
-use tokio::sync::watch;
 
-use crate::dm::{close_all, read_pushes, send_one, set_up_pairs, slot, slots, timeline_secs, Side};
+use crate::common::{
+    self, close_all, run_schedule, send_one, timeline_secs, Flow, Pump, Schedule, Side,
+};
+use crate::dm::set_up_pairs;
 use crate::metrics::{error_key, Live, Tally};
 use crate::report::Connections;
-use crate::run::{sample, spawn_progress, wait_for, Clock, Ctx, Outcome, RunConfig};
+use crate::run::{spawn_progress, Clock, Ctx, Outcome, RunConfig};
 use crate::setup::Targets;
 
 /// Prefill sends in flight per pair.
@@ -66,22 +68,13 @@ pub(crate) async fn run_history(
         checker: Arc::clone(&checker),
         live: Arc::clone(&live),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
     let far = Instant::now() + Duration::from_secs(3 * 3600);
-    let readers: Vec<_> = pairs
-        .iter()
-        .flat_map(|p| p.sides.iter())
-        .map(|side| {
-            tokio::spawn(read_pushes(
-                Arc::clone(side),
-                Arc::clone(&pre_ctx),
-                None,
-                None,
-                stop_rx.clone(),
-                far,
-            ))
-        })
-        .collect();
+    let pump = Pump::over(
+        pairs.iter().flat_map(|p| p.sides.iter()),
+        &pre_ctx,
+        None,
+        far,
+    );
     let filled = futures_util::stream::iter(pairs.iter().map(|pair| {
         let ctx = Arc::clone(&pre_ctx);
         async move {
@@ -90,7 +83,7 @@ pub(crate) async fn run_history(
             for k in 0..prefill {
                 if inflight.len() >= PREFILL_WINDOW {
                     if let Some(sent) = inflight.next().await {
-                        crate::dm::account(&mut t, &ctx.clock, sent);
+                        common::account(&mut t, &ctx.clock, sent);
                     }
                 }
                 let Ok(cmid) = ClientMsgId::new(format!("h{}-{k}", pair.index)) else {
@@ -105,7 +98,7 @@ pub(crate) async fn run_history(
                 ));
             }
             while let Some(sent) = inflight.next().await {
-                crate::dm::account(&mut t, &ctx.clock, sent);
+                common::account(&mut t, &ctx.clock, sent);
             }
             t
         }
@@ -118,9 +111,13 @@ pub(crate) async fn run_history(
         tally.merge(&t);
     }
     // Every prefill message pushed before the load starts.
-    wait_for(Duration::from_secs(120), || {
-        Live::get(&live.deliveries) >= Live::get(&live.fresh_acks)
-    })
+    // (While they keep coming: a receiver the node closed as a slow consumer owes nothing.)
+    common::drain(
+        &live,
+        scenario,
+        || Live::get(&live.deliveries) < Live::get(&live.fresh_acks),
+        &mut tally,
+    )
     .await;
     // The head of each conversation (a prefill send that failed may or may not be stored).
     let mut heads = Vec::with_capacity(pairs.len());
@@ -184,29 +181,15 @@ pub(crate) async fn run_history(
                 *top,
                 page_size,
                 window,
-                (interval, phase),
+                Schedule::Fixed { interval, phase },
             ))
         })
         .collect();
 
-    tokio::time::sleep_until(clock.measure_start.into()).await;
-    let (server_a, self_a) = sample(config);
-    tokio::time::sleep_until(clock.send_end.into()).await;
-    let (server_b, self_b) = sample(config);
+    let samples = common::sample_window(config, &clock).await;
     connections.open_at_end = live.connections();
-    for p in pagers {
-        let left = hard_end.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, p).await {
-            Ok(Ok(t)) => tally.merge(&t),
-            _ => tally.error("pager_abandoned"),
-        }
-    }
-    let _ = stop_tx.send(true);
-    for r in readers {
-        if let Ok(Ok(t)) = tokio::time::timeout(Duration::from_secs(10), r).await {
-            tally.merge(&t);
-        }
-    }
+    common::join_tasks(pagers, hard_end, "pager", &mut tally).await?;
+    pump.stop(&mut tally).await;
     if let Some(p) = progress {
         p.abort();
     }
@@ -225,8 +208,8 @@ pub(crate) async fn run_history(
         measured: scenario.duration(),
         drained: Duration::ZERO,
         connections,
-        server: server_a.zip(server_b),
-        loadgen: self_a.zip(self_b),
+        server: samples.server,
+        loadgen: samples.loadgen,
     })
 }
 
@@ -240,83 +223,69 @@ async fn pager(
     top: Seq,
     page_size: u32,
     window: usize,
-    (interval, phase): (Duration, Duration),
+    schedule: Schedule,
 ) -> Tally {
     let mut tally = Tally::default();
     let clock = ctx.clock;
-    let n = slots(clock.start, phase, interval, clock.send_end);
     let mut cursor = top;
-    let mut inflight = FuturesUnordered::new();
-    let mut k = 0;
-    let account = |tally: &mut Tally, r: (Instant, Instant, Result<(), String>)| {
-        let (intended, done, result) = r;
-        tally.pages += 1;
-        match result {
-            Ok(()) => {
-                if clock.in_window(done) {
-                    tally.pages_measured += 1;
+    run_schedule(
+        clock,
+        &schedule,
+        window,
+        &mut tally,
+        |_, intended| {
+            // The next page below the cursor; round again from the top at seq 1.
+            let before = if cursor.0 <= 1 { top } else { cursor };
+            let expect = (before.0 - 1).min(u64::from(page_size));
+            cursor = Seq(before.0.saturating_sub(expect));
+            let api = api.clone();
+            let token = token.clone();
+            Live::add(&ctx.live.sends);
+            Ok(async move {
+                let q = HistoryQuery {
+                    after: None,
+                    before: Some(before),
+                    around: None,
+                    limit: Some(page_size),
+                };
+                let r = api.history(&token, conv, q).await;
+                let done = Instant::now();
+                let verdict = match r {
+                    Err(e) => Err(format!("page_{}", error_key(&e))),
+                    Ok(page) => check_page(&page.messages, before, expect),
+                };
+                (intended, done, verdict)
+            })
+        },
+        |tally, (intended, done, result): (Instant, Instant, Result<(), String>)| {
+            tally.pages += 1;
+            match result {
+                Ok(()) => {
+                    if clock.in_window(done) {
+                        tally.pages_measured += 1;
+                    }
+                    if clock.measured(intended) {
+                        tally.page.record(done.saturating_duration_since(intended));
+                    }
+                    ctx.live
+                        .timeline_ack(done, done.saturating_duration_since(intended));
+                    Live::add(&ctx.live.acks);
                 }
-                if clock.measured(intended) {
-                    tally.page.record(done.saturating_duration_since(intended));
-                }
-                ctx.live
-                    .timeline_ack(done, done.saturating_duration_since(intended));
-                Live::add(&ctx.live.acks);
+                Err(key) => tally.error(key),
             }
-            Err(key) => tally.error(key),
-        }
-    };
-    while k < n || !inflight.is_empty() {
-        let now = Instant::now();
-        if k < n && now >= clock.send_end {
-            tally.errors.insert("unsent_behind_schedule".into(), n - k);
-            k = n;
-        }
-        let due = (k < n).then(|| slot(clock.start, phase, interval, k));
-        match due {
-            Some(t) if t <= now && inflight.len() < window => {
-                // The next page below the cursor; round again from the top at seq 1.
-                let before = if cursor.0 <= 1 { top } else { cursor };
-                let expect = (before.0 - 1).min(u64::from(page_size));
-                cursor = Seq(before.0.saturating_sub(expect));
-                let api = api.clone();
-                let token = token.clone();
-                inflight.push(async move {
-                    let q = HistoryQuery {
-                        after: None,
-                        before: Some(before),
-                        around: None,
-                        limit: Some(page_size),
-                    };
-                    let r = api.history(&token, conv, q).await;
-                    let done = Instant::now();
-                    let verdict = match r {
-                        Err(e) => Err(format!("page_{}", error_key(&e))),
-                        Ok(page) => check_page(&page.messages, before, expect),
-                    };
-                    (t, done, verdict)
-                });
-                Live::add(&ctx.live.sends);
-                k += 1;
-            }
-            Some(t) if inflight.len() < window => {
-                tokio::select! {
-                    Some(r) = inflight.next() => account(&mut tally, r),
-                    _ = tokio::time::sleep_until(t.into()) => {}
-                }
-            }
-            _ => {
-                if let Some(r) = inflight.next().await {
-                    account(&mut tally, r);
-                }
-            }
-        }
-    }
+            Flow::Go
+        },
+    )
+    .await;
     tally
 }
 
 /// A page asked for `before` must hold exactly the `expect` seqs just below it, ascending.
-fn check_page(messages: &[chat_types::Message], before: Seq, expect: u64) -> Result<(), String> {
+pub(crate) fn check_page(
+    messages: &[chat_types::Message],
+    before: Seq,
+    expect: u64,
+) -> Result<(), String> {
     if messages.len() as u64 != expect {
         return Err("bad_page_length".into());
     }

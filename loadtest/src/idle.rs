@@ -31,28 +31,7 @@ pub(crate) async fn run_idle(
     let users = scenario.users as usize;
     let setup_started = Instant::now();
     let mut tally = Tally::default();
-    let logged_in = futures_util::stream::iter((0..users).map(|i| async move {
-        let mut t = Tally::default();
-        let r = setup::register_and_log_in(targets, prefix, i, &mut t, false).await;
-        (i, r, t)
-    }))
-    .buffer_unordered(scenario.setup_concurrency as usize)
-    .collect::<Vec<_>>()
-    .await;
-    let mut accounts = Vec::with_capacity(users);
-    for (i, r, t) in logged_in {
-        tally.merge(&t);
-        match r {
-            Ok(u) => accounts.push(u),
-            Err(e) => {
-                return Err(crate::run::setup_error(
-                    &format!("registering user {}", setup::username(prefix, i)),
-                    e,
-                ))
-            }
-        }
-    }
-    accounts.sort_by_key(|u| u.index);
+    let accounts = crate::common::register_users(config, targets, prefix, true, &mut tally).await?;
     let setup = setup_started.elapsed();
 
     // Let the server settle after the hashing, then sample it with nothing connected.
@@ -134,7 +113,7 @@ pub(crate) async fn run_idle(
     if let Some(p) = progress {
         p.abort();
     }
-    crate::dm::close_conns(conns).await;
+    crate::common::close_conns(conns).await;
     Ok(Outcome {
         tally,
         setup,

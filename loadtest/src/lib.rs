@@ -3,7 +3,12 @@
 //!
 //! Owns the scenario files and their parsing ([`scenario`]), the drivers that run them (direct
 //! message ping-pong and flood, connect storm, group fan-out, broadcast, history paging, idle
-//! connections, reconnect storm), the measurements (HDR latency histograms from the intended
+//! connections, reconnect storm, `mixed` (a day of Zipf-sized conversations, bursts, readers
+//! and writers), `search` (message, people and conversation search, each unique word checked
+//! to find exactly its message) and `login-storm` (logins/s with pre-registered users)), the
+//! helpers they share (`common`: sign-up and connect, the push pump into the checker, the
+//! open-loop scheduler, the drain), the spreading of connections over several 127.0.0.x
+//! source addresses (`source_addrs`, [`setup::Targets::with_sources`]), the measurements (HDR latency histograms from the intended
 //! send time, throughput, a per-second timeline, errors by stable code, server CPU and memory
 //! from `/proc`, the servers' own `/metrics` counters), the reports (text, JSON, SVG charts,
 //! side-by-side comparison, ratios against the ceiling), the ceiling itself ([`relay`]: a bare
@@ -18,17 +23,21 @@
 mod broadcast;
 pub mod chart;
 pub mod checker;
+mod common;
 mod dm;
 mod group;
 mod history;
 mod idle;
+mod login;
 pub mod metrics;
+mod mixed;
 mod reconnect;
 pub mod relay;
 pub mod report;
 mod run;
 pub mod scenario;
 pub mod scrape;
+mod search;
 pub mod setup;
 mod storm;
 pub mod sysstat;

@@ -43,6 +43,10 @@ struct Overrides {
     /// Override the scenario's window.
     #[arg(long)]
     window: Option<u32>,
+    /// Spread the connections over the source addresses 127.0.0.1 to 127.0.0.N (targets
+    /// named by an IPv4 loopback address only), to open more than ~28k connections to a node.
+    #[arg(long)]
+    source_addrs: Option<u32>,
 }
 
 impl Overrides {
@@ -62,6 +66,9 @@ impl Overrides {
         }
         if let Some(v) = self.window {
             s.window = Some(v);
+        }
+        if let Some(v) = self.source_addrs {
+            s.source_addrs = Some(v);
         }
         s.validate()?;
         Ok(s)

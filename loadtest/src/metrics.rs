@@ -110,9 +110,27 @@ pub struct Tally {
     pub errors: BTreeMap<String, u64>,
     /// The first error message seen under each key, to tell what went wrong.
     pub error_examples: BTreeMap<String, String>,
+    /// Latencies of the newer scenarios by name (`search_unique`, `mark_read`, ...), reported
+    /// beside the fixed ones.
+    pub named: BTreeMap<String, Latency>,
+    /// Operations by name (`search_queries`, `logins`, ...): all of them, and those that
+    /// ended inside the measured window.
+    pub ops: BTreeMap<String, (u64, u64)>,
 }
 
 impl Tally {
+    /// The latency named `name`, created empty on first use.
+    pub fn named(&mut self, name: &str) -> &mut Latency {
+        self.named.entry(name.to_owned()).or_default()
+    }
+
+    /// Counts one operation named `name`, and in the window when `measured`.
+    pub fn op(&mut self, name: &str, measured: bool) {
+        let e = self.ops.entry(name.to_owned()).or_default();
+        e.0 += 1;
+        e.1 += u64::from(measured);
+    }
+
     pub fn error(&mut self, key: impl Into<String>) {
         *self.errors.entry(key.into()).or_default() += 1;
     }
@@ -151,6 +169,14 @@ impl Tally {
             self.error_examples
                 .entry(k.clone())
                 .or_insert_with(|| v.clone());
+        }
+        for (k, l) in &o.named {
+            self.named(k).merge(l);
+        }
+        for (k, (all, measured)) in &o.ops {
+            let e = self.ops.entry(k.clone()).or_default();
+            e.0 += all;
+            e.1 += measured;
         }
     }
 }

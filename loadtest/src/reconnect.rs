@@ -33,7 +33,7 @@ pub(crate) async fn run_reconnect(
     let setup_started = Instant::now();
     let mut tally = Tally::default();
     let mut connections = Connections::default();
-    let (sides, _) = crate::dm::set_up_users(
+    let (sides, _) = crate::common::set_up_users(
         config,
         targets,
         prefix,
@@ -153,7 +153,7 @@ pub(crate) async fn run_reconnect(
     }
     let remaining: Vec<Arc<chat_client::Connection>> =
         conns.into_iter().flatten().map(Arc::new).collect();
-    crate::dm::close_conns(remaining).await;
+    crate::common::close_conns(remaining).await;
     Ok(Outcome {
         tally,
         setup,

@@ -11,7 +11,8 @@
 //!   at `GET /v1/ws?token=`, all on one port over a hand-written HTTP/1.1 loop;
 //! - over the WebSocket: `hello` -> `welcome`, `ping` -> `pong`, `open_direct` ->
 //!   `conversation`, `create_group` -> `group` (with the `created` note at seq 1, as the node
-//!   writes it), `send` -> `ack` with a per-conversation seq, `broadcast`, `history`; every new
+//!   writes it), `send` -> `ack` with a per-conversation seq, `broadcast`, `history`,
+//!   `mark_read` -> `ok` (kept nowhere, no receipts); every new
 //!   message is pushed to every connection of every member except the one that sent it.
 //!
 //! What it does not do is the point: no storage (the logs are vectors in memory, kept only so
@@ -783,6 +784,8 @@ fn handle_frame(
             })
         }
         ClientFrame::Ping { id } => Some(ServerFrame::Pong { id }),
+        // Read marks are kept nowhere (no receipts either): `mixed` readers mark read.
+        ClientFrame::MarkRead { id, .. } => Some(ServerFrame::Ok { id }),
         ClientFrame::OpenDirect {
             id,
             username: by_name,

@@ -162,6 +162,13 @@ impl Ceiling {
                 Some(rt.pages_per_sec),
             );
         }
+        for (name, o) in &t.ops {
+            add(
+                format!("{name}/s"),
+                Some(o.per_sec),
+                rt.ops.get(name).map(|r| r.per_sec),
+            );
+        }
         add(
             "server cpu us/op".into(),
             run.server.as_ref().and_then(|p| p.cpu_us_per_op),
@@ -234,6 +241,17 @@ pub struct Throughput {
     pub pages: u64,
     #[serde(default)]
     pub pages_per_sec: f64,
+    /// Other operations by name (`search_queries`, `logins`, `history_reads`, ...): how
+    /// many in all, and per second in the window.
+    #[serde(default)]
+    pub ops: BTreeMap<String, OpRate>,
+}
+
+/// How many operations of one kind a run made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpRate {
+    pub count: u64,
+    pub per_sec: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -322,6 +340,9 @@ impl Report {
                 "history pages {} ({:.0}/s measured)",
                 t.pages, t.pages_per_sec
             );
+        }
+        for (name, o) in &t.ops {
+            let _ = writeln!(out, "{name} {} ({:.1}/s measured)", o.count, o.per_sec);
         }
         let c = &self.connections;
         let _ = writeln!(
@@ -470,6 +491,9 @@ impl Report {
         }
         if t.pages > 0 {
             f.push(("pages/s".into(), Some(t.pages_per_sec)));
+        }
+        for (name, o) in &t.ops {
+            f.push((format!("{name}/s"), Some(o.per_sec)));
         }
         let errors: u64 = self.errors.values().sum();
         f.push(("errors".into(), Some(errors as f64)));

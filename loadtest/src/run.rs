@@ -14,7 +14,7 @@ use anyhow::Context;
 
 use crate::checker::Checker;
 use crate::metrics::{Live, Tally};
-use crate::report::{Connections, Report, Throughput, MAX_VIOLATIONS_KEPT, REPORT_FORMAT};
+use crate::report::{Connections, OpRate, Report, Throughput, MAX_VIOLATIONS_KEPT, REPORT_FORMAT};
 use crate::scenario::{Scenario, ScenarioKind};
 use crate::scrape::{self, CounterDelta};
 use crate::setup::{self, Targets};
@@ -124,7 +124,7 @@ pub(crate) struct Ctx {
 /// unreachable target) is an error; contract violations are in the report's check.
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     config.scenario.validate()?;
-    let targets = Targets::new(&config.targets)?;
+    let targets = Targets::with_sources(&config.targets, config.scenario.source_addrs)?;
     let prefix = config.run_prefix.clone().unwrap_or_else(setup::run_prefix);
     let started_unix_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -201,6 +201,38 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             )
             .await?
         }
+        ScenarioKind::Mixed => {
+            crate::mixed::run_mixed(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&checker),
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
+        ScenarioKind::Search => {
+            crate::search::run_search(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&checker),
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
+        ScenarioKind::LoginStorm => {
+            crate::login::run_login(
+                &config,
+                &targets,
+                &prefix,
+                Arc::clone(&live),
+                Arc::clone(&progress_stop),
+            )
+            .await?
+        }
         ScenarioKind::ConnectStorm => {
             crate::storm::run_storm(
                 &config,
@@ -234,6 +266,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             latency.insert(name.to_owned(), l.summary());
         }
     }
+    for (name, l) in &t.named {
+        if l.count() > 0 {
+            latency.insert(name.clone(), l.summary());
+        }
+    }
     let secs = outcome.measured.as_secs_f64();
     let rate = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     let throughput = Throughput {
@@ -247,12 +284,27 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         setups_per_sec: rate(t.setups_measured),
         pages: t.pages,
         pages_per_sec: rate(t.pages_measured),
+        ops: t
+            .ops
+            .iter()
+            .map(|(name, (count, measured))| {
+                (
+                    name.clone(),
+                    OpRate {
+                        count: *count,
+                        per_sec: rate(*measured),
+                    },
+                )
+            })
+            .collect(),
     };
     let ops = match config.scenario.kind {
         ScenarioKind::ConnectStorm
         | ScenarioKind::IdleConnections
         | ScenarioKind::ReconnectStorm => t.setups_measured,
         ScenarioKind::HistoryPaging => t.pages_measured,
+        ScenarioKind::Search => t.ops.get("search_queries").map_or(0, |o| o.1),
+        ScenarioKind::LoginStorm => t.ops.get("logins").map_or(0, |o| o.1),
         _ => t.acks_measured,
     };
     let server = outcome.server.take().map(|(start, end)| {

@@ -41,6 +41,20 @@ pub enum ScenarioKind {
     /// backwards through its conversation (`page_size` a page) at `rate` pages/s in all, at
     /// most `window` in flight each.
     HistoryPaging,
+    /// A realistic day: conversations of Zipf-distributed sizes (direct ones and groups of 3
+    /// to `max_members`), messages at `rate`/s in all with bursts (at most `window` in
+    /// flight), each in a conversation drawn by Zipf activity from a writer among its members;
+    /// readers page history and mark read at `read_rate`/s. Parameters in `[mixed]`.
+    Mixed,
+    /// Search: pairs whose conversations hold `prefill` messages of a vocabulary, each with a
+    /// unique planted word; once the index caught up, queries at `rate`/s in all (at most
+    /// `window` in flight), each unique word checked to find exactly its message. Parameters
+    /// in `[search]`.
+    Search,
+    /// Logins: `users` users registered in the (untimed) set-up log in over and over at
+    /// `rate` logins/s in all (0: as fast as `window` logins in flight allow), each optionally
+    /// followed by a WebSocket connect. Parameters in `[login]`.
+    LoginStorm,
 }
 
 impl ScenarioKind {
@@ -54,6 +68,9 @@ impl ScenarioKind {
             ScenarioKind::Broadcast => "broadcast",
             ScenarioKind::ReconnectStorm => "reconnect-storm",
             ScenarioKind::HistoryPaging => "history-paging",
+            ScenarioKind::Mixed => "mixed",
+            ScenarioKind::Search => "search",
+            ScenarioKind::LoginStorm => "login-storm",
         }
     }
 }
@@ -68,9 +85,10 @@ pub struct Scenario {
     pub kind: ScenarioKind,
     /// How many users take part. The direct scenarios pair them up, so it must be even.
     pub users: u32,
-    /// Operations started per second, all users together: messages for the direct scenarios,
-    /// user set-ups for `connect-storm`. 0 means "as fast as the window allows" and is refused
-    /// for `dm-pingpong`, whose point is a fixed schedule.
+    /// Operations started per second, all users together: messages for the direct scenarios
+    /// and `mixed` (outside bursts), user set-ups for `connect-storm`, queries for `search`,
+    /// logins for `login-storm`. 0 means "as fast as the window allows" and is refused for the
+    /// kinds whose point is a fixed schedule (`dm-pingpong`, `mixed`, `search`, ...).
     pub rate: f64,
     /// How long the measured phase lasts, after the warm-up.
     pub duration_secs: f64,
@@ -78,6 +96,8 @@ pub struct Scenario {
     #[serde(default)]
     pub warmup_secs: f64,
     /// `dm-flood`: sends in flight per sender. `connect-storm`: user set-ups in flight.
+    /// `mixed`: sends in flight in all (and reads in flight in all). `search`: queries in
+    /// flight in all. `login-storm`: logins in flight in all.
     #[serde(default)]
     pub window: Option<u32>,
     /// `dm-flood`: both users of a pair send, not only the first.
@@ -103,6 +123,134 @@ pub struct Scenario {
     /// `history-paging`: messages asked for per page (1 to 200).
     #[serde(default)]
     pub page_size: Option<u32>,
+    /// Spread the users' sockets over the source addresses 127.0.0.1 to 127.0.0.<n> (1 to
+    /// 254), so that one machine can open more than ~28k connections to one node. Only for
+    /// targets given as IPv4 loopback addresses. Absent: the system picks the source.
+    #[serde(default)]
+    pub source_addrs: Option<u32>,
+    /// `mixed`: the shape of the day.
+    #[serde(default)]
+    pub mixed: Option<MixedParams>,
+    /// `search`: the corpus and the query mix.
+    #[serde(default)]
+    pub search: Option<SearchParams>,
+    /// `login-storm`: what follows each login.
+    #[serde(default)]
+    pub login: Option<LoginParams>,
+}
+
+/// The `[mixed]` table of a `mixed` scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixedParams {
+    /// How many conversations the users share.
+    pub conversations: u32,
+    /// The largest conversation: sizes run from 2 (a direct conversation) to this.
+    pub max_members: u32,
+    /// Zipf exponent of the sizes: size `k` has weight `1 / (k - 1)^s`, so most
+    /// conversations are direct and a few are large groups.
+    #[serde(default = "default_size_zipf")]
+    pub size_zipf: f64,
+    /// Zipf exponent of the conversations' activity: conversation of rank `r` (a random
+    /// order) gets a share `1 / r^s` of the messages (0: all alike).
+    #[serde(default = "default_activity_zipf")]
+    pub activity_zipf: f64,
+    /// How many users send (the first of a random order); all when absent.
+    #[serde(default)]
+    pub writers: Option<u32>,
+    /// How many users read (page history and mark read); none when absent.
+    #[serde(default)]
+    pub readers: Option<u32>,
+    /// Reads per second, all readers together: one read is the latest page of one of the
+    /// reader's conversations, the page before it, and a mark-read up to the latest message.
+    #[serde(default)]
+    pub read_rate: f64,
+    /// Messages asked for per history page (1 to 200).
+    #[serde(default = "default_mixed_page")]
+    pub page_size: u32,
+    /// During a burst the message rate is `rate * burst_factor` (1 to 100; 1: no bursts).
+    #[serde(default = "default_burst_factor")]
+    pub burst_factor: f64,
+    /// A burst of `burst_secs` starts every `burst_period_secs` (from the start of the load).
+    #[serde(default)]
+    pub burst_period_secs: f64,
+    #[serde(default)]
+    pub burst_secs: f64,
+    /// Seed of every random choice (sizes, members, activity, senders), so that runs repeat.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+/// The `[search]` table of a `search` scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// Messages written before the queries, spread over the pairs (checked, not measured).
+    pub prefill: u64,
+    /// Words of the generated vocabulary the bodies are drawn from (Zipf, s = 1).
+    #[serde(default = "default_vocabulary")]
+    pub vocabulary: u32,
+    /// Vocabulary words per message (a unique word is planted in each besides).
+    #[serde(default = "default_words_per_message")]
+    pub words_per_message: u32,
+    /// Shares of the queries (the rest are vocabulary queries of one or two words): for one
+    /// message's unique word (checked: exactly that message), for a user by name (checked:
+    /// that user is among the people found), for a conversation by the other member's name
+    /// (checked: the conversation is found).
+    #[serde(default = "default_unique_share")]
+    pub unique_share: f64,
+    #[serde(default)]
+    pub users_share: f64,
+    #[serde(default)]
+    pub conversations_share: f64,
+    /// Hits asked for per message query (1 to 100).
+    #[serde(default = "default_search_limit")]
+    pub limit: u32,
+    /// How long to wait for the index to catch up with the prefill.
+    #[serde(default = "default_index_wait")]
+    pub index_wait_secs: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+/// The `[login]` table of a `login-storm` scenario.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginParams {
+    /// Open a WebSocket (hello/welcome) with each new token, then close it.
+    #[serde(default)]
+    pub connect: bool,
+}
+
+fn default_size_zipf() -> f64 {
+    1.5
+}
+fn default_activity_zipf() -> f64 {
+    1.0
+}
+fn default_mixed_page() -> u32 {
+    50
+}
+fn default_burst_factor() -> f64 {
+    1.0
+}
+fn default_seed() -> u64 {
+    1
+}
+fn default_vocabulary() -> u32 {
+    2000
+}
+fn default_words_per_message() -> u32 {
+    8
+}
+fn default_unique_share() -> f64 {
+    0.5
+}
+fn default_search_limit() -> u32 {
+    20
+}
+fn default_index_wait() -> f64 {
+    60.0
 }
 
 fn default_body_bytes() -> usize {
@@ -135,6 +283,11 @@ pub const MAX_USERS: u32 = 100_000;
 pub const MAX_BROADCAST_TARGETS: u32 = 10_000;
 /// The longest phase a scenario may ask for, so that every run ends by itself.
 pub const MAX_PHASE_SECS: f64 = 3600.0;
+/// The lowest rate above 0 (one operation per 1000 s): slower schedules are refused rather
+/// than turned into intervals longer than any run.
+pub const MIN_RATE: f64 = 0.001;
+/// The most scheduled operations one run may plan ahead (`mixed` keeps its schedule).
+pub const MAX_PLANNED_OPS: f64 = 20_000_000.0;
 
 impl Scenario {
     /// Reads, parses and validates a scenario file.
@@ -182,7 +335,10 @@ impl Scenario {
         };
         let dm = matches!(
             self.kind,
-            ScenarioKind::DmPingpong | ScenarioKind::DmFlood | ScenarioKind::HistoryPaging
+            ScenarioKind::DmPingpong
+                | ScenarioKind::DmFlood
+                | ScenarioKind::HistoryPaging
+                | ScenarioKind::Search
         );
         if self.users == 0 || self.users > MAX_USERS {
             return bad(format!(
@@ -200,8 +356,21 @@ impl Scenario {
         if !self.rate.is_finite() || self.rate < 0.0 {
             return bad(format!("rate must be 0 or positive, not {}", self.rate));
         }
-        if self.kind == ScenarioKind::DmPingpong && self.rate == 0.0 {
-            return bad("dm-pingpong needs a rate above 0: it runs on a fixed schedule".into());
+        if self.rate > 0.0 && self.rate < MIN_RATE {
+            return bad(format!(
+                "rate must be 0 or at least {MIN_RATE} (one per 1000 s), not {}",
+                self.rate
+            ));
+        }
+        if matches!(
+            self.kind,
+            ScenarioKind::DmPingpong | ScenarioKind::Mixed | ScenarioKind::Search
+        ) && self.rate == 0.0
+        {
+            return bad(format!(
+                "{} needs a rate above 0: it runs on a fixed schedule",
+                self.kind.as_str()
+            ));
         }
         for (field, v) in [
             ("duration_secs", self.duration_secs),
@@ -283,7 +452,10 @@ impl Scenario {
                 | ScenarioKind::IdleConnections
                 | ScenarioKind::Broadcast
                 | ScenarioKind::ReconnectStorm
-                | ScenarioKind::HistoryPaging,
+                | ScenarioKind::HistoryPaging
+                | ScenarioKind::Mixed
+                | ScenarioKind::Search
+                | ScenarioKind::LoginStorm,
                 None,
             ) => return bad(format!("{} needs a window", self.kind.as_str())),
             (_, Some(w)) if w == 0 || w > 65_536 => {
@@ -305,6 +477,170 @@ impl Scenario {
                 "setup_concurrency must be 1 to 1024, not {}",
                 self.setup_concurrency
             ));
+        }
+        if let Some(n) = self.source_addrs {
+            if n == 0 || n > crate::setup::MAX_SOURCE_ADDRS {
+                return bad(format!(
+                    "source_addrs must be 1 to {}, not {n}",
+                    crate::setup::MAX_SOURCE_ADDRS
+                ));
+            }
+        }
+        self.validate_tables()
+            .map_err(|message| ScenarioError::Invalid {
+                name: self.name.clone(),
+                message,
+            })
+    }
+
+    /// Each kind's own table is there when it must be, valid, and absent otherwise.
+    fn validate_tables(&self) -> Result<(), String> {
+        let kind = self.kind.as_str();
+        for (table, given, owner) in [
+            ("mixed", self.mixed.is_some(), ScenarioKind::Mixed),
+            ("search", self.search.is_some(), ScenarioKind::Search),
+            ("login", self.login.is_some(), ScenarioKind::LoginStorm),
+        ] {
+            if given && self.kind != owner {
+                return Err(format!(
+                    "the [{table}] table applies to {} only, not {kind}",
+                    owner.as_str()
+                ));
+            }
+        }
+        let in_range = |field: &str, v: f64, lo: f64, hi: f64| {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{field} must be {lo} to {hi}, not {v}"))
+            }
+        };
+        match self.kind {
+            ScenarioKind::Mixed => {
+                let Some(m) = &self.mixed else {
+                    return Err("mixed needs a [mixed] table (conversations, max_members)".into());
+                };
+                if m.conversations == 0 || m.conversations > MAX_USERS {
+                    return Err(format!(
+                        "mixed.conversations must be 1 to {MAX_USERS}, not {}",
+                        m.conversations
+                    ));
+                }
+                if m.max_members < 2 || m.max_members > self.users {
+                    return Err(format!(
+                        "mixed.max_members must be 2 to users ({}), not {}",
+                        self.users, m.max_members
+                    ));
+                }
+                in_range("mixed.size_zipf", m.size_zipf, 0.0, 10.0)?;
+                in_range("mixed.activity_zipf", m.activity_zipf, 0.0, 10.0)?;
+                for (field, v) in [("mixed.writers", m.writers), ("mixed.readers", m.readers)] {
+                    if let Some(n) = v {
+                        if n > self.users {
+                            return Err(format!(
+                                "{field} must be 0 to users ({}), not {n}",
+                                self.users
+                            ));
+                        }
+                    }
+                }
+                if m.writers == Some(0) {
+                    return Err("mixed.writers must be at least 1".into());
+                }
+                in_range("mixed.read_rate", m.read_rate, 0.0, 1e6)?;
+                if m.read_rate > 0.0 && m.read_rate < MIN_RATE {
+                    return Err(format!(
+                        "mixed.read_rate must be 0 or at least {MIN_RATE}, not {}",
+                        m.read_rate
+                    ));
+                }
+                if m.read_rate > 0.0 && m.readers.unwrap_or(0) == 0 {
+                    return Err("mixed.read_rate needs mixed.readers above 0".into());
+                }
+                if m.page_size == 0 || m.page_size > 200 {
+                    return Err(format!(
+                        "mixed.page_size must be 1 to 200, not {}",
+                        m.page_size
+                    ));
+                }
+                in_range("mixed.burst_factor", m.burst_factor, 1.0, 100.0)?;
+                in_range(
+                    "mixed.burst_period_secs",
+                    m.burst_period_secs,
+                    0.0,
+                    MAX_PHASE_SECS,
+                )?;
+                in_range("mixed.burst_secs", m.burst_secs, 0.0, MAX_PHASE_SECS)?;
+                let bursts = m.burst_factor > 1.0;
+                if bursts && !(m.burst_secs > 0.0 && m.burst_secs < m.burst_period_secs) {
+                    return Err(format!(
+                        "mixed.burst_factor {} needs 0 < burst_secs < burst_period_secs \
+                         (not {} and {})",
+                        m.burst_factor, m.burst_secs, m.burst_period_secs
+                    ));
+                }
+                let planned = self.rate * m.burst_factor * (self.warmup_secs + self.duration_secs)
+                    + m.read_rate * (self.warmup_secs + self.duration_secs);
+                if planned > MAX_PLANNED_OPS {
+                    return Err(format!(
+                        "mixed plans about {planned:.0} operations, more than \
+                         {MAX_PLANNED_OPS:.0}: lower the rate or the duration"
+                    ));
+                }
+            }
+            ScenarioKind::Search => {
+                let Some(q) = &self.search else {
+                    return Err("search needs a [search] table (prefill)".into());
+                };
+                if q.prefill == 0 || q.prefill > 1_000_000 {
+                    return Err(format!(
+                        "search.prefill must be 1 to 1000000, not {}",
+                        q.prefill
+                    ));
+                }
+                if q.vocabulary < 10 || q.vocabulary > 100_000 {
+                    return Err(format!(
+                        "search.vocabulary must be 10 to 100000, not {}",
+                        q.vocabulary
+                    ));
+                }
+                if q.words_per_message == 0 || q.words_per_message > 200 {
+                    return Err(format!(
+                        "search.words_per_message must be 1 to 200, not {}",
+                        q.words_per_message
+                    ));
+                }
+                in_range("search.unique_share", q.unique_share, 0.0, 1.0)?;
+                in_range("search.users_share", q.users_share, 0.0, 1.0)?;
+                in_range(
+                    "search.conversations_share",
+                    q.conversations_share,
+                    0.0,
+                    1.0,
+                )?;
+                let shares = q.unique_share + q.users_share + q.conversations_share;
+                if shares > 1.0 + 1e-9 {
+                    return Err(format!(
+                        "search: unique_share + users_share + conversations_share must be at \
+                         most 1, not {shares}"
+                    ));
+                }
+                if q.limit == 0 || q.limit as usize > chat_types::search::MAX_SEARCH_PAGE {
+                    return Err(format!(
+                        "search.limit must be 1 to {}, not {}",
+                        chat_types::search::MAX_SEARCH_PAGE,
+                        q.limit
+                    ));
+                }
+                in_range(
+                    "search.index_wait_secs",
+                    q.index_wait_secs,
+                    0.1,
+                    MAX_PHASE_SECS,
+                )?;
+            }
+            ScenarioKind::LoginStorm => {}
+            _ => {}
         }
         Ok(())
     }
@@ -352,6 +688,9 @@ mod tests {
             "broadcast",
             "reconnect-storm",
             "history-paging",
+            "mixed",
+            "search",
+            "login-storm",
         ] {
             let s = Scenario::from_file(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(s.name, name);
@@ -370,6 +709,9 @@ mod tests {
                 ScenarioKind::Broadcast,
                 ScenarioKind::ReconnectStorm,
                 ScenarioKind::HistoryPaging,
+                ScenarioKind::Mixed,
+                ScenarioKind::Search,
+                ScenarioKind::LoginStorm,
             ]
         );
         // Every file in the directory parses (the CI suite validates them all too).
@@ -469,5 +811,92 @@ mod tests {
                 .unwrap();
         assert_eq!(s.name, "test");
         assert_eq!(s.body_bytes, 64);
+    }
+
+    #[test]
+    fn mixed_needs_its_table_and_sane_bursts() {
+        let ok = "kind = \"mixed\"\nusers = 20\nrate = 50\nduration_secs = 1\nwindow = 8\n\
+                  [mixed]\nconversations = 10\nmax_members = 5\nreaders = 2\nread_rate = 5\n\
+                  burst_factor = 3\nburst_period_secs = 2\nburst_secs = 0.5\n";
+        let m = parse(ok).unwrap().mixed.unwrap();
+        assert_eq!((m.conversations, m.max_members, m.seed), (10, 5, 1));
+        for (bad, why) in [
+            (
+                ok.replace("[mixed]\nconversations = 10\nmax_members = 5\nreaders = 2\nread_rate = 5\nburst_factor = 3\nburst_period_secs = 2\nburst_secs = 0.5\n", ""),
+                "[mixed] table",
+            ),
+            (ok.replace("max_members = 5", "max_members = 21"), "max_members must be"),
+            (ok.replace("max_members = 5", "max_members = 1"), "max_members must be"),
+            (ok.replace("burst_secs = 0.5", "burst_secs = 2"), "burst_secs"),
+            (ok.replace("burst_factor = 3", "burst_factor = 0.5"), "burst_factor"),
+            (ok.replace("readers = 2", "readers = 0"), "read_rate needs"),
+            (ok.replace("rate = 50", "rate = 0"), "rate above 0"),
+            (ok.replace("window = 8\n", ""), "needs a window"),
+            (ok.replace("conversations = 10", "conversations = 0"), "conversations"),
+            (ok.replace("read_rate = 5", "read_rate = 1e-300"), "read_rate must be"),
+            (ok.replace("rate = 50", "rate = 1e-300"), "at least 0.001"),
+            (format!("{ok}sizes = 3\n"), "sizes"),
+            (ok.replace("rate = 50", "rate = 1000000\nwarmup_secs = 100"), "operations"),
+        ] {
+            let err = parse(&bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn search_and_login_tables_belong_to_their_kinds() {
+        let ok = "kind = \"search\"\nusers = 4\nrate = 50\nduration_secs = 1\nwindow = 4\n\
+                  [search]\nprefill = 100\n";
+        let q = parse(ok).unwrap().search.unwrap();
+        assert_eq!((q.prefill, q.vocabulary, q.limit), (100, 2000, 20));
+        for (bad, why) in [
+            (ok.replace("users = 4", "users = 5"), "even"),
+            (ok.replace("prefill = 100", "prefill = 0"), "search.prefill"),
+            (
+                format!("{ok}unique_share = 0.8\nusers_share = 0.3\n"),
+                "at most 1",
+            ),
+            (format!("{ok}limit = 101\n"), "search.limit"),
+            (
+                ok.replace("[search]\nprefill = 100\n", ""),
+                "[search] table",
+            ),
+            (
+                format!("{ok}[login]\nconnect = true\n"),
+                "applies to login-storm only",
+            ),
+        ] {
+            let err = parse(&bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let login = "kind = \"login-storm\"\nusers = 3\nrate = 0\nduration_secs = 1\nwindow = 4\n";
+        assert!(parse(login).unwrap().login.is_none());
+        assert!(parse(&format!("{login}[login]\nconnect = true\n"))
+            .unwrap()
+            .login
+            .is_some_and(|l| l.connect));
+        let err = parse(&format!("{login}[login]\nconect = true\n")).unwrap_err();
+        assert!(err.to_string().contains("conect"), "{err}");
+        let err = parse(&format!(
+            "{login}[mixed]\nconversations = 1\nmax_members = 2\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("applies to mixed only"), "{err}");
+    }
+
+    #[test]
+    fn source_addrs_are_checked() {
+        let ok = "kind = \"connect-storm\"\nusers = 3\nrate = 0\nduration_secs = 1\nwindow = 2\n";
+        assert_eq!(parse(ok).unwrap().source_addrs, None);
+        assert_eq!(
+            parse(&format!("{ok}source_addrs = 8\n"))
+                .unwrap()
+                .source_addrs,
+            Some(8)
+        );
+        for n in [0, 255] {
+            let err = parse(&format!("{ok}source_addrs = {n}\n")).unwrap_err();
+            assert!(err.to_string().contains("source_addrs must be"), "{err}");
+        }
     }
 }

@@ -20,12 +20,21 @@ pub const PASSWORD: &str = "loadtest-password";
 /// How often a set-up step is tried when the server answers with a retryable error.
 const SETUP_ATTEMPTS: u32 = 5;
 
-/// The targets of a run: one HTTP client per node, and the base URLs as given.
+/// The targets of a run: one HTTP client per node, the base URLs as given, and the source
+/// addresses connections are spread over, if any.
 #[derive(Clone, Debug)]
 pub struct Targets {
     pub urls: Vec<String>,
     pub apis: Vec<HttpApi>,
+    /// Local addresses the users' sockets are bound to, user by user (empty: the system
+    /// picks, as usual). See [`Targets::with_sources`].
+    pub sources: Vec<IpAddr>,
+    /// One HTTP client per target and source (empty without sources).
+    source_apis: Vec<Vec<HttpApi>>,
 }
+
+/// The most source addresses a run may spread its connections over (127.0.0.1 to .254).
+pub const MAX_SOURCE_ADDRS: u32 = 254;
 
 impl Targets {
     /// Checks that every target is an `http://` URL on a loopback address (load is only ever
@@ -36,26 +45,56 @@ impl Targets {
         }
         let mut apis = Vec::new();
         for url in urls {
-            let parsed = reqwest::Url::parse(url).with_context(|| format!("target {url:?}"))?;
-            if parsed.scheme() != "http" {
-                bail!("target {url:?}: only http:// targets are supported");
-            }
-            let host = parsed.host_str().unwrap_or("");
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = host.eq_ignore_ascii_case("localhost")
-                || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if !loopback {
-                bail!(
-                    "target {url:?}: the load tester only targets loopback addresses \
-                     (127.0.0.0/8, ::1, localhost)"
-                );
-            }
+            loopback_host(url)?;
             apis.push(HttpApi::new(url).with_context(|| format!("target {url:?}"))?);
         }
         Ok(Targets {
             urls: urls.to_vec(),
             apis,
+            sources: Vec::new(),
+            source_apis: Vec::new(),
         })
+    }
+
+    /// [`Targets::new`], with the users' WebSocket and HTTP sockets spread over the source
+    /// addresses `127.0.0.1` to `127.0.0.<n>` when `n` is given, so that one machine can
+    /// open more than ~28k connections (one ephemeral port range per source address) to one
+    /// node. Only for targets given as IPv4 loopback addresses (`127.x.y.z`).
+    pub fn with_sources(urls: &[String], n: Option<u32>) -> anyhow::Result<Targets> {
+        let mut targets = Targets::new(urls)?;
+        let Some(n) = n else {
+            return Ok(targets);
+        };
+        if n == 0 || n > MAX_SOURCE_ADDRS {
+            bail!("source_addrs must be 1 to {MAX_SOURCE_ADDRS}, not {n}");
+        }
+        for url in urls {
+            match loopback_host(url)? {
+                (_, Some(IpAddr::V4(_))) => {}
+                _ => bail!(
+                    "target {url:?}: source addresses (127.0.0.1 to 127.0.0.{n}) need targets \
+                     named by an IPv4 loopback address, e.g. http://127.0.0.1:8080"
+                ),
+            }
+        }
+        targets.sources = (1..=n)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, i as u8)))
+            .collect();
+        for url in urls {
+            let mut per_source = Vec::new();
+            for source in &targets.sources {
+                per_source.push(
+                    HttpApi::with_local_addr(
+                        url,
+                        chat_client::DEFAULT_REQUEST_TIMEOUT,
+                        Some(*source),
+                    )
+                    .with_context(|| format!("target {url:?} from {source}"))?,
+                );
+            }
+            targets.source_apis.push(per_source);
+        }
+        Ok(targets)
     }
 
     /// The target of user number `index`: round-robin, so that consecutive users (the two
@@ -63,6 +102,47 @@ impl Targets {
     pub fn of(&self, index: usize) -> usize {
         index % self.apis.len()
     }
+
+    /// The source address of user number `index` (`None`: the system picks). Users of one
+    /// target go round-robin over every source.
+    pub fn source_of(&self, index: usize) -> Option<IpAddr> {
+        if self.sources.is_empty() {
+            return None;
+        }
+        Some(self.sources[(index / self.apis.len()) % self.sources.len()])
+    }
+
+    /// The HTTP client user number `index` talks to its target with (bound to its source
+    /// address when the run has several).
+    pub fn api_of(&self, index: usize) -> &HttpApi {
+        let target = self.of(index);
+        match self.source_apis.get(target) {
+            Some(per_source) if !per_source.is_empty() => {
+                &per_source[(index / self.apis.len()) % per_source.len()]
+            }
+            _ => &self.apis[target],
+        }
+    }
+}
+
+/// Checks that `url` is an `http://` URL on a loopback host; returns the host and, unless it
+/// is `localhost`, its address.
+fn loopback_host(url: &str) -> anyhow::Result<(String, Option<IpAddr>)> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("target {url:?}"))?;
+    if parsed.scheme() != "http" {
+        bail!("target {url:?}: only http:// targets are supported");
+    }
+    let host = parsed.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = host.parse::<IpAddr>().ok();
+    let loopback = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
+    if !loopback {
+        bail!(
+            "target {url:?}: the load tester only targets loopback addresses \
+             (127.0.0.0/8, ::1, localhost)"
+        );
+    }
+    Ok((host.to_owned(), ip))
 }
 
 /// A prefix unique to this run, so that reruns against the same data never collide:
@@ -139,8 +219,21 @@ pub async fn register_and_log_in(
     tally: &mut Tally,
     record: bool,
 ) -> Result<User, ClientError> {
+    let user = register_user(targets, prefix, index, tally, record).await?;
+    log_in(targets, user, tally, record).await
+}
+
+/// Registers user `index` without logging it in (its `token` is empty), recording the
+/// latency in `tally`.
+pub async fn register_user(
+    targets: &Targets,
+    prefix: &str,
+    index: usize,
+    tally: &mut Tally,
+    record: bool,
+) -> Result<User, ClientError> {
     let target = targets.of(index);
-    let api = &targets.apis[target];
+    let api = targets.api_of(index);
     let name = username(prefix, index);
     if validate_username(&name).is_err() {
         return Err(ClientError::Protocol(format!(
@@ -148,22 +241,37 @@ pub async fn register_and_log_in(
         )));
     }
     let t = Instant::now();
-    retry(tally, || api.register(&name, PASSWORD)).await?;
+    let registered = retry(tally, || api.register(&name, PASSWORD)).await?;
     if record {
         tally.register.record(t.elapsed());
     }
+    Ok(User {
+        index,
+        username: name,
+        user_id: registered.user_id,
+        token: String::new(),
+        target,
+    })
+}
+
+/// Logs `user` in (`POST /v1/login`), retrying retryable refusals, and returns it with its
+/// new token; records the latency in `tally`.
+pub async fn log_in(
+    targets: &Targets,
+    mut user: User,
+    tally: &mut Tally,
+    record: bool,
+) -> Result<User, ClientError> {
+    let api = targets.api_of(user.index);
     let t = Instant::now();
-    let login: LoginResponse = retry(tally, || api.login(&name, PASSWORD)).await?;
+    let login: LoginResponse = retry(tally, || api.login(&user.username, PASSWORD)).await?;
     if record {
         tally.login.record(t.elapsed());
     }
-    Ok(User {
-        index,
-        username: login.username,
-        user_id: login.user_id,
-        token: login.token,
-        target,
-    })
+    user.username = login.username;
+    user.user_id = login.user_id;
+    user.token = login.token;
+    Ok(user)
 }
 
 /// Opens `user`'s WebSocket (upgrade plus hello/welcome) on its target, resuming the event
@@ -178,6 +286,7 @@ pub async fn connect_user(
     let t = Instant::now();
     let config = ConnectionConfig {
         resume_from,
+        local_addr: targets.source_of(user.index),
         ..ConnectionConfig::default()
     };
     let url = targets.apis[user.target].ws_url(&user.token);
@@ -270,6 +379,41 @@ mod tests {
         let t = Targets::new(&urls).unwrap();
         for pair in 0..10 {
             assert_ne!(t.of(2 * pair), t.of(2 * pair + 1));
+        }
+    }
+
+    #[test]
+    fn sources_spread_every_target_over_every_address() {
+        let urls: Vec<String> = (1..=2)
+            .map(|i| format!("http://127.0.0.1:808{i}"))
+            .collect();
+        let plain = Targets::with_sources(&urls, None).unwrap();
+        assert_eq!(plain.source_of(5), None);
+        let t = Targets::with_sources(&urls, Some(4)).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(t.sources.first(), Some(&ip("127.0.0.1")));
+        assert_eq!(t.sources.last(), Some(&ip("127.0.0.4")));
+        // Users 0, 2, 4, 6 are on target 0, each from another source.
+        let on_first: Vec<_> = [0, 2, 4, 6, 8].iter().map(|&i| t.source_of(i)).collect();
+        assert_eq!(
+            on_first,
+            [
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.3",
+                "127.0.0.4",
+                "127.0.0.1"
+            ]
+            .map(|s| Some(ip(s)))
+        );
+        assert_eq!(t.source_of(1), Some(ip("127.0.0.1")));
+        for bad in [Some(0), Some(255)] {
+            let err = Targets::with_sources(&urls, bad).unwrap_err();
+            assert!(err.to_string().contains("source_addrs"), "{err}");
+        }
+        for host in ["localhost", "[::1]"] {
+            let err = Targets::with_sources(&[format!("http://{host}:8080")], Some(2)).unwrap_err();
+            assert!(err.to_string().contains("IPv4 loopback"), "{err}");
         }
     }
 }

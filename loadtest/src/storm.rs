@@ -124,7 +124,7 @@ pub(crate) async fn run_storm(
     if let Some(p) = progress {
         p.abort();
     }
-    crate::dm::close_conns(conns).await;
+    crate::common::close_conns(conns).await;
     Ok(Outcome {
         tally,
         setup: Duration::ZERO,

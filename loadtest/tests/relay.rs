@@ -228,4 +228,34 @@ async fn every_kind_runs_against_the_relay() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert!(r.throughput.setups_per_sec > 0.0);
     assert_eq!(r.connections.open_at_end, 20);
+
+    let mut m = short(must_load("mixed"));
+    m.users = 30;
+    m.rate = 60.0;
+    m.window = Some(16);
+    let mp = m.mixed.as_mut().expect("mixed.toml has a [mixed] table");
+    mp.conversations = 20;
+    mp.max_members = 6;
+    mp.writers = Some(20);
+    mp.readers = Some(5);
+    mp.read_rate = 20.0;
+    let r = must_run_on_relay(m).await;
+    assert!(r.ok(), "{}", r.check.verdict_line());
+    assert!(r.errors.is_empty(), "{:?} {:?}", r.errors, r.error_examples);
+    assert!(r.check.acked > 0 && r.check.deliveries > 0);
+    assert!(r.latency.contains_key("mark_read"));
+
+    let mut l = short(must_load("login-storm"));
+    l.users = 10;
+    l.rate = 50.0;
+    l.window = Some(8);
+    l.login = Some(chat_loadtest::scenario::LoginParams { connect: true });
+    let r = must_run_on_relay(l).await;
+    assert!(r.errors.is_empty(), "{:?} {:?}", r.errors, r.error_examples);
+    let logins = r.throughput.ops.get("logins").map_or(0, |o| o.count);
+    assert!(logins >= 50, "{logins} logins");
+    assert_eq!(
+        r.throughput.ops.get("connects").map(|o| o.count),
+        Some(logins)
+    );
 }
