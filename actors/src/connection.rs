@@ -22,13 +22,20 @@ use chat_types::{
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::router::Router;
 
 /// How long an event may wait for the one before it before the connection asks for a replay.
 pub const GAP_WAIT: Duration = Duration::from_millis(300);
-/// Events held back behind a gap; beyond this the newest are dropped (the replay has them).
+/// Events held back (behind a gap, or waiting for room in the socket's queue); beyond this
+/// the newest are dropped (a replay from the cursor brings them back).
 const MAX_HELD: usize = 2048;
+/// How soon held events are tried again when the socket's queue was full.
+const FLUSH_RETRY: Duration = Duration::from_millis(20);
+/// A client whose queue has had no room for this long is not reading: it is closed with
+/// 4003 and resumes. A burst that only outran the writer for a moment is held instead.
+pub const SLOW_CONSUMER_AFTER: Duration = Duration::from_secs(5);
 
 /// A connection anywhere in the cluster: the node that holds it and its id there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -142,6 +149,8 @@ pub enum ConnectionMsg {
     Start { cursor: EventSeq },
     /// A gap may have stayed open for [`GAP_WAIT`].
     GapCheck,
+    /// The socket's queue may have room again for held events.
+    Flush,
     /// The replay asked for after a gap ended (`false`: it could not be made).
     Resumed(bool),
     /// Close the socket with this code.
@@ -175,6 +184,9 @@ pub struct ConnectionArgs {
     pub me: ConnRef,
     pub router: Weak<Router>,
     pub cursor: SharedCursor,
+    /// How long the socket's queue may have no room before the client counts as not
+    /// reading ([`SLOW_CONSUMER_AFTER`] in the node).
+    pub slow_after: Duration,
 }
 
 pub struct ConnectionState {
@@ -186,38 +198,43 @@ pub struct ConnectionState {
     /// The last event handed to the client; `None` until the session has the connection.
     cursor: Option<EventSeq>,
     shared: SharedCursor,
-    /// Events (and cursor notes) beyond the next one, by position.
-    held: BTreeMap<EventSeq, PushFrame>,
+    /// Events (and cursor notes) not yet handed over, by position: beyond a gap, or waiting
+    /// for room in the socket's queue.
+    held: BTreeMap<EventSeq, ServerFrame>,
     /// A resync notice that arrived before the start: the cursor starts at its head.
     resync_before_start: Option<EventSeq>,
     gap_check_pending: bool,
     resuming: bool,
+    /// Since when the socket's queue has had no room for the next event (the client is not
+    /// reading, or a burst outran the writer).
+    blocked_since: Option<Instant>,
+    flush_pending: bool,
+    slow_after: Duration,
+}
+
+/// Whether a frame went into the socket's queue.
+enum Emitted {
+    Yes,
+    /// The queue is full: the frame comes back.
+    Full(ServerFrame),
+    /// The connection is closing or closed.
+    Gone,
 }
 
 impl ConnectionState {
-    /// Queues a frame for the socket; false once the connection is closing.
-    fn emit(&mut self, myself: &ActorRef<ConnectionMsg>, frame: PushFrame) -> bool {
+    /// Queues a frame for the socket.
+    fn emit(&mut self, myself: &ActorRef<ConnectionMsg>, frame: ServerFrame) -> Emitted {
         if self.closing {
-            return false;
+            return Emitted::Gone;
         }
-        match self
-            .out
-            .try_send(Outbound::Frame(frame.into_server_frame()))
-        {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::info!(user = %self.user, "slow consumer; closing its connection");
-                // The writer also watches for a full queue; this close is best effort.
-                self.close(
-                    close::SLOW_CONSUMER,
-                    "outbound queue full; reconnect and resume",
-                );
-                false
-            }
+        match self.out.try_send(Outbound::Frame(frame)) {
+            Ok(()) => Emitted::Yes,
+            Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => Emitted::Full(frame),
+            Err(mpsc::error::TrySendError::Full(_)) => Emitted::Gone,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.closing = true;
                 myself.stop(None);
-                false
+                Emitted::Gone
             }
         }
     }
@@ -236,7 +253,8 @@ impl ConnectionState {
         self.shared.set(to);
     }
 
-    /// Hands over every held frame that is next in the stream; drops those already handed.
+    /// Hands over every held frame that is next in the stream, while the socket's queue has
+    /// room; drops those already handed.
     fn drain(&mut self, myself: &ActorRef<ConnectionMsg>) {
         let Some(mut cursor) = self.cursor else {
             return;
@@ -251,11 +269,28 @@ impl ConnectionState {
                 break;
             }
             let frame = entry.remove();
-            if !self.emit(myself, frame) {
-                return;
+            match self.emit(myself, frame) {
+                Emitted::Yes => {
+                    cursor = pos;
+                    self.advance(pos);
+                    self.blocked_since = None;
+                }
+                Emitted::Full(frame) => {
+                    self.held.insert(pos, frame);
+                    self.blocked_since.get_or_insert_with(Instant::now);
+                    self.flush_later(myself);
+                    return;
+                }
+                Emitted::Gone => return,
             }
-            cursor = pos;
-            self.advance(pos);
+        }
+    }
+
+    /// Tries the held frames again shortly, when the socket's queue was full.
+    fn flush_later(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        if !self.flush_pending {
+            self.flush_pending = true;
+            myself.send_after(FLUSH_RETRY, || ConnectionMsg::Flush);
         }
     }
 
@@ -268,37 +303,37 @@ impl ConnectionState {
             } else {
                 self.advance(event_head);
             }
-            if self.emit(myself, frame) {
-                self.drain(myself);
+            match self.emit(myself, frame.into_server_frame()) {
+                Emitted::Yes => self.drain(myself),
+                Emitted::Full(_) => self.slow_consumer(),
+                Emitted::Gone => {}
             }
             return;
         }
         let Some(pos) = frame.position() else {
-            // Typing and presence: ephemeral, unordered.
-            self.emit(myself, frame);
+            // Typing and presence: ephemeral and unordered; dropped when there is no room.
+            let _ = self.emit(myself, frame.into_server_frame());
             return;
         };
-        match self.cursor {
-            Some(c) if pos <= c => {}
-            Some(c) if pos.0 == c.0 + 1 => {
-                if self.emit(myself, frame) {
-                    self.advance(pos);
-                    self.drain(myself);
-                }
-            }
-            _ => {
-                if self.held.len() < MAX_HELD {
-                    self.held.insert(pos, frame);
-                }
-                if self.cursor.is_some() {
-                    self.watch_gap(myself);
-                }
-            }
+        if self.cursor.is_some_and(|c| pos <= c) {
+            return;
+        }
+        // Beyond this, the newest are dropped: a replay from the cursor brings them back.
+        if self.held.len() < MAX_HELD {
+            self.held.insert(pos, frame.into_server_frame());
+        }
+        self.drain(myself);
+        if self.has_gap() {
+            self.watch_gap(myself);
         }
     }
 
+    /// Events are held beyond one that has not come (as opposed to waiting for room).
     fn has_gap(&self) -> bool {
-        self.cursor.is_some() && !self.held.is_empty()
+        match (self.cursor, self.held.keys().next()) {
+            (Some(c), Some(first)) => first.0 > c.0 + 1,
+            _ => false,
+        }
     }
 
     fn watch_gap(&mut self, myself: &ActorRef<ConnectionMsg>) {
@@ -320,6 +355,14 @@ impl ConnectionState {
             let ok = router.reattach(user, me, Some(cursor)).await.is_ok();
             let _ = reply.send_message(ConnectionMsg::Resumed(ok));
         });
+    }
+
+    fn slow_consumer(&mut self) {
+        tracing::info!(user = %self.user, "slow consumer; closing its connection");
+        self.close(
+            close::SLOW_CONSUMER,
+            "outbound queue full; reconnect and resume",
+        );
     }
 }
 
@@ -345,6 +388,9 @@ impl Actor for ConnectionActor {
             resync_before_start: None,
             gap_check_pending: false,
             resuming: false,
+            blocked_since: None,
+            flush_pending: false,
+            slow_after: args.slow_after,
         })
     }
 
@@ -359,6 +405,18 @@ impl Actor for ConnectionActor {
         }
         match msg {
             ConnectionMsg::Push(frame) => state.push(&myself, frame),
+            ConnectionMsg::Flush => {
+                state.flush_pending = false;
+                state.drain(&myself);
+                if state
+                    .blocked_since
+                    .is_some_and(|since| since.elapsed() >= state.slow_after)
+                {
+                    state.slow_consumer();
+                } else if state.blocked_since.is_some() {
+                    state.flush_later(&myself);
+                }
+            }
             ConnectionMsg::Start { cursor } => {
                 let cursor = state.resync_before_start.take().unwrap_or(cursor);
                 state.advance(cursor);
@@ -452,6 +510,7 @@ mod tests {
             },
             router: Weak::new(),
             cursor: cursor.clone(),
+            slow_after: SLOW_CONSUMER_AFTER,
         };
         let (actor, _) = Actor::spawn(None, ConnectionActor, args)
             .await
@@ -505,6 +564,91 @@ mod tests {
         assert_eq!(cursor.get(), Some(EventSeq(11)));
     }
 
+    fn spawn_args(out: mpsc::Sender<Outbound>) -> ConnectionArgs {
+        ConnectionArgs {
+            user: UserId(1),
+            out,
+            me: ConnRef {
+                node: NodeId(1),
+                conn: 1,
+            },
+            router: Weak::new(),
+            cursor: SharedCursor::default(),
+            slow_after: SLOW_CONSUMER_AFTER,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_larger_than_the_queue_is_held_and_handed_over_in_order() {
+        let (out, mut rx) = mpsc::channel(2);
+        let (actor, _) = Actor::spawn(None, ConnectionActor, spawn_args(out))
+            .await
+            .expect("spawn");
+        actor
+            .send_message(ConnectionMsg::Start {
+                cursor: EventSeq(0),
+            })
+            .expect("start");
+        for n in 1..=6 {
+            actor
+                .send_message(ConnectionMsg::Push(read(n)))
+                .expect("push");
+        }
+        settle(&actor).await;
+        assert_eq!(received(&mut rx), ["1", "2"], "the queue holds two");
+        // The client reads; the held events follow, in order, none twice.
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            got.extend(received(&mut rx));
+        }
+        assert_eq!(got, ["3", "4", "5", "6"]);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
+        let (out, mut rx) = mpsc::channel(1);
+        let slow_after = Duration::from_millis(400);
+        let args = ConnectionArgs {
+            slow_after,
+            ..spawn_args(out)
+        };
+        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
+            .await
+            .expect("spawn");
+        actor
+            .send_message(ConnectionMsg::Start {
+                cursor: EventSeq(0),
+            })
+            .expect("start");
+        actor
+            .send_message(ConnectionMsg::Push(read(1)))
+            .expect("push");
+        actor
+            .send_message(ConnectionMsg::Push(read(2)))
+            .expect("push");
+        tokio::time::sleep(slow_after / 2).await;
+        assert!(
+            matches!(rx.try_recv(), Ok(Outbound::Frame(_))),
+            "the first event"
+        );
+        // Room again: the held event follows, and nothing is closed.
+        tokio::time::sleep(FLUSH_RETRY * 2).await;
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
+        // Now the client stops reading for good.
+        for n in 3..=4 {
+            actor
+                .send_message(ConnectionMsg::Push(read(n)))
+                .expect("push");
+        }
+        tokio::time::sleep(slow_after * 3).await;
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))), "event 3");
+        match rx.recv().await {
+            Some(Outbound::Close { code, .. }) => assert_eq!(code, close::SLOW_CONSUMER),
+            other => panic!("expected a 4003 close, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_resync_during_the_replay_starts_the_cursor_at_its_head() {
         let (out, mut rx) = mpsc::channel(64);
@@ -517,6 +661,7 @@ mod tests {
             },
             router: Weak::new(),
             cursor: SharedCursor::default(),
+            slow_after: SLOW_CONSUMER_AFTER,
         };
         let (actor, _) = Actor::spawn(None, ConnectionActor, args)
             .await

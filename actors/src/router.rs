@@ -698,6 +698,7 @@ impl Router {
             me: conn,
             router: self.me.clone(),
             cursor: cursor.clone(),
+            slow_after: crate::connection::SLOW_CONSUMER_AFTER,
         };
         let (actor, _) = Actor::spawn(None, ConnectionActor, args)
             .await
@@ -714,13 +715,7 @@ impl Router {
             Ok(ActorReply::Attached {
                 event_head,
                 acked_event_seq,
-            }) => {
-                // What the session replayed (after `resume_from`) is held by the actor until
-                // now; a resync notice among it moves the start to the head.
-                let cursor = resume_from.unwrap_or(event_head);
-                let _ = actor.send_message(ConnectionMsg::Start { cursor });
-                Ok((conn, event_head, acked_event_seq))
-            }
+            }) => Ok((conn, event_head, acked_event_seq)),
             Ok(_) => {
                 self.forget_connection(conn.conn);
                 Err(ActorError::BadPayload("unexpected reply to attach".into()))
@@ -729,6 +724,16 @@ impl Router {
                 self.forget_connection(conn.conn);
                 Err(e)
             }
+        }
+    }
+
+    /// Lets a connection made by [`Router::connect`] hand its events to the client, from
+    /// `cursor` on (the `resume_from` it connected with, else the event head it was given):
+    /// until then it holds them, so that the caller can send its welcome first. A resync
+    /// notice among what the session replayed moves the start to the head.
+    pub fn start(&self, conn: ConnRef, cursor: EventSeq) {
+        if let Some(local) = lock(&self.connections).get(&conn.conn) {
+            let _ = local.actor.send_message(ConnectionMsg::Start { cursor });
         }
     }
 

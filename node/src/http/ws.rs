@@ -1,11 +1,13 @@
 //! The WebSocket endpoint: protocol v1 (see `docs/protocol.md`).
 //!
 //! The token is checked before the upgrade (401 with a JSON error otherwise). The socket's
-//! read half stays on the actix worker that accepted it; everything else (requests, pushes,
-//! the connection actor) runs on the node's main runtime, in one task per connection that
-//! handles requests in order, so that one client's sends are stored in the order it sent
-//! them.
+//! read half stays on the actix worker that accepted it; everything else runs on the node's
+//! main runtime: per connection, a writer that owns the socket (it writes replies and pushes
+//! as they come) and a request worker that handles requests one at a time, so that one
+//! client's sends are stored in the order it sent them, while a slow request never holds up
+//! the pushes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,10 +99,11 @@ struct Conn {
     principal: Principal,
     /// Set once `hello` has attached the connection to the user's session.
     conn: Option<ConnRef>,
-    /// Where the connection actor sends pushes; handed to the router at `hello`.
+    /// The socket's outbound queue: replies go here, and so do the connection actor's
+    /// pushes (handed to the router at `hello`).
     out: mpsc::Sender<Outbound>,
-    session: Session,
-    greeted: bool,
+    /// Whether `hello` was answered (the writer's idle timeout depends on it).
+    greeted: Arc<AtomicBool>,
     bad_frames: u32,
 }
 
@@ -109,72 +112,112 @@ enum Next {
     Close(u16, String),
 }
 
+/// Requests waiting for the connection's request worker; reading stops (and TCP pushes back
+/// on the client) when it is this far behind.
+const REQUEST_QUEUE: usize = 256;
+
+/// One connection, as two tasks: the writer owns the socket (it reads the client's frames
+/// off the read loop, hands requests to the worker and writes whatever the outbound queue
+/// holds), and the worker handles requests one at a time, in order, and queues its replies.
+/// A request that takes a while (a send waits for its replicas) never stops pushes from
+/// reaching the socket, so only a client that does not read fills the queue.
 async fn run_connection(
     state: Arc<AppState>,
     principal: Principal,
-    session: Session,
+    mut session: Session,
     mut inbound: mpsc::Receiver<Inbound>,
 ) {
     // The connection joins its user's session when `hello` arrives (it may carry a resume
     // cursor); until then nothing is pushed to it.
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(state.config.limits.outbound_queue);
+    let (req_tx, req_rx) = mpsc::channel::<String>(REQUEST_QUEUE);
     Metrics::inc(&state.metrics.ws_connections_total);
     let idle = Duration::from_millis(state.config.limits.heartbeat_ms * 2);
-    let mut c = Conn {
+    let greeted = Arc::new(AtomicBool::new(false));
+    let worker = Conn {
         state: state.clone(),
-        principal,
+        principal: principal.clone(),
         conn: None,
-        out: out_tx,
-        session,
-        greeted: false,
+        out: out_tx.clone(),
+        greeted: greeted.clone(),
         bad_frames: 0,
     };
+    let mut worker = tokio::spawn(worker.run(req_rx));
+    let mut worker_done = false;
+    // A request read while the worker's queue is full waits here, and reading stops until it
+    // is taken (TCP then pushes back on the client); the writer keeps writing meanwhile.
+    let mut pending: Option<String> = None;
     let mut deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut revocation = tokio::time::interval(REVOCATION_CHECK);
     revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
-            ev = inbound.recv() => {
+            ev = inbound.recv(), if pending.is_none() => {
                 deadline = tokio::time::Instant::now() + idle.max(HANDSHAKE_TIMEOUT);
-                let next = match ev {
+                let request = match ev {
                     None | Some(Inbound::Closed) => break Next::Close(close::NORMAL, String::new()),
-                    Some(Inbound::TooBig) => Next::Close(close::TOO_BIG, "frame exceeds max_frame_bytes".into()),
-                    Some(Inbound::Protocol(m)) => Next::Close(1002, m),
-                    Some(Inbound::Activity) => Next::Continue,
-                    Some(Inbound::Binary) => c.bad_frame(None, WireError::new(ErrorCode::MalformedFrame, "binary frames are not supported; send JSON text")).await,
+                    Some(Inbound::TooBig) => break Next::Close(close::TOO_BIG, "frame exceeds max_frame_bytes".into()),
+                    Some(Inbound::Protocol(m)) => break Next::Close(1002, m),
+                    Some(Inbound::Activity) => continue,
+                    Some(Inbound::Binary) => BINARY_FRAME.to_owned(),
                     Some(Inbound::Text(text)) => {
                         Metrics::inc(&state.metrics.ws_frames_in_total);
-                        c.handle_text(&text).await
+                        text
                     }
                 };
-                if let Next::Close(code, why) = next { break Next::Close(code, why); }
+                match req_tx.try_send(request) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(r)) => pending = Some(r),
+                    // The worker has stopped (its close is on the way): nothing to answer.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            permit = req_tx.reserve(), if pending.is_some() => {
+                if let (Ok(permit), Some(r)) = (permit, pending.take()) {
+                    permit.send(r);
+                }
             }
             out = out_rx.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
-                    if send_frame(&mut c.session, &frame).await.is_err() {
+                    if send_frame(&mut session, &frame).await.is_err() {
                         break Next::Close(close::NORMAL, String::new());
                     }
                 }
                 Some(Outbound::Close { code, reason }) => break Next::Close(code, reason),
                 None => break Next::Close(close::GOING_AWAY, "node is shutting down".into()),
             },
+            // The worker stops only after queueing a close; the writer gets to it next.
+            _ = &mut worker, if !worker_done => worker_done = true,
             _ = revocation.tick() => {
-                if let Some(close) = c.revoked() {
-                    break close;
+                if is_revoked(&state, &principal) {
+                    break Next::Close(close::UNAUTHORIZED, "session revoked".into());
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                let why = if c.greeted { "no frame within two heartbeats" } else { "no hello in time" };
-                break Next::Close(if c.greeted { close::GOING_AWAY } else { close::HANDSHAKE }, why.into());
+                let g = greeted.load(Ordering::Acquire);
+                let why = if g { "no frame within two heartbeats" } else { "no hello in time" };
+                break Next::Close(if g { close::GOING_AWAY } else { close::HANDSHAKE }, why.into());
             }
         }
     };
     if let Next::Close(code, why) = outcome {
-        let _ = c.session.clone().close(Some(reason(code, &why))).await;
+        let _ = session.close(Some(reason(code, &why))).await;
     }
-    if let Some(conn) = c.conn {
-        state.router.disconnect(c.principal.user_id, conn).await;
+    // The worker detaches the connection from its user's session once its queue is closed.
+    drop(req_tx);
+    drop(out_rx);
+    if !worker_done {
+        let _ = worker.await;
     }
+}
+
+/// Stands for a binary frame in the request queue (never valid JSON, so it cannot collide
+/// with a text frame).
+const BINARY_FRAME: &str = "\u{0}binary";
+
+fn is_revoked(state: &AppState, principal: &Principal) -> bool {
+    let hash = &principal.token_hash;
+    !state.meta.read(|s| s.session(hash).is_some())
 }
 
 /// Body rules per kind of send: a deletion carries no body, a reaction a short one, anything
@@ -241,8 +284,41 @@ async fn send_frame(session: &mut Session, frame: &ServerFrame) -> Result<(), ac
 }
 
 impl Conn {
+    /// Handles requests in order until the writer closes the queue or a request closes the
+    /// connection; then detaches the connection from its user's session.
+    async fn run(mut self, mut requests: mpsc::Receiver<String>) {
+        while let Some(text) = requests.recv().await {
+            if self.out.is_closed() {
+                // The socket is gone: what it still had queued is not answered, as if unsent.
+                break;
+            }
+            let next = if text == BINARY_FRAME {
+                self.bad_frame(
+                    None,
+                    WireError::new(
+                        ErrorCode::MalformedFrame,
+                        "binary frames are not supported; send JSON text",
+                    ),
+                )
+                .await
+            } else {
+                self.handle_text(&text).await
+            };
+            if let Next::Close(code, reason) = next {
+                let _ = self.out.send(Outbound::Close { code, reason }).await;
+                break;
+            }
+        }
+        if let Some(conn) = self.conn {
+            self.state
+                .router
+                .disconnect(self.principal.user_id, conn)
+                .await;
+        }
+    }
+
     async fn reply(&mut self, frame: ServerFrame) -> Next {
-        match send_frame(&mut self.session, &frame).await {
+        match self.out.send(Outbound::Frame(frame)).await {
             Ok(()) => Next::Continue,
             Err(_) => Next::Close(close::NORMAL, String::new()),
         }
@@ -268,9 +344,8 @@ impl Conn {
 
     /// The close for a connection whose session was revoked since it was authenticated.
     fn revoked(&self) -> Option<Next> {
-        let hash = &self.principal.token_hash;
-        let live = self.state.meta.read(|s| s.session(hash).is_some());
-        (!live).then(|| Next::Close(close::UNAUTHORIZED, "session revoked".into()))
+        is_revoked(&self.state, &self.principal)
+            .then(|| Next::Close(close::UNAUTHORIZED, "session revoked".into()))
     }
 
     async fn handle_text(&mut self, text: &str) -> Next {
@@ -287,7 +362,7 @@ impl Conn {
             resume_from,
         } = frame
         {
-            if self.greeted {
+            if self.greeted.load(Ordering::Acquire) {
                 return self
                     .bad_frame(
                         id,
@@ -319,7 +394,7 @@ impl Conn {
                 }
             };
             self.conn = Some(conn);
-            self.greeted = true;
+            self.greeted.store(true, Ordering::Release);
             let welcome = ServerFrame::Welcome {
                 id,
                 version: PROTOCOL_VERSION,
@@ -331,9 +406,15 @@ impl Conn {
                 event_head,
                 acked_event_seq,
             };
-            return self.reply(welcome).await;
+            let next = self.reply(welcome).await;
+            // What the session replayed after `resume_from` (held by the connection until
+            // now) follows the welcome.
+            self.state
+                .router
+                .start(conn, resume_from.unwrap_or(event_head));
+            return next;
         }
-        if !self.greeted {
+        if !self.greeted.load(Ordering::Acquire) {
             let id = frame.id().map(str::to_owned);
             return self
                 .bad_frame(
