@@ -51,10 +51,7 @@ async fn a_client_sending_many_messages_while_receiving_many_is_not_closed() {
 
     // Both send at once, each with every message in flight: each receives the other's
     // messages (and a cursor per own message) while its own sends are being stored.
-    let (sent_a, sent_b) = tokio::join!(
-        must_send_all(&a, conv, "a"),
-        must_send_all(&b, conv, "b")
-    );
+    let (sent_a, sent_b) = tokio::join!(must_send_all(&a, conv, "a"), must_send_all(&b, conv, "b"));
     assert_eq!((sent_a, sent_b), (EACH, EACH));
 
     // Each got every one of the other's messages, on the same connection.
