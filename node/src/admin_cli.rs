@@ -39,8 +39,19 @@ fn token() -> anyhow::Result<String> {
         .map_err(|_| anyhow!("set CHAT_ADMIN_TOKEN to the cluster's operator token"))
 }
 
+/// One member's own counts, asked of that member (`None` when it does not answer).
+fn local_counts(http: &str, token: &str) -> Option<serde_json::Value> {
+    let (code, body) = request(http, "GET", "/v1/admin/cluster", token).ok()?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(v["local"].clone())
+}
+
 pub fn status(node: &str) -> anyhow::Result<()> {
-    let (code, body) = request(node, "GET", "/v1/admin/cluster", &token()?)?;
+    let token = token()?;
+    let (code, body) = request(node, "GET", "/v1/admin/cluster", &token)?;
     if code != 200 {
         bail!("{node} answered {code}: {body}");
     }
@@ -49,26 +60,36 @@ pub fn status(node: &str) -> anyhow::Result<()> {
         "leader {}  ring epoch {}  (asked node {})",
         v["leader"], v["ring_epoch"], v["node_id"]
     );
-    println!("{:<22} {:<6} {:<24} {:<24}", "node", "role", "http", "peer");
+    println!(
+        "{:<22} {:<7} {:<5} {:<22} {:<22} {:>11} {:>13} {:>8}",
+        "node", "role", "ring", "http", "peer", "connections", "conversations", "sessions"
+    );
     for m in v["members"].as_array().into_iter().flatten() {
         let role = if m["voter"] == true {
             "voter"
         } else {
             "learner"
         };
+        let ring = if m["in_ring"] == false { "down" } else { "in" };
+        let http = m["http_addr"].as_str().unwrap_or("?");
+        let counts = local_counts(http, &token);
+        let count = |k: &str| {
+            counts
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |c| c[k].to_string())
+        };
         println!(
-            "{:<22} {:<6} {:<24} {:<24}",
+            "{:<22} {:<7} {:<5} {:<22} {:<22} {:>11} {:>13} {:>8}",
             m["node_id"],
             role,
-            m["http_addr"].as_str().unwrap_or("?"),
-            m["peer_addr"].as_str().unwrap_or("?")
+            ring,
+            http,
+            m["peer_addr"].as_str().unwrap_or("?"),
+            count("connections"),
+            count("conversation_actors"),
+            count("session_actors"),
         );
     }
-    let l = &v["local"];
-    println!(
-        "on {}: {} connections, {} conversation actors, {} session actors",
-        v["node_id"], l["connections"], l["conversation_actors"], l["session_actors"]
-    );
     Ok(())
 }
 

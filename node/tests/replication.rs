@@ -121,6 +121,24 @@ async fn acked_messages_survive_owner_kill_and_follow_ownership_on_join() {
     let status = n4.admin(&["status"]);
     assert_eq!(status.matches("voter").count(), 3, "{status}");
     assert!(!status.contains(&id3.0.to_string()), "{status}");
+    // Every member's own counts: alice's connection on n1, another on n4.
+    let rows: Vec<&str> = status.lines().filter(|l| l.contains("voter")).collect();
+    assert!(
+        rows.iter()
+            .all(|r| r.contains(" in ") && !r.trim_end().ends_with('-')),
+        "every member in the ring and answering: {status}"
+    );
+    let n1_row = rows
+        .iter()
+        .find(|r| r.contains(&n1.http))
+        .unwrap_or_else(|| panic!("a row for n1: {status}"));
+    let n1_counts: Vec<u64> = n1_row
+        .split_whitespace()
+        .rev()
+        .take(3)
+        .map(|c| c.parse().expect("a count"))
+        .collect();
+    assert!(n1_counts[2] >= 1, "alice's connection on n1: {status}");
 
     // Draining n1: it leaves the cluster and tells its clients to go elsewhere; nothing is
     // lost and the log continues on the remaining nodes.

@@ -41,6 +41,8 @@ pub async fn cluster(state: web::Data<AppState>, req: HttpRequest) -> HttpRespon
                 "http_addr": info.http_addr,
                 "peer_addr": info.peer_addr,
                 "voter": voters.contains(id),
+                // A member out of the ring is marked down (or joining): it owns nothing.
+                "in_ring": ring.members().contains(id),
             })
         })
         .collect();
