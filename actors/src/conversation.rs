@@ -18,12 +18,22 @@ use chat_types::{
     Seq, UserId,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::connection::ConnRef;
 use crate::error::ActorError;
 use crate::logs::{Entries, LogRef};
 use crate::router::Router;
+
+/// A message to deliver, the sending connection, and its place in the backlog (none for
+/// messages a previous owner left undelivered).
+type Delivery = (Message, Option<ConnRef>, Option<OwnedSemaphorePermit>);
+
+/// Messages of one conversation acknowledged but not yet delivered to every member, at
+/// most. A conversation whose members' sessions fall behind its senders makes the next send
+/// wait for room, so that delivery latency stays bounded instead of a backlog growing
+/// without end (the acks slow down to the rate pushes can go out).
+const MAX_FANOUT_BACKLOG: usize = 128;
 
 /// Tries per member and message before a live delivery is given up (about 30 s).
 const DELIVERY_ATTEMPTS: u32 = 20;
@@ -62,7 +72,10 @@ pub struct ConversationState {
     router: Weak<Router>,
     /// The ring epoch this actor caught up at; `None` until it has.
     synced_at: Option<RingEpoch>,
-    fanout: mpsc::UnboundedSender<(Message, Option<ConnRef>)>,
+    fanout: mpsc::UnboundedSender<Delivery>,
+    /// One permit per message a client's send put in the fan-out queue (see
+    /// [`MAX_FANOUT_BACKLOG`]).
+    backlog: Arc<Semaphore>,
     /// Set when the actor stops: its delivery task then stops too.
     stopped: Arc<AtomicBool>,
 }
@@ -94,7 +107,7 @@ impl ConversationState {
                 return Ok(());
             };
             for m in page {
-                let _ = self.fanout.send((m, None));
+                let _ = self.fanout.send((m, None, None));
             }
             after = last;
         }
@@ -196,7 +209,7 @@ impl Actor for ConversationActor {
         _myself: ActorRef<Self::Msg>,
         args: ConversationArgs,
     ) -> Result<ConversationState, ActorProcessingErr> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Message, Option<ConnRef>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
         let stopped = Arc::new(AtomicBool::new(false));
         let stop_seen = stopped.clone();
         let router = args.router.clone();
@@ -213,7 +226,8 @@ impl Actor for ConversationActor {
             // After one message could not be delivered the watermark stays below it, so that
             // the next actor for this conversation delivers it (and what follows) again.
             let mut stuck = false;
-            while let Some((message, origin)) = rx.recv().await {
+            // The permit of each message is released once it has gone out.
+            while let Some((message, origin, _permit)) = rx.recv().await {
                 if stop_seen.load(Ordering::Acquire) {
                     return;
                 }
@@ -249,6 +263,7 @@ impl Actor for ConversationActor {
             router: args.router,
             synced_at: None,
             fanout: tx,
+            backlog: Arc::new(Semaphore::new(MAX_FANOUT_BACKLOG)),
             stopped,
         })
     }
@@ -306,6 +321,8 @@ impl Actor for ConversationActor {
                     let _ = reply.send(Err(e));
                     return Ok(());
                 }
+                // Room in the fan-out backlog before the message is stored and acknowledged.
+                let permit = state.backlog.clone().acquire_owned().await.ok();
                 let req = AppendRequest {
                     conversation: state.conversation,
                     sender,
@@ -369,7 +386,7 @@ impl Actor for ConversationActor {
                     return Ok(());
                 }
                 if !outcome.duplicate {
-                    let _ = state.fanout.send((outcome.message.clone(), origin));
+                    let _ = state.fanout.send((outcome.message.clone(), origin, permit));
                 }
                 let _ = reply.send(Ok((outcome.message, outcome.duplicate)));
             }
