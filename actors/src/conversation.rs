@@ -360,10 +360,23 @@ impl Actor for ConversationActor {
                     }
                 };
                 let log_ref = LogRef::Conversation(state.conversation);
-                let entries = Entries::Messages(vec![chat_storage::Written {
+                // A retried send goes out again as stored, with the epoch of the owner that
+                // first wrote it, so that every replica ends up with the same entry.
+                let stored = if outcome.duplicate {
+                    let seq = outcome.message.seq;
+                    state
+                        .log
+                        .read_written_after(&state.conversation, Seq(seq.0.saturating_sub(1)), 1)
+                        .ok()
+                        .and_then(|w| w.into_iter().next())
+                        .filter(|w| w.message.seq == seq)
+                } else {
+                    None
+                };
+                let entries = Entries::Messages(vec![stored.unwrap_or(chat_storage::Written {
                     message: outcome.message.clone(),
                     epoch: ring.epoch(),
-                }]);
+                })]);
                 let replicated = if router.breakage.ack_before_quorum {
                     // Deliberately broken (tests only): acknowledge now, replicate later.
                     let (router, ring) = (router.clone(), ring.clone());

@@ -115,15 +115,24 @@ impl SessionState {
                 self.synced_at = None;
             }
         })?;
+        // A repeated event goes out again as stored, with the epoch it was first written
+        // under, so that every replica ends up with the same entry.
+        let stored = if duplicate {
+            let before = chat_types::EventSeq(event.event_seq.0.saturating_sub(1));
+            self.events
+                .read_written_after(user, before, 1)
+                .ok()
+                .and_then(|w| w.into_iter().next())
+                .filter(|w| w.event.event_seq == event.event_seq)
+        } else {
+            None
+        };
+        let written = stored.unwrap_or(chat_storage::WrittenEvent {
+            event: event.clone(),
+            epoch,
+        });
         let replicated = router
-            .replicate_quorum(
-                LogRef::User(user),
-                &ring,
-                Entries::Events(vec![chat_storage::WrittenEvent {
-                    event: event.clone(),
-                    epoch,
-                }]),
-            )
+            .replicate_quorum(LogRef::User(user), &ring, Entries::Events(vec![written]))
             .await;
         if let Err(e) = replicated {
             // Catch up again before the next event, as a conversation owner does.

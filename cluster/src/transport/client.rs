@@ -25,6 +25,15 @@ struct PeerConn {
     outbound: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     closed: Arc<AtomicBool>,
+    /// The reader task, stopped with the connection (a peer behind a partition never closes
+    /// its end, so the reader would otherwise wait for as long as TCP keeps trying).
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl PeerConn {
@@ -118,6 +127,10 @@ impl Transport {
             }),
             Err(_) => {
                 lock(&conn.pending).remove(&id);
+                // No answer in time: the connection may be dead without knowing it (packets
+                // dropped by a partition; after it heals, TCP's retransmission backoff can
+                // keep it silent for tens of seconds). The next request dials afresh.
+                conn.closed.store(true, Ordering::Release);
                 Err(TransportError::Timeout {
                     addr: addr.to_owned(),
                 })
@@ -182,7 +195,7 @@ fn spawn_connection(stream: TcpStream, addr: String) -> PeerConn {
     let reader_pending = pending.clone();
     let closed = Arc::new(AtomicBool::new(false));
     let reader_closed = closed.clone();
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         loop {
             let bytes = match read_frame(&mut rd).await {
                 Ok(Some(b)) => b,
@@ -222,5 +235,6 @@ fn spawn_connection(stream: TcpStream, addr: String) -> PeerConn {
         outbound: tx,
         pending,
         closed,
+        reader: reader.abort_handle(),
     }
 }
