@@ -150,13 +150,7 @@ pub(crate) async fn run_dm(
         p.abort();
     }
 
-    let reads = pairs
-        .iter()
-        .map(|p| {
-            let u = &p.sides[0].user;
-            (p.conv, targets.apis[u.target].clone(), u.token.clone())
-        })
-        .collect::<Vec<(ConversationId, HttpApi, String)>>();
+    let reads = history_reads(&pairs, targets);
     crate::run::read_histories(&checker, reads, common::HISTORY_PAGE).await;
 
     close_all(pairs.iter().flat_map(|p| p.sides.iter().cloned())).await;
@@ -173,6 +167,21 @@ pub(crate) async fn run_dm(
 }
 
 /// Registers, logs in and connects every user, then opens each pair's conversation.
+/// The final read of each pair's conversation, through its first user: conversation, that
+/// user's node and token.
+pub(crate) fn history_reads(
+    pairs: &[Arc<Pair>],
+    targets: &Targets,
+) -> Vec<(ConversationId, HttpApi, String)> {
+    pairs
+        .iter()
+        .map(|p| {
+            let u = &p.sides[0].user;
+            (p.conv, targets.apis[u.target].clone(), u.token.clone())
+        })
+        .collect()
+}
+
 pub(crate) async fn set_up_pairs(
     config: &RunConfig,
     targets: &Targets,

@@ -193,13 +193,7 @@ pub(crate) async fn run_history(
     if let Some(p) = progress {
         p.abort();
     }
-    let reads = pairs
-        .iter()
-        .map(|p| {
-            let u = &p.sides[0].user;
-            (p.conv, targets.apis[u.target].clone(), u.token.clone())
-        })
-        .collect::<Vec<(ConversationId, HttpApi, String)>>();
+    let reads = crate::dm::history_reads(&pairs, targets);
     crate::run::read_histories(&checker, reads, 200).await;
     close_all(pairs.iter().flat_map(|p| p.sides.iter().cloned())).await;
     Ok(Outcome {

@@ -26,8 +26,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_client::{HttpApi, MessageSearch};
-use chat_types::{ClientMsgId, ConversationId, Seq, UserId};
+use chat_client::MessageSearch;
+use chat_types::{ClientMsgId, Seq, UserId};
 use futures_util::StreamExt;
 use rand::distributions::{Distribution, WeightedIndex};
 use rand::rngs::StdRng;
@@ -201,13 +201,7 @@ pub(crate) async fn run_search(
     if let Some(p) = progress {
         p.abort();
     }
-    let reads: Vec<(ConversationId, HttpApi, String)> = pairs
-        .iter()
-        .map(|p| {
-            let u = &p.sides[0].user;
-            (p.conv, targets.api_of(u.index).clone(), u.token.clone())
-        })
-        .collect();
+    let reads = crate::dm::history_reads(&pairs, targets);
     crate::run::read_histories(&checker, reads, common::HISTORY_PAGE).await;
     close_all(pairs.iter().flat_map(|p| p.sides.iter().cloned())).await;
     Ok(Outcome {
