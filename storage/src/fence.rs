@@ -25,6 +25,17 @@ pub(crate) fn read(store: &Store, key: &[u8]) -> Result<RingEpoch, StorageError>
     }
 }
 
+/// Refuses a write from `epoch` to a log whose fence is the newer `fence`.
+pub(crate) fn check(fence: RingEpoch, epoch: RingEpoch) -> Result<(), StorageError> {
+    if epoch < fence {
+        return Err(StorageError::StaleEpoch {
+            epoch: epoch.0,
+            fence: fence.0,
+        });
+    }
+    Ok(())
+}
+
 /// Adds "the fence is now `epoch`" to a batch (callers have checked it is not older).
 pub(crate) fn put(
     store: &Store,

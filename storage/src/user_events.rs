@@ -402,12 +402,7 @@ impl UserEventLog for RocksUserEventLog {
     ) -> Result<(Event, bool), StorageError> {
         let mut stripe = self.lock(user);
         let known = self.known(&mut stripe, user)?;
-        if epoch < known.fence {
-            return Err(StorageError::StaleEpoch {
-                epoch: epoch.0,
-                fence: known.fence.0,
-            });
-        }
+        fence::check(known.fence, epoch)?;
         // The summary of the event's conversation as stored, before the event.
         let mut changed = HashMap::new();
         if let Some(conv) = event_conversation(&event) {
@@ -517,12 +512,7 @@ impl UserEventLog for RocksUserEventLog {
     ) -> Result<EventSeq, StorageError> {
         let mut stripe = self.lock(user);
         let known = self.known(&mut stripe, user)?;
-        if epoch < known.fence {
-            return Err(StorageError::StaleEpoch {
-                epoch: epoch.0,
-                fence: known.fence.0,
-            });
-        }
+        fence::check(known.fence, epoch)?;
         let fkey = fence::user_fence_key(user);
         let mut head = known.head;
         let mut batch = WriteBatch::default();
@@ -571,12 +561,7 @@ impl UserEventLog for RocksUserEventLog {
     fn seal(&self, user: UserId, epoch: RingEpoch) -> Result<EventSeq, StorageError> {
         let mut stripe = self.lock(user);
         let known = self.known(&mut stripe, user)?;
-        if epoch < known.fence {
-            return Err(StorageError::StaleEpoch {
-                epoch: epoch.0,
-                fence: known.fence.0,
-            });
-        }
+        fence::check(known.fence, epoch)?;
         let mut batch = WriteBatch::default();
         fence::put(&self.store, &mut batch, &fence::user_fence_key(user), epoch)?;
         self.store
