@@ -130,7 +130,7 @@ async fn run_connection(
     // The connection joins its user's session when `hello` arrives (it may carry a resume
     // cursor); until then nothing is pushed to it.
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(state.config.limits.outbound_queue);
-    let (req_tx, req_rx) = mpsc::channel::<String>(REQUEST_QUEUE);
+    let (req_tx, req_rx) = mpsc::channel::<Request>(REQUEST_QUEUE);
     Metrics::inc(&state.metrics.ws_connections_total);
     let idle = Duration::from_millis(state.config.limits.heartbeat_ms * 2);
     let greeted = Arc::new(AtomicBool::new(false));
@@ -146,7 +146,7 @@ async fn run_connection(
     let mut worker_done = false;
     // A request read while the worker's queue is full waits here, and reading stops until it
     // is taken (TCP then pushes back on the client); the writer keeps writing meanwhile.
-    let mut pending: Option<String> = None;
+    let mut pending: Option<Request> = None;
     let mut deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut revocation = tokio::time::interval(REVOCATION_CHECK);
     revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,10 +159,10 @@ async fn run_connection(
                     Some(Inbound::TooBig) => break Next::Close(close::TOO_BIG, "frame exceeds max_frame_bytes".into()),
                     Some(Inbound::Protocol(m)) => break Next::Close(1002, m),
                     Some(Inbound::Activity) => continue,
-                    Some(Inbound::Binary) => BINARY_FRAME.to_owned(),
+                    Some(Inbound::Binary) => Request::Binary,
                     Some(Inbound::Text(text)) => {
                         Metrics::inc(&state.metrics.ws_frames_in_total);
-                        text
+                        Request::Text(text)
                     }
                 };
                 match req_tx.try_send(request) {
@@ -211,9 +211,12 @@ async fn run_connection(
     }
 }
 
-/// Stands for a binary frame in the request queue (never valid JSON, so it cannot collide
-/// with a text frame).
-const BINARY_FRAME: &str = "\u{0}binary";
+/// A client frame for the request worker.
+enum Request {
+    Text(String),
+    /// Refused: the protocol is JSON text.
+    Binary,
+}
 
 fn is_revoked(state: &AppState, principal: &Principal) -> bool {
     let hash = &principal.token_hash;
@@ -286,23 +289,24 @@ async fn send_frame(session: &mut Session, frame: &ServerFrame) -> Result<(), ac
 impl Conn {
     /// Handles requests in order until the writer closes the queue or a request closes the
     /// connection; then detaches the connection from its user's session.
-    async fn run(mut self, mut requests: mpsc::Receiver<String>) {
-        while let Some(text) = requests.recv().await {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
+        while let Some(request) = requests.recv().await {
             if self.out.is_closed() {
                 // The socket is gone: what it still had queued is not answered, as if unsent.
                 break;
             }
-            let next = if text == BINARY_FRAME {
-                self.bad_frame(
-                    None,
-                    WireError::new(
-                        ErrorCode::MalformedFrame,
-                        "binary frames are not supported; send JSON text",
-                    ),
-                )
-                .await
-            } else {
-                self.handle_text(&text).await
+            let next = match request {
+                Request::Text(text) => self.handle_text(&text).await,
+                Request::Binary => {
+                    self.bad_frame(
+                        None,
+                        WireError::new(
+                            ErrorCode::MalformedFrame,
+                            "binary frames are not supported; send JSON text",
+                        ),
+                    )
+                    .await
+                }
             };
             if let Next::Close(code, reason) = next {
                 let _ = self.out.send(Outbound::Close { code, reason }).await;
