@@ -1230,18 +1230,7 @@ impl Router {
                 // home replays whatever it appended before the connection was back in its
                 // live set (one still connecting has no cursor yet: it finds any gap when its
                 // next event comes).
-                let conns: Vec<Reattach> = lock(&router.connections)
-                    .iter()
-                    .map(|(c, l)| Reattach {
-                        conn: ConnRef {
-                            node: router.node_id,
-                            conn: *c,
-                        },
-                        user: l.user,
-                        cursor: l.cursor.clone(),
-                        actor: l.actor.clone(),
-                    })
-                    .collect();
+                let conns = router.local_connections(|_| true);
                 let failed = router.reattach_all(conns).await;
                 if !failed.is_empty() {
                     router.retry_reattach(ring.epoch(), failed);
@@ -1300,9 +1289,22 @@ impl Router {
     /// Re-attaches the local connections of users whose home is `node` under the current ring.
     async fn reattach_homed_on(self: Arc<Self>, node: NodeId) {
         let ring = self.ring();
-        let conns: Vec<Reattach> = lock(&self.connections)
+        let conns = self.local_connections(|user| ring.home_of_user(user) == Some(node));
+        if conns.is_empty() {
+            return;
+        }
+        tracing::info!(%node, conns = conns.len(), "a home node restarted; re-attaching its users' connections");
+        let failed = self.reattach_all(conns).await;
+        if !failed.is_empty() {
+            self.retry_reattach(ring.epoch(), failed);
+        }
+    }
+
+    /// This node's connections of the users `pick` chooses, as re-attach work.
+    fn local_connections(&self, pick: impl Fn(UserId) -> bool) -> Vec<Reattach> {
+        lock(&self.connections)
             .iter()
-            .filter(|(_, l)| ring.home_of_user(l.user) == Some(node))
+            .filter(|(_, l)| pick(l.user))
             .map(|(c, l)| Reattach {
                 conn: ConnRef {
                     node: self.node_id,
@@ -1312,15 +1314,7 @@ impl Router {
                 cursor: l.cursor.clone(),
                 actor: l.actor.clone(),
             })
-            .collect();
-        if conns.is_empty() {
-            return;
-        }
-        tracing::info!(%node, conns = conns.len(), "a home node restarted; re-attaching its users' connections");
-        let failed = self.reattach_all(conns).await;
-        if !failed.is_empty() {
-            self.retry_reattach(ring.epoch(), failed);
-        }
+            .collect()
     }
 
     /// Re-attaches connections, [`REATTACH_PARALLEL`] at a time; returns those that failed.
