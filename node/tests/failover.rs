@@ -116,34 +116,15 @@ async fn a_killed_owner_is_replaced_without_an_operator_and_rejoins_when_back() 
 async fn must_agree_on_replicas(
     nodes: &[harness::NodeProc],
     conv: chat_types::ConversationId,
-) -> Vec<Vec<(u64, u64, String)>> {
+) -> Vec<Vec<harness::LogEntry>> {
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let mut copies = Vec::new();
         for n in nodes {
-            let v = harness::reqwest_lite::Client
-                .get_json_authorized(
-                    &format!("{}/v1/admin/logs/{conv}?limit=1000", n.base_url()),
-                    harness::ADMIN_TOKEN,
-                )
+            let copy = harness::local_copy(&n.http, &conv)
                 .await
                 .expect("local log");
-            if v["replica"] != true {
-                continue;
-            }
-            let entries: Vec<(u64, u64, String)> = v["entries"]
-                .as_array()
-                .expect("entries")
-                .iter()
-                .map(|e| {
-                    (
-                        e["seq"].as_u64().expect("seq"),
-                        e["epoch"].as_u64().expect("epoch"),
-                        e["digest"].as_str().expect("digest").to_owned(),
-                    )
-                })
-                .collect();
-            copies.push(entries);
+            copies.extend(copy);
         }
         if copies.windows(2).all(|w| w[0] == w[1]) {
             return copies;

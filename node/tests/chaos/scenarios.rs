@@ -388,9 +388,9 @@ async fn replicas_agree<C: Cluster>(
     loop {
         let mut differ = None;
         'convs: for conv in convs {
-            let mut copies: Vec<(usize, Vec<Entry>)> = Vec::new();
+            let mut copies: Vec<(usize, Vec<crate::harness::LogEntry>)> = Vec::new();
             for i in bench.live() {
-                match local_copy(bench, i, conv).await {
+                match crate::harness::local_copy(&bench.cluster.http_addr(i), conv).await {
                     Ok(Some(entries)) => copies.push((i, entries)),
                     Ok(None) => {}
                     Err(e) => {
@@ -421,49 +421,6 @@ async fn replicas_agree<C: Cluster>(
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-    }
-}
-
-/// One entry of a node's own copy of a log: seq, the writer's epoch, the message's digest.
-type Entry = (u64, u64, String);
-
-/// Slot `i`'s own copy of `conv` as (seq, writer's epoch, digest), page by page; `None` when
-/// the slot is not one of its replicas under its ring.
-async fn local_copy<C: Cluster>(
-    bench: &Bench<C>,
-    i: usize,
-    conv: &ConversationId,
-) -> Result<Option<Vec<Entry>>, String> {
-    let mut entries = Vec::new();
-    let mut after = 0;
-    loop {
-        let url = format!(
-            "http://{}/v1/admin/logs/{conv}?after={after}&limit=1000",
-            bench.cluster.http_addr(i)
-        );
-        let v = match crate::cluster::http_json("GET", &url, None).await {
-            Ok((200, v)) => v,
-            other => {
-                return Err(format!(
-                    "slot {i} did not show its copy of {conv}: {other:?}"
-                ))
-            }
-        };
-        if v["replica"] != true {
-            return Ok(None);
-        }
-        let page = v["entries"].as_array().cloned().unwrap_or_default();
-        let Some(last) = page.last().and_then(|e| e["seq"].as_u64()) else {
-            return Ok(Some(entries));
-        };
-        entries.extend(page.iter().map(|e| {
-            (
-                e["seq"].as_u64().unwrap_or(0),
-                e["epoch"].as_u64().unwrap_or(0),
-                e["digest"].as_str().unwrap_or("").to_owned(),
-            )
-        }));
-        after = last;
     }
 }
 

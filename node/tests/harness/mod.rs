@@ -281,6 +281,46 @@ pub mod reqwest_lite {
     }
 }
 
+/// One entry of a node's own copy of a log: seq, the writer's epoch, the message's digest.
+pub type LogEntry = (u64, u64, String);
+
+/// The own copy of `conv` held by the node whose HTTP listener is `http` (`host:port`), page
+/// by page (`GET /v1/admin/logs/...`); `None` when that node is not one of the
+/// conversation's replicas under its ring.
+pub async fn local_copy(
+    http: &str,
+    conv: &chat_types::ConversationId,
+) -> Result<Option<Vec<LogEntry>>, String> {
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let url = format!("http://{http}/v1/admin/logs/{conv}?after={after}&limit=1000");
+        let asked = reqwest_lite::Client.get_json_authorized(&url, ADMIN_TOKEN);
+        let v = match tokio::time::timeout(Duration::from_secs(5), asked).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(format!("{http} did not show its copy of {conv}: {e}")),
+            Err(_) => return Err(format!("{http} did not show its copy of {conv} within 5 s")),
+        };
+        match v["replica"].as_bool() {
+            Some(true) => {}
+            Some(false) => return Ok(None),
+            None => return Err(format!("{http} did not show its copy of {conv}: {v}")),
+        }
+        let page = v["entries"].as_array().cloned().unwrap_or_default();
+        let Some(last) = page.last().and_then(|e| e["seq"].as_u64()) else {
+            return Ok(Some(entries));
+        };
+        entries.extend(page.iter().map(|e| {
+            (
+                e["seq"].as_u64().unwrap_or(0),
+                e["epoch"].as_u64().unwrap_or(0),
+                e["digest"].as_str().unwrap_or("").to_owned(),
+            )
+        }));
+        after = last;
+    }
+}
+
 /// Three nodes started on loopback (the first bootstraps, the others join it), all ready,
 /// with their ids and the ring they agree on.
 pub struct Trio {
