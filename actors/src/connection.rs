@@ -318,9 +318,22 @@ impl ConnectionState {
         if self.cursor.is_some_and(|c| pos <= c) {
             return;
         }
+        let mut frame = frame.into_server_frame();
+        // The usual case: the next event, nothing held. It goes out without being held.
+        if self.held.is_empty() && self.cursor.is_some_and(|c| pos.0 == c.0 + 1) {
+            match self.emit(myself, frame) {
+                Emitted::Yes => {
+                    self.advance(pos);
+                    self.blocked_since = None;
+                    return;
+                }
+                Emitted::Full(back) => frame = back,
+                Emitted::Gone => return,
+            }
+        }
         // Beyond this, the newest are dropped: a replay from the cursor brings them back.
         if self.held.len() < MAX_HELD {
-            self.held.insert(pos, frame.into_server_frame());
+            self.held.insert(pos, frame);
         }
         self.drain(myself);
         if self.has_gap() {
