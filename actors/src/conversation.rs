@@ -24,6 +24,7 @@ use crate::connection::ConnRef;
 use crate::error::ActorError;
 use crate::logs::{Entries, LogRef};
 use crate::router::Router;
+use crate::session::Outgoing;
 
 /// A message to deliver, the sending connection, and its place in the backlog (none for
 /// messages a previous owner left undelivered).
@@ -34,6 +35,9 @@ type Delivery = (Message, Option<ConnRef>, Option<OwnedSemaphorePermit>);
 /// wait for room, so that delivery latency stays bounded instead of a backlog growing
 /// without end (the acks slow down to the rate pushes can go out).
 const MAX_FANOUT_BACKLOG: usize = 128;
+
+/// Messages delivered together at most: what queued up while the previous batch went out.
+const MAX_DELIVERY_BATCH: usize = 64;
 
 /// Tries per member and message before a live delivery is given up (about 30 s).
 const DELIVERY_ATTEMPTS: u32 = 20;
@@ -114,14 +118,13 @@ impl ConversationState {
     }
 }
 
-/// Delivers one message to one member, retrying for a while; false when it gave up (or the
-/// actor stopped).
+/// Delivers consecutive messages to the members whose home is `node`, retrying for a while;
+/// false when it gave up (or the actor stopped).
 async fn deliver_with_retries(
     router: &Router,
     node: NodeId,
     users: Vec<UserId>,
-    message: &Message,
-    origin: Option<ConnRef>,
+    messages: &[Outgoing],
     stopped: &AtomicBool,
 ) -> bool {
     let mut delay = std::time::Duration::from_millis(50);
@@ -130,13 +133,14 @@ async fn deliver_with_retries(
             return false;
         }
         match router
-            .deliver_batch(node, users.clone(), message.clone(), origin)
+            .deliver_batch(node, users.clone(), messages.to_vec())
             .await
         {
             Ok(()) => return true,
             Err(e) if attempt == DELIVERY_ATTEMPTS => tracing::warn!(
-                conv = %message.conversation,
-                seq = %message.seq,
+                conv = %messages[0].0.conversation,
+                first = %messages[0].0.seq,
+                count = messages.len(),
                 %node,
                 error = %e,
                 "delivery failed; the next owner of the conversation delivers it again"
@@ -148,6 +152,17 @@ async fn deliver_with_retries(
         }
     }
     false
+}
+
+/// The user a group change note is also for: whoever it removes learns of it, then hears
+/// nothing more.
+fn also_for(message: &Message) -> Option<UserId> {
+    match message.refers {
+        Some(MessageRef::Group {
+            change: GroupChange::MemberRemoved { user } | GroupChange::MemberLeft { user },
+        }) => Some(user),
+        _ => None,
+    }
 }
 
 /// A reply, edit, deletion or reaction must name an existing plain message (or reply) of
@@ -226,8 +241,31 @@ impl Actor for ConversationActor {
             // After one message could not be delivered the watermark stays below it, so that
             // the next actor for this conversation delivers it (and what follows) again.
             let mut stuck = false;
-            // The permit of each message is released once it has gone out.
-            while let Some((message, origin, _permit)) = rx.recv().await {
+            // A message taken off the queue that must start the next batch.
+            let mut next: Option<Delivery> = None;
+            loop {
+                let first = match next.take() {
+                    Some(d) => d,
+                    None => match rx.recv().await {
+                        Some(d) => d,
+                        None => return,
+                    },
+                };
+                // What queued up while the last batch went out goes out together: one write
+                // per member's stream and one request per node for all of it. A group change
+                // goes alone, as it changes who the messages after it reach. Each message's
+                // permit is released once it has gone out.
+                let mut batch = vec![first];
+                while also_for(&batch[0].0).is_none() && batch.len() < MAX_DELIVERY_BATCH {
+                    match rx.try_recv() {
+                        Ok(d) if also_for(&d.0).is_some() => {
+                            next = Some(d);
+                            break;
+                        }
+                        Ok(d) => batch.push(d),
+                        Err(_) => break,
+                    }
+                }
                 if stop_seen.load(Ordering::Acquire) {
                     return;
                 }
@@ -235,26 +273,26 @@ impl Actor for ConversationActor {
                     return;
                 };
                 let mut recipients = router.members_of(&conversation);
-                // Whoever a change removes learns of it too, then hears nothing more.
-                if let Some(MessageRef::Group {
-                    change: GroupChange::MemberRemoved { user } | GroupChange::MemberLeft { user },
-                }) = message.refers
-                {
-                    recipients.push(user);
+                recipients.extend(also_for(&batch[0].0));
+                let last = batch[batch.len() - 1].0.seq;
+                let mut permits = Vec::with_capacity(batch.len());
+                let mut messages: Vec<Outgoing> = Vec::with_capacity(batch.len());
+                for (message, origin, permit) in batch {
+                    messages.push((message, origin));
+                    permits.push(permit);
                 }
                 let mut all_delivered = true;
                 for (node, users) in router.by_home(&recipients) {
-                    if !deliver_with_retries(&router, node, users, &message, origin, &stop_seen)
-                        .await
-                    {
+                    if !deliver_with_retries(&router, node, users, &messages, &stop_seen).await {
                         all_delivered = false;
                     }
                 }
                 stuck |= !all_delivered;
                 if !stuck {
                     // A WAL write, no fsync: inline.
-                    let _ = log.set_delivered(&conversation, message.seq);
+                    let _ = log.set_delivered(&conversation, last);
                 }
+                drop(permits);
             }
         });
         Ok(ConversationState {

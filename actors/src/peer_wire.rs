@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::connection::{ConnRef, PushFrame};
 use crate::error::ActorError;
 use crate::logs::{Entries, LogRef};
+use crate::session::Outgoing;
 
 pub const PEER_WIRE_VERSION: u8 = 1;
 
@@ -57,12 +58,12 @@ pub enum ActorRequestBody {
         message: Message,
         origin: Option<ConnRef>,
     },
-    /// To a node that is home to some members of a conversation: deliver the message to
-    /// each of them (one request per node, not per member).
+    /// To a node that is home to some members of a conversation: deliver consecutive
+    /// messages of the conversation, each with its sending connection, to each of them (one
+    /// request per node, not per member or message).
     DeliverMany {
         users: Vec<UserId>,
-        message: Message,
-        origin: Option<ConnRef>,
+        messages: Vec<Outgoing>,
     },
     /// To the node holding the connections.
     Push { conns: Vec<u64>, frame: PushFrame },

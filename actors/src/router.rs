@@ -30,7 +30,7 @@ use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
 use crate::error::ActorError;
 use crate::logs::{LocalLogs, LogRef};
 use crate::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
-use crate::session::{SessionActor, SessionArgs, SessionMsg};
+use crate::session::{Outgoing, SessionActor, SessionArgs, SessionMsg};
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -434,48 +434,47 @@ impl Router {
         out
     }
 
-    /// Delivers a message to several users whose home is `node`, in one request.
+    /// Delivers consecutive messages of one conversation to several users whose home is
+    /// `node`, in one request.
     pub(crate) async fn deliver_batch(
         &self,
         node: NodeId,
         users: Vec<UserId>,
-        message: Message,
-        origin: Option<ConnRef>,
+        messages: Vec<Outgoing>,
     ) -> Result<(), ActorError> {
         if node == self.node_id {
-            return self.deliver_each(users, message, origin).await;
+            return self.deliver_each(users, messages).await;
         }
-        let body = ActorRequestBody::DeliverMany {
-            users,
-            message,
-            origin,
-        };
+        let body = ActorRequestBody::DeliverMany { users, messages };
         self.remote(node, self.meta.ring().epoch(), body)
             .await
             .map(|_| ())
     }
 
-    /// Delivers to several users: those whose home is this node through their sessions here,
-    /// with the resulting pushes batched into one request per connection node; the others
-    /// (the ring moved) through ordinary routing. Boxed: routing may come back here.
+    /// Delivers messages to several users: those whose home is this node through their
+    /// sessions here (each session records the whole batch in one write), with the
+    /// resulting pushes batched into one request per connection node; the others (the ring
+    /// moved) through ordinary routing. Boxed: routing may come back here.
     fn deliver_each(
         &self,
         users: Vec<UserId>,
-        message: Message,
-        origin: Option<ConnRef>,
+        messages: Vec<Outgoing>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ActorError>> + Send + '_>>
     {
         Box::pin(async move {
             let ring = self.meta.ring();
             let mut result = Ok(());
-            // Every local session gets the message at once and appends it in parallel with
+            let messages = Arc::new(messages);
+            // Every local session gets the messages at once and appends them in parallel with
             // the others (a thousand-member group's members would otherwise wait for each
             // other's round trip); the answers are collected afterwards.
             let mut waiting = Vec::new();
             for user in users {
                 if ring.home_of_user(user) != Some(self.node_id) {
-                    if let Err(e) = self.deliver(user, message.clone(), origin).await {
-                        result = Err(e);
+                    for (message, origin) in messages.iter() {
+                        if let Err(e) = self.deliver(user, message.clone(), *origin).await {
+                            result = Err(e);
+                        }
                     }
                     continue;
                 }
@@ -488,8 +487,7 @@ impl Router {
                 };
                 let (tx, rx) = ractor::concurrency::oneshot();
                 let sent = session.cast(SessionMsg::Deliver {
-                    message: message.clone(),
-                    origin,
+                    messages: messages.clone(),
                     reply: tx.into(),
                 });
                 match sent {
@@ -1037,8 +1035,7 @@ impl Router {
             } => {
                 let session = self.session_actor(user).await?;
                 let pushes = call(&session, |reply| SessionMsg::Deliver {
-                    message,
-                    origin,
+                    messages: Arc::new(vec![(message, origin)]),
                     reply,
                 })
                 .await??;
@@ -1055,12 +1052,8 @@ impl Router {
                 }
                 Ok(ActorReply::Done)
             }
-            ActorRequestBody::DeliverMany {
-                users,
-                message,
-                origin,
-            } => self
-                .deliver_each(users, message, origin)
+            ActorRequestBody::DeliverMany { users, messages } => self
+                .deliver_each(users, messages)
                 .await
                 .map(|()| ActorReply::Done),
             ActorRequestBody::AckEvents { user, event_seq } => {

@@ -24,6 +24,10 @@ use crate::router::Router;
 /// Connections on one node and the frame to push to them.
 pub type PushTarget = (NodeId, Vec<u64>, PushFrame);
 
+/// A message to deliver and the connection that sent it, if any (that one only learns
+/// where its cursor now is: it has the message from its ack).
+pub type Outgoing = (Message, Option<ConnRef>);
+
 /// Most events replayed to one resuming connection; further behind gets a resync notice.
 pub const MAX_REPLAY: u64 = 1000;
 
@@ -34,11 +38,11 @@ pub enum SessionMsg {
         reply: RpcReplyPort<Result<EventSeq, ActorError>>,
     },
     Detach(ConnRef),
-    /// Records the message as an event; the reply lists the pushes to make (connections
-    /// by node), which the router batches per node across users.
+    /// Records consecutive messages of one conversation as events, in one write; the reply
+    /// lists the pushes to make (connections by node), which the router batches per node
+    /// across users. Shared: every member's session gets the same batch.
     Deliver {
-        message: Message,
-        origin: Option<ConnRef>,
+        messages: Arc<Vec<Outgoing>>,
         reply: RpcReplyPort<Result<Vec<PushTarget>, ActorError>>,
     },
     MarkRead {
@@ -104,61 +108,99 @@ impl SessionState {
         &mut self,
         event: UserEvent,
     ) -> Result<Option<(Arc<Router>, Event)>, ActorError> {
+        let (router, mut new) = self.append_events(vec![event]).await?;
+        Ok(new.pop().map(|e| (router, e)))
+    }
+
+    /// Appends events (each once) in one write, replicates them to a majority, and returns
+    /// the ones the stream did not have yet, in order.
+    async fn append_events(
+        &mut self,
+        events: Vec<UserEvent>,
+    ) -> Result<(Arc<Router>, Vec<Event>), ActorError> {
         let (router, ring) = self.ready().await?;
-        let events = self.events.clone();
+        let log = self.events.clone();
         let user = self.user;
         let epoch = ring.epoch();
-        let syncs = events.syncs();
-        let appended = crate::logs::write(syncs, move || events.append(user, epoch, event)).await;
-        let (event, duplicate) = appended.inspect_err(|e| {
+        let syncs = log.syncs();
+        let appended =
+            crate::logs::write(syncs, move || log.append_many(user, epoch, events)).await;
+        let appended = appended.inspect_err(|e| {
             if matches!(e, ActorError::StaleEpoch { .. }) {
                 self.synced_at = None;
             }
         })?;
         // A repeated event goes out again as stored, with the epoch it was first written
-        // under, so that every replica ends up with the same entry.
-        let stored = if duplicate {
-            let before = chat_types::EventSeq(event.event_seq.0.saturating_sub(1));
-            self.events
-                .read_written_after(user, before, 1)
-                .ok()
-                .and_then(|w| w.into_iter().next())
-                .filter(|w| w.event.event_seq == event.event_seq)
-        } else {
-            None
-        };
-        let written = stored.unwrap_or(chat_storage::WrittenEvent {
-            event: event.clone(),
-            epoch,
-        });
-        let replicated = router
-            .replicate_quorum(LogRef::User(user), &ring, Entries::Events(vec![written]))
-            .await;
-        if let Err(e) = replicated {
-            // Catch up again before the next event, as a conversation owner does.
-            self.synced_at = None;
-            return Err(e);
+        // under, so that every replica ends up with the same entry; each on its own, as it
+        // is not next to the new ones.
+        let mut runs = Vec::new();
+        let mut new = Vec::new();
+        let mut fresh = Vec::new();
+        for (event, duplicate) in appended {
+            if duplicate {
+                let before = chat_types::EventSeq(event.event_seq.0.saturating_sub(1));
+                let stored = self
+                    .events
+                    .read_written_after(user, before, 1)
+                    .ok()
+                    .and_then(|w| w.into_iter().next())
+                    .filter(|w| w.event.event_seq == event.event_seq);
+                runs.push(vec![
+                    stored.unwrap_or(chat_storage::WrittenEvent { event, epoch })
+                ]);
+            } else {
+                fresh.push(chat_storage::WrittenEvent {
+                    event: event.clone(),
+                    epoch,
+                });
+                new.push(event);
+            }
         }
-        tracing::debug!(user = %user, event = %event.event_seq, duplicate, "event appended");
+        if !fresh.is_empty() {
+            runs.push(fresh);
+        }
+        for run in runs {
+            let replicated = router
+                .replicate_quorum(LogRef::User(user), &ring, Entries::Events(run))
+                .await;
+            if let Err(e) = replicated {
+                // Catch up again before the next event, as a conversation owner does.
+                self.synced_at = None;
+                return Err(e);
+            }
+        }
+        tracing::debug!(user = %user, new = new.len(), "events appended");
         // A repeated event (a retried delivery, a new conversation owner delivering again)
         // was pushed the first time; a client that missed it finds it by resuming.
-        Ok((!duplicate).then_some((router, event)))
+        Ok((router, new))
     }
 
-    /// Records the message as an event (once), replicates it, and pushes it.
-    async fn deliver(
-        &mut self,
-        message: Message,
-        origin: Option<ConnRef>,
-    ) -> Result<Vec<PushTarget>, ActorError> {
+    /// Records the messages as events (each once), replicates them, and returns the pushes
+    /// to make.
+    async fn deliver(&mut self, messages: &[Outgoing]) -> Result<Vec<PushTarget>, ActorError> {
+        let mut origins = std::collections::HashMap::new();
+        let events = messages
+            .iter()
+            .map(|(message, origin)| {
+                if let Some(o) = origin {
+                    origins.insert((message.conversation, message.seq), *o);
+                }
+                UserEvent::Message {
+                    message: message.clone(),
+                }
+            })
+            .collect();
+        let (router, new) = self.append_events(events).await?;
         let mut pushes = Vec::new();
-        if let Some((router, event)) = self.append_event(UserEvent::Message { message }).await? {
+        for event in new {
+            let UserEvent::Message { message } = &event.event else {
+                continue;
+            };
+            let origin = origins.get(&(message.conversation, message.seq)).copied();
             if self.conns.is_empty() {
-                if let UserEvent::Message { message } = &event.event {
-                    let system = message.refers.is_some_and(|r| r.seq().is_none());
-                    if message.sender != self.user && !system {
-                        router.notify_offline(self.user, event.event_seq, message.clone());
-                    }
+                let system = message.refers.is_some_and(|r| r.seq().is_none());
+                if message.sender != self.user && !system {
+                    router.notify_offline(self.user, event.event_seq, message.clone());
                 }
             }
             let event_seq = event.event_seq;
@@ -461,12 +503,8 @@ impl Actor for SessionActor {
                 };
                 let _ = reply.send(list);
             }
-            SessionMsg::Deliver {
-                message,
-                origin,
-                reply,
-            } => {
-                let _ = reply.send(state.deliver(message, origin).await);
+            SessionMsg::Deliver { messages, reply } => {
+                let _ = reply.send(state.deliver(&messages).await);
             }
         }
         Ok(())

@@ -199,3 +199,127 @@ async fn group_members_roles_and_changes_in_order_across_nodes() {
         .expect_err("deleted");
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
 }
+
+/// Messages that queue up behind a delivery go out to the members together (one write per
+/// member's stream, one request per node for the whole run). A burst from two senders with a
+/// removal in the middle must still reach every member once each, in log order, and the
+/// removed member exactly up to the note that removed it, whenever the removal lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut n1 = NodeProc::new(root.path(), "n1", None);
+    n1.start();
+    must_be_ready(&n1, 1).await;
+    let mut n2 = NodeProc::new(root.path(), "n2", Some(n1.peer.clone()));
+    n2.start();
+    for n in [&n1, &n2] {
+        must_be_ready(n, 2).await;
+    }
+    let nodes = [&n1, &n2];
+    let mut users = Vec::new();
+    let mut conns = Vec::new();
+    for (i, name) in ["bu_owner", "bu_writer", "bu_reader", "bu_leaver"]
+        .iter()
+        .enumerate()
+    {
+        let node = nodes[i % 2];
+        let reg = node
+            .api()
+            .register(name, "correct horse")
+            .await
+            .expect("register");
+        let token = node
+            .api()
+            .login(name, "correct horse")
+            .await
+            .expect("login")
+            .token;
+        let (c, _) = Connection::connect(&node.api().ws_url(&token))
+            .await
+            .expect("connect");
+        users.push(reg.user_id);
+        conns.push(c);
+    }
+    let (owner, writer, reader, leaver) = (&conns[0], &conns[1], &conns[2], &conns[3]);
+    let group = owner
+        .create_group("burst", vec![users[1], users[2], users[3]])
+        .await
+        .expect("create")
+        .conversation;
+
+    const EACH: usize = 150;
+    fn burst<'a>(
+        c: &'static str,
+        conn: &'a Connection,
+        group: chat_types::ConversationId,
+    ) -> impl std::future::Future<Output = Vec<Result<chat_client::Ack, chat_client::ClientError>>> + 'a
+    {
+        let sends: Vec<_> = (0..EACH)
+            .map(|i| conn.send(group, cmid(&format!("{c}{i}")), format!("{c} {i}")))
+            .collect();
+        futures_util::future::join_all(sends)
+    }
+    let removal = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        owner.remove_member(group, users[3]).await
+    };
+    let (from_owner, from_writer, removed) =
+        tokio::join!(burst("o", owner, group), burst("w", writer, group), removal);
+    removed.expect("owner removes a member mid-burst");
+    let acked = from_owner
+        .into_iter()
+        .chain(from_writer)
+        .filter(|r| r.is_ok())
+        .count();
+    assert_eq!(acked, 2 * EACH, "every send is accepted");
+
+    // The log as stored, from the group's creation note on.
+    let mut log = Vec::new();
+    let mut after = Some(chat_types::Seq(0));
+    loop {
+        let page = owner
+            .history(group, after, None, Some(200))
+            .await
+            .expect("history");
+        let Some(last) = page.messages.last().map(|m| m.seq) else {
+            break;
+        };
+        log.extend(page.messages.into_iter().map(|m| (m.seq, m.refers)));
+        after = Some(last);
+    }
+    let removal_at = log
+        .iter()
+        .position(|(_, r)| {
+            *r == Some(MessageRef::Group {
+                change: GroupChange::MemberRemoved { user: users[3] },
+            })
+        })
+        .expect("the removal note is in the log");
+    let seqs: Vec<_> = log.iter().map(|(s, _)| *s).collect();
+
+    async fn pushed(conn: &Connection) -> Vec<chat_types::Seq> {
+        let mut seen = Vec::new();
+        while let Some(m) = conn
+            .next_message(Duration::from_millis(1500))
+            .await
+            .expect("read")
+        {
+            seen.push(m.seq);
+        }
+        seen
+    }
+    let created = seqs[0];
+    let strip = |v: Vec<chat_types::Seq>| -> Vec<chat_types::Seq> {
+        v.into_iter().filter(|s| *s != created).collect()
+    };
+    assert_eq!(
+        strip(pushed(reader).await),
+        seqs[1..].to_vec(),
+        "a member who only reads gets every message once, in log order"
+    );
+    assert_eq!(
+        strip(pushed(leaver).await),
+        seqs[1..=removal_at].to_vec(),
+        "the removed member gets everything up to the note that removed it, then nothing"
+    );
+}

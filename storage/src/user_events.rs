@@ -66,7 +66,20 @@ pub trait UserEventLog: Send + Sync {
         user: UserId,
         epoch: RingEpoch,
         event: UserEvent,
-    ) -> Result<(Event, bool), StorageError>;
+    ) -> Result<(Event, bool), StorageError> {
+        self.append_many(user, epoch, vec![event])?
+            .pop()
+            .ok_or_else(|| StorageError::Io("an append of one event returned none".into()))
+    }
+    /// Appends each event as [`UserEventLog::append`] does, in order, in one write: the new
+    /// ones at consecutive seqs from `head + 1`. Each answer says whether the stream already
+    /// held the event (then it is the stored one).
+    fn append_many(
+        &self,
+        user: UserId,
+        epoch: RingEpoch,
+        events: Vec<UserEvent>,
+    ) -> Result<Vec<(Event, bool)>, StorageError>;
     fn head(&self, user: UserId) -> Result<EventSeq, StorageError>;
     /// Up to `limit` events with seq > `after`, ascending.
     fn read_after(
@@ -394,35 +407,72 @@ impl UserEventLog for RocksUserEventLog {
         self.durability == Durability::Fsync
     }
 
-    fn append(
+    fn append_many(
         &self,
         user: UserId,
         epoch: RingEpoch,
-        event: UserEvent,
-    ) -> Result<(Event, bool), StorageError> {
+        events: Vec<UserEvent>,
+    ) -> Result<Vec<(Event, bool)>, StorageError> {
         let mut stripe = self.lock(user);
         let known = self.known(&mut stripe, user)?;
         fence::check(known.fence, epoch)?;
-        // The summary of the event's conversation as stored, before the event.
+        // The summaries of the events' conversations as stored, folded event by event.
         let mut changed = HashMap::new();
-        if let Some(conv) = event_conversation(&event) {
-            changed.insert(conv, self.summary(user, &conv)?);
-        }
-        let before = event_conversation(&event).and_then(|c| changed.get(&c));
-        if let Some(seq) = self.holds(user, &event, before)? {
-            return Ok((self.get(user, seq)?, true));
-        }
-        let seq = known.head.next();
+        // Dedup keys written by this batch: not yet in RocksDB, so looked up here.
+        let mut in_batch: HashMap<Vec<u8>, EventSeq> = HashMap::new();
         let mut batch = WriteBatch::default();
-        self.put_event(&mut batch, user, seq, &event, epoch)?;
-        for summary in changed.values_mut() {
-            apply_to_summary(user, &event, summary);
+        let mut head = known.head;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let conv = event_conversation(&event);
+            if let Some(c) = conv {
+                if let std::collections::hash_map::Entry::Vacant(e) = changed.entry(c) {
+                    e.insert(self.summary(user, &c)?);
+                }
+            }
+            let dk = event_dedup_key(user, &event);
+            let earlier = dk.as_ref().and_then(|k| in_batch.get(k)).copied();
+            let held = match earlier {
+                Some(seq) => Some(seq),
+                None => self.holds(user, &event, conv.and_then(|c| changed.get(&c)))?,
+            };
+            if let Some(seq) = held {
+                let stored = match earlier {
+                    Some(_) => out
+                        .iter()
+                        .map(|(e, _): &(Event, bool)| e)
+                        .find(|e| e.event_seq == seq)
+                        .cloned()
+                        .ok_or_else(|| StorageError::Io("a batch lost its own event".into()))?,
+                    None => self.get(user, seq)?,
+                };
+                out.push((stored, true));
+                continue;
+            }
+            head = head.next();
+            self.put_event(&mut batch, user, head, &event, epoch)?;
+            if let Some(summary) = conv.and_then(|c| changed.get_mut(&c)) {
+                apply_to_summary(user, &event, summary);
+            }
+            if let Some(k) = dk {
+                in_batch.insert(k, head);
+            }
+            out.push((
+                Event {
+                    event_seq: head,
+                    event,
+                },
+                false,
+            ));
+        }
+        if head == known.head {
+            return Ok(out);
         }
         self.put_summaries(&mut batch, user, changed)?;
         batch.put_cf(
             self.store.cf(CF_EVENT_HEAD)?,
             user.0.to_be_bytes(),
-            encode_u64_v1(seq.0),
+            encode_u64_v1(head.0),
         );
         if epoch > known.fence {
             fence::put(&self.store, &mut batch, &fence::user_fence_key(user), epoch)?;
@@ -433,17 +483,11 @@ impl UserEventLog for RocksUserEventLog {
         stripe.insert(
             user.0,
             Known {
-                head: seq,
+                head,
                 fence: epoch.max(known.fence),
             },
         );
-        Ok((
-            Event {
-                event_seq: seq,
-                event,
-            },
-            false,
-        ))
+        Ok(out)
     }
 
     fn head(&self, user: UserId) -> Result<EventSeq, StorageError> {
@@ -710,6 +754,67 @@ mod tests {
         );
         assert_eq!(log.head(UserId(1)).expect("head"), EventSeq(2));
         assert_eq!(log.head(UserId(9)).expect("head"), EventSeq(0));
+    }
+
+    #[test]
+    fn a_batch_appends_new_events_in_one_run_and_finds_the_ones_held_before_or_within_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        let d = ConversationId::direct(UserId(2), UserId(3));
+        let me = UserId(2);
+        {
+            let log = must_open(dir.path());
+            let (first, _) = log.append(me, RingEpoch(1), msg(c, 1)).expect("append");
+            let out = log
+                .append_many(
+                    me,
+                    RingEpoch(1),
+                    vec![msg(c, 2), msg(c, 1), msg(d, 1), msg(c, 2), msg(c, 3)],
+                )
+                .expect("append_many");
+            let seqs: Vec<(u64, bool)> = out.iter().map(|(e, d)| (e.event_seq.0, *d)).collect();
+            assert_eq!(
+                seqs,
+                vec![(2, false), (1, true), (3, false), (2, true), (4, false)],
+                "new events take consecutive seqs; one held before and one repeated in the \
+                 batch are answered with the stored event"
+            );
+            assert_eq!(out[1].0, first);
+            assert_eq!(out[3].0, out[0].0);
+            // An all-repeated batch writes nothing.
+            let again = log
+                .append_many(me, RingEpoch(1), vec![msg(c, 3), msg(d, 1)])
+                .expect("append_many");
+            assert!(again.iter().all(|(_, dup)| *dup));
+            assert!(matches!(
+                log.append_many(me, RingEpoch(0), vec![msg(c, 9)]),
+                Err(StorageError::StaleEpoch { .. })
+            ));
+        }
+        let log = must_open(dir.path());
+        assert_eq!(log.head(me).expect("head"), EventSeq(4));
+        let stored: Vec<u64> = log
+            .read_after(me, EventSeq(0), 10)
+            .expect("read")
+            .into_iter()
+            .map(|e| match e.event {
+                UserEvent::Message { message } => message.seq.0,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(stored, vec![1, 2, 1, 3], "c1, c2, d1, c3 once each");
+        let list = log.conversations(me, 10).expect("summaries");
+        let last_of = |conv| {
+            list.iter()
+                .find(|s| s.conversation == conv)
+                .map(|s| s.last_seq)
+        };
+        assert_eq!(
+            last_of(c),
+            Some(Seq(3)),
+            "the summary folds the whole batch"
+        );
+        assert_eq!(last_of(d), Some(Seq(1)));
     }
 
     #[test]
