@@ -161,6 +161,8 @@ pub struct RocksConversationLog {
     durability: Durability,
     breakage: Breakage,
     stripes: Vec<Mutex<Stripe>>,
+    /// The search index's to-do list in memory (see `index_feed`).
+    feed: crate::index_feed::Feed,
 }
 
 impl std::fmt::Debug for RocksConversationLog {
@@ -180,11 +182,16 @@ impl RocksConversationLog {
             stripes: (0..LOCK_STRIPES)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            feed: crate::index_feed::Feed::default(),
         }
     }
 
     pub(crate) fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub(crate) fn feed(&self) -> &crate::index_feed::Feed {
+        &self.feed
     }
 
     /// The conversation's stripe, locked. A poisoned stripe only means another write
@@ -317,6 +324,7 @@ impl ConversationLog for RocksConversationLog {
             )?;
         }
         db.write_opt(batch, &Store::write_opts(self.durability))?;
+        self.feed.written([(req.conversation, seq)]);
         stripe.insert(
             req.conversation,
             Known {
@@ -355,6 +363,7 @@ impl ConversationLog for RocksConversationLog {
         let db = self.store.db();
         let mut head = known.head;
         let mut batch = WriteBatch::default();
+        let mut stored = Vec::new();
         for w in entries.iter().filter(|w| w.message.conversation == conv) {
             let m = &w.message;
             let mkey = message_key(&conv, m.seq);
@@ -387,6 +396,7 @@ impl ConversationLog for RocksConversationLog {
                 encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
             );
             batch.put_cf(self.store.cf(CF_INDEX_FEED)?, mkey, []);
+            stored.push(m.seq);
             if !self.breakage.dedup_not_replicated {
                 let dkey = dedup_key(&conv, m.sender, m.client_msg_id.as_str());
                 batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(m.seq.0));
@@ -400,6 +410,7 @@ impl ConversationLog for RocksConversationLog {
         );
         fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
         db.write_opt(batch, &Store::write_opts(self.durability))?;
+        self.feed.written(stored.into_iter().map(|seq| (conv, seq)));
         stripe.insert(conv, Known { head, fence: epoch });
         Ok(head)
     }
@@ -512,6 +523,13 @@ impl RocksConversationLog {
     /// The newest owner epoch this log has seen for `conv` (0 when none).
     pub fn fence(&self, conv: &ConversationId) -> Result<RingEpoch, StorageError> {
         fence::read(&self.store, &conv.to_key())
+    }
+
+    /// A search to-do list that holds at most `capacity` messages in memory.
+    #[cfg(test)]
+    pub(crate) fn with_feed_capacity(mut self, capacity: usize) -> Self {
+        self.feed = crate::index_feed::Feed::with_capacity(capacity);
+        self
     }
 
     /// Deliberately breaks a guarantee, for tests that must see the checks fail. Only the

@@ -3,6 +3,15 @@
 //! The indexer reads the list, indexes those messages and then deletes their keys, so that
 //! a crash in between only indexes a message twice (which replaces it: indexing is
 //! idempotent) and nothing written is ever missed. A rebuild puts every key back.
+//!
+//! The list is also kept in memory ([`Feed`]), in the order the messages were written, so
+//! that the indexer does not scan the column family while it runs: the keys it deleted stay
+//! in RocksDB as tombstones until a flush, and a scan from the start walked every one of
+//! them, once per poll (a cost that grew with every message indexed). The column family is
+//! read only after a start, a rebuild, or when more was queued than memory holds.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
 
 use chat_types::{ConversationId, Message, Seq};
 use rocksdb::{IteratorMode, WriteBatch};
@@ -12,24 +21,92 @@ use crate::db::{Durability, Store, CF_INDEX_FEED, CF_MSG};
 use crate::error::StorageError;
 use crate::keys::{message_key, split_message_key};
 
-impl RocksConversationLog {
-    /// Up to `limit` messages written here that the index has not taken yet (by key order).
-    pub fn unindexed(&self, limit: usize) -> Result<Vec<(ConversationId, Seq)>, StorageError> {
-        let store = self.store();
-        let mut out = Vec::new();
-        for item in store
-            .db()
-            .iterator_cf(store.cf(CF_INDEX_FEED)?, IteratorMode::Start)
-        {
-            let (k, _) = item?;
-            let pos =
-                split_message_key(&k).ok_or_else(|| StorageError::corrupt(CF_INDEX_FEED, &k))?;
-            out.push(pos);
-            if out.len() >= limit {
-                break;
-            }
+/// Messages to index kept in memory at most; beyond, the column family is read again once
+/// the indexer has caught up with memory.
+const FEED_IN_MEMORY: usize = 65_536;
+
+/// The in-memory copy of the to-do list.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    state: Mutex<FeedState>,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct FeedState {
+    queue: VecDeque<(ConversationId, Seq)>,
+    /// The column family may hold keys the queue does not (the queue was full, a rebuild
+    /// queued everything, or nothing was read since the start).
+    spilled: bool,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed::with_capacity(FEED_IN_MEMORY)
+    }
+}
+
+impl Feed {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Feed {
+            state: Mutex::new(FeedState {
+                queue: VecDeque::new(),
+                spilled: true,
+            }),
+            capacity: capacity.max(1),
         }
-        Ok(out)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records messages just written to the column family (called after the write, with the
+    /// conversation's lock held, so that one conversation's messages queue in seq order).
+    pub(crate) fn written(&self, written: impl IntoIterator<Item = (ConversationId, Seq)>) {
+        let mut state = self.lock();
+        for pos in written {
+            if state.spilled || state.queue.len() >= self.capacity {
+                // The column family has it; the next read of it finds it.
+                state.spilled = true;
+                return;
+            }
+            state.queue.push_back(pos);
+        }
+    }
+
+    /// Marks the column family as holding keys the queue does not.
+    fn spill(&self) {
+        self.lock().spilled = true;
+    }
+}
+
+impl RocksConversationLog {
+    /// Up to `limit` messages written here that the index has not taken yet, oldest first
+    /// (by key order after a start).
+    pub fn unindexed(&self, limit: usize) -> Result<Vec<(ConversationId, Seq)>, StorageError> {
+        let feed = self.feed();
+        let mut state = feed.lock();
+        if state.queue.is_empty() && state.spilled {
+            // Memory has caught up: read what only the column family holds. A message written
+            // meanwhile may come twice (from here and from `written`), and is indexed twice,
+            // harmlessly.
+            let store = self.store();
+            for item in store
+                .db()
+                .iterator_cf(store.cf(CF_INDEX_FEED)?, IteratorMode::Start)
+            {
+                if state.queue.len() >= feed.capacity {
+                    break;
+                }
+                let (k, _) = item?;
+                let pos = split_message_key(&k)
+                    .ok_or_else(|| StorageError::corrupt(CF_INDEX_FEED, &k))?;
+                state.queue.push_back(pos);
+            }
+            state.spilled = state.queue.len() >= feed.capacity;
+        }
+        Ok(state.queue.iter().take(limit).copied().collect())
     }
 
     /// The index holds these now.
@@ -42,6 +119,12 @@ impl RocksConversationLog {
         store
             .db()
             .write_opt(batch, &Store::write_opts(Durability::Wal))?;
+        // What `unindexed` returned is at the front of the queue.
+        let done: HashSet<&(ConversationId, Seq)> = done.iter().collect();
+        let mut state = self.feed().lock();
+        while state.queue.front().is_some_and(|p| done.contains(p)) {
+            state.queue.pop_front();
+        }
         Ok(())
     }
 
@@ -67,6 +150,7 @@ impl RocksConversationLog {
         store
             .db()
             .write_opt(batch, &Store::write_opts(Durability::Wal))?;
+        self.feed().spill();
         Ok(count)
     }
 
@@ -157,5 +241,49 @@ mod tests {
         let log =
             RocksConversationLog::new(Store::open(dir.path()).expect("reopen"), Durability::Wal);
         assert_eq!(log.unindexed(10).expect("feed").len(), 3);
+    }
+
+    #[test]
+    fn the_list_comes_from_memory_in_written_order_and_from_disk_when_memory_was_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log =
+            RocksConversationLog::new(Store::open(dir.path()).expect("open"), Durability::Wal)
+                .with_feed_capacity(2);
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(1), UserId(3));
+        let (low, high) = if message_key(&a, Seq(1)) < message_key(&b, Seq(1)) {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        for i in 0..5 {
+            append(&log, low, &format!("l{i}"));
+        }
+        // Five queued, two fit in memory: the rest is read from the column family, two at
+        // a time, and nothing is missed or repeated.
+        let mut seen = Vec::new();
+        loop {
+            let todo = log.unindexed(10).expect("feed");
+            if todo.is_empty() {
+                break;
+            }
+            assert!(todo.len() <= 2);
+            log.mark_indexed(&todo).expect("mark");
+            seen.extend(todo);
+        }
+        assert_eq!(seen, (1..=5).map(|s| (low, Seq(s))).collect::<Vec<_>>());
+        // Caught up: new messages queue in memory, in the order they were written, which is
+        // not key order here.
+        append(&log, high, "h1");
+        append(&log, low, "l5");
+        let todo = log.unindexed(10).expect("feed");
+        assert_eq!(todo, vec![(high, Seq(1)), (low, Seq(6))]);
+        log.mark_indexed(&todo[..1]).expect("mark");
+        assert_eq!(log.unindexed(10).expect("feed"), vec![(low, Seq(6))]);
+        // A fresh instance finds what is left on disk.
+        drop(log);
+        let log =
+            RocksConversationLog::new(Store::open(dir.path()).expect("reopen"), Durability::Wal);
+        assert_eq!(log.unindexed(10).expect("feed"), vec![(low, Seq(6))]);
     }
 }
