@@ -15,6 +15,7 @@ use chat_types::{
     UserEvent, UserId,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 
 use crate::connection::{ConnRef, PushFrame};
 use crate::error::ActorError;
@@ -92,6 +93,36 @@ pub struct SessionState {
     published: Option<PresenceStatus>,
     /// When the user's last connection closed.
     last_seen_ms: Option<u64>,
+    /// Read marks whose receipts the other members are owed (see [`send_receipts`]).
+    receipts: mpsc::UnboundedSender<(ConversationId, Seq)>,
+}
+
+/// Sends the receipts of a user's read marks to the other members, in order, from a task of
+/// its own. A session never waits for another session while it handles a request: two
+/// members marking each other's messages read at once would each wait for the other (across
+/// nodes, until the peer timeout), and everything queued behind them with them. Stops with
+/// the session (when the sender is dropped).
+fn send_receipts(
+    user: UserId,
+    router: Weak<Router>,
+) -> mpsc::UnboundedSender<(ConversationId, Seq)> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(ConversationId, Seq)>();
+    tokio::spawn(async move {
+        while let Some((conversation, seq)) = rx.recv().await {
+            let Some(router) = router.upgrade() else {
+                return;
+            };
+            for member in router.members_of(&conversation) {
+                if member == user {
+                    continue;
+                }
+                if let Err(e) = router.receipt(member, conversation, user, seq).await {
+                    tracing::warn!(conv = %conversation, user = %member, error = %e, "receipt not delivered");
+                }
+            }
+        }
+    });
+    tx
 }
 
 impl SessionState {
@@ -245,7 +276,7 @@ impl SessionState {
     }
 
     /// Moves the user's read mark forward (never back), tells the user's other connections,
-    /// then sends a receipt to every other member.
+    /// then queues a receipt for every other member (sent by [`send_receipts`]).
     async fn mark_read(
         &mut self,
         conversation: ConversationId,
@@ -273,13 +304,7 @@ impl SessionState {
                 }
             }
         }
-        for member in router.members_of(&conversation) {
-            if member != self.user {
-                if let Err(e) = router.receipt(member, conversation, self.user, seq).await {
-                    tracing::warn!(conv = %conversation, user = %member, error = %e, "receipt not delivered");
-                }
-            }
-        }
+        let _ = self.receipts.send((conversation, seq));
         Ok(())
     }
 
@@ -419,6 +444,7 @@ impl Actor for SessionActor {
         Ok(SessionState {
             user: args.user,
             events: args.events,
+            receipts: send_receipts(args.user, args.router.clone()),
             router: args.router,
             conns: BTreeMap::new(),
             synced_at: None,
