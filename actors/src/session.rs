@@ -93,8 +93,9 @@ pub struct SessionState {
     published: Option<PresenceStatus>,
     /// When the user's last connection closed.
     last_seen_ms: Option<u64>,
-    /// Read marks whose receipts the other members are owed (see [`send_receipts`]).
-    receipts: mpsc::UnboundedSender<(ConversationId, Seq)>,
+    /// Read marks whose receipts the other members are owed (see [`send_receipts`]); the
+    /// task starts with the user's first read mark, so idle users do not carry it.
+    receipts: Option<mpsc::UnboundedSender<(ConversationId, Seq)>>,
 }
 
 /// Sends the receipts of a user's read marks to the other members, in order, from a task of
@@ -304,7 +305,11 @@ impl SessionState {
                 }
             }
         }
-        let _ = self.receipts.send((conversation, seq));
+        let (user, weak) = (self.user, self.router.clone());
+        let _ = self
+            .receipts
+            .get_or_insert_with(|| send_receipts(user, weak))
+            .send((conversation, seq));
         Ok(())
     }
 
@@ -444,7 +449,7 @@ impl Actor for SessionActor {
         Ok(SessionState {
             user: args.user,
             events: args.events,
-            receipts: send_receipts(args.user, args.router.clone()),
+            receipts: None,
             router: args.router,
             conns: BTreeMap::new(),
             synced_at: None,
