@@ -134,10 +134,11 @@ impl PushFrame {
     }
 }
 
-/// What the socket writer receives.
+/// What the socket writer receives. The frame is boxed: the queue allocates its slots ahead,
+/// per connection, so an idle connection pays for slots of this size, not of a frame.
 #[derive(Debug)]
 pub enum Outbound {
-    Frame(ServerFrame),
+    Frame(Box<ServerFrame>),
     Close { code: u16, reason: String },
 }
 
@@ -227,9 +228,9 @@ impl ConnectionState {
         if self.closing {
             return Emitted::Gone;
         }
-        match self.out.try_send(Outbound::Frame(frame)) {
+        match self.out.try_send(Outbound::Frame(Box::new(frame))) {
             Ok(()) => Emitted::Yes,
-            Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => Emitted::Full(frame),
+            Err(mpsc::error::TrySendError::Full(Outbound::Frame(frame))) => Emitted::Full(*frame),
             Err(mpsc::error::TrySendError::Full(_)) => Emitted::Gone,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.closing = true;
@@ -481,15 +482,15 @@ mod tests {
     fn received(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(o) = rx.try_recv() {
-            out.push(match o {
-                Outbound::Frame(ServerFrame::Read { event_seq, .. }) => event_seq.0.to_string(),
-                Outbound::Frame(ServerFrame::EventCursor { event_seq }) => {
-                    format!("cursor {}", event_seq.0)
-                }
-                Outbound::Frame(ServerFrame::Resync { event_head }) => {
-                    format!("resync {}", event_head.0)
-                }
-                Outbound::Frame(ServerFrame::Typing { .. }) => "typing".into(),
+            let Outbound::Frame(frame) = o else {
+                out.push(format!("{o:?}"));
+                continue;
+            };
+            out.push(match *frame {
+                ServerFrame::Read { event_seq, .. } => event_seq.0.to_string(),
+                ServerFrame::EventCursor { event_seq } => format!("cursor {}", event_seq.0),
+                ServerFrame::Resync { event_head } => format!("resync {}", event_head.0),
+                ServerFrame::Typing { .. } => "typing".into(),
                 other => format!("{other:?}"),
             });
         }

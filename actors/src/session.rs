@@ -465,6 +465,16 @@ impl Actor for SessionActor {
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed: the actor's task would otherwise keep the largest request's state inline
+        // for as long as the session lives, idle or not (one session per connected user).
+        Box::pin(state.handle(msg)).await;
+        Ok(())
+    }
+}
+
+impl SessionState {
+    async fn handle(&mut self, msg: SessionMsg) {
+        let state = self;
         match msg {
             SessionMsg::Attach {
                 conn,
@@ -538,6 +548,5 @@ impl Actor for SessionActor {
                 let _ = reply.send(state.deliver(&messages).await);
             }
         }
-        Ok(())
     }
 }

@@ -179,7 +179,9 @@ async fn run_connection(
             }
             out = out_rx.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
-                    if send_frame(&mut session, &frame).await.is_err() {
+                    // Boxed, as the other awaits below: the connection's task keeps its
+                    // largest await inline for its whole life, busy or idle.
+                    if Box::pin(send_frame(&mut session, &frame)).await.is_err() {
                         break Next::Close(close::NORMAL, String::new());
                     }
                 }
@@ -201,7 +203,7 @@ async fn run_connection(
         }
     };
     if let Next::Close(code, why) = outcome {
-        let _ = session.close(Some(reason(code, &why))).await;
+        let _ = Box::pin(session.close(Some(reason(code, &why)))).await;
     }
     // The worker detaches the connection from its user's session once its queue is closed.
     drop(req_tx);
@@ -295,8 +297,10 @@ impl Conn {
                 // The socket is gone: what it still had queued is not answered, as if unsent.
                 break;
             }
+            // Boxed: the worker's task would otherwise hold the largest request's state
+            // inline while idle (~6 KiB per connection).
             let next = match request {
-                Request::Text(text) => self.handle_text(&text).await,
+                Request::Text(text) => Box::pin(self.handle_text(&text)).await,
                 Request::Binary => {
                     self.bad_frame(
                         None,
@@ -314,15 +318,12 @@ impl Conn {
             }
         }
         if let Some(conn) = self.conn {
-            self.state
-                .router
-                .disconnect(self.principal.user_id, conn)
-                .await;
+            Box::pin(self.state.router.disconnect(self.principal.user_id, conn)).await;
         }
     }
 
     async fn reply(&mut self, frame: ServerFrame) -> Next {
-        match self.out.send(Outbound::Frame(frame)).await {
+        match self.out.send(Outbound::Frame(Box::new(frame))).await {
             Ok(()) => Next::Continue,
             Err(_) => Next::Close(close::NORMAL, String::new()),
         }
