@@ -35,14 +35,17 @@ struct Slot {
     worst_us: AtomicU64,
 }
 
-/// The last-delivery bookkeeping of a run: per sender, one slot per scheduled message.
-pub(crate) struct Fanout {
+/// The last-delivery bookkeeping of a group run: per sender, one slot per scheduled message.
+/// Shared by this crate's driver and the XMPP driver (`chat-loadtest-xmpp`), so that both
+/// count `send_last_delivery` the same way.
+pub struct Fanout {
     recipients: u32,
     senders: Vec<Vec<Slot>>,
 }
 
 impl Fanout {
-    pub(crate) fn new(recipients: u32, slots_per_sender: &[u64]) -> Fanout {
+    /// `recipients` per message; `slots_per_sender[s]` messages scheduled for sender `s`.
+    pub fn new(recipients: u32, slots_per_sender: &[u64]) -> Fanout {
         Fanout {
             recipients,
             senders: slots_per_sender
@@ -60,17 +63,66 @@ impl Fanout {
     }
 
     /// The slot of a paced sender's client message id `<letter><sender>-<k>`.
-    fn slot(&self, cmid: &ClientMsgId) -> Option<&Slot> {
-        let id = cmid.as_str();
-        let rest = id.strip_prefix(|c: char| c.is_ascii_lowercase())?;
+    fn parse(cmid: &ClientMsgId) -> Option<(usize, u64)> {
+        let rest = cmid
+            .as_str()
+            .strip_prefix(|c: char| c.is_ascii_lowercase())?;
         let (s, k) = rest.split_once('-')?;
-        let s: usize = s.parse().ok()?;
-        let k: usize = k.parse().ok()?;
-        self.senders.get(s)?.get(k)
+        Some((s.parse().ok()?, k.parse().ok()?))
     }
 
-    /// Records the send-to-last-delivery latency of every measured message that reached all
-    /// its recipients; counts those that reached only some as `fanout_incomplete`.
+    /// One recipient got `cmid`, `latency` after its intended send time.
+    pub(crate) fn delivered(&self, cmid: &ClientMsgId, latency: Duration) {
+        if let Some((s, k)) = Fanout::parse(cmid) {
+            self.delivered_at(s, k, latency);
+        }
+    }
+
+    /// One recipient got message `k` of sender `s`, `latency` after its intended send time;
+    /// an unknown sender or slot is ignored.
+    pub fn delivered_at(&self, s: usize, k: u64, latency: Duration) {
+        let Some(slot) = self
+            .senders
+            .get(s)
+            .and_then(|slots| slots.get(usize::try_from(k).ok()?))
+        else {
+            return;
+        };
+        slot.worst_us
+            .fetch_max(latency.as_micros() as u64, Ordering::Relaxed);
+        // Saturating: a duplicate push must not wrap the count (the checker reports it).
+        let _ = slot
+            .remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1));
+    }
+
+    /// The send-to-last-delivery latency of every message that reached all its recipients
+    /// and that `measured(sender, k)` places in the measured window, and how many messages
+    /// reached only some of their recipients (never sent, failed or pushed to nobody: the
+    /// checker judges those).
+    pub fn last_deliveries(&self, measured: impl Fn(usize, u64) -> bool) -> (Vec<Duration>, u64) {
+        let mut latencies = Vec::new();
+        let mut incomplete = 0u64;
+        for (s, slots) in self.senders.iter().enumerate() {
+            for (k, sl) in slots.iter().enumerate() {
+                let remaining = sl.remaining.load(Ordering::Relaxed);
+                if remaining == self.recipients {
+                    continue;
+                }
+                if remaining > 0 {
+                    incomplete += 1;
+                    continue;
+                }
+                if measured(s, k as u64) {
+                    latencies.push(Duration::from_micros(sl.worst_us.load(Ordering::Relaxed)));
+                }
+            }
+        }
+        (latencies, incomplete)
+    }
+
+    /// [`Fanout::last_deliveries`] into `tally`: `send_last_delivery` and
+    /// `fanout_incomplete`.
     pub(crate) fn account(
         &self,
         tally: &mut Tally,
@@ -78,39 +130,13 @@ impl Fanout {
         phases: &[Duration],
         interval: Duration,
     ) {
-        let mut incomplete = 0u64;
-        for (s, slots) in self.senders.iter().enumerate() {
-            for (k, sl) in slots.iter().enumerate() {
-                let remaining = sl.remaining.load(Ordering::Relaxed);
-                if remaining == self.recipients {
-                    continue; // never sent, or failed, or pushed to nobody: the checker judges
-                }
-                if remaining > 0 {
-                    incomplete += 1;
-                    continue;
-                }
-                let intended = slot(clock.start, phases[s], interval, k as u64);
-                if clock.measured(intended) {
-                    tally
-                        .last_delivery
-                        .record(Duration::from_micros(sl.worst_us.load(Ordering::Relaxed)));
-                }
-            }
+        let (latencies, incomplete) =
+            self.last_deliveries(|s, k| clock.measured(slot(clock.start, phases[s], interval, k)));
+        for l in latencies {
+            tally.last_delivery.record(l);
         }
         if incomplete > 0 {
             tally.errors.insert("fanout_incomplete".into(), incomplete);
-        }
-    }
-
-    /// One recipient got `cmid`, `latency` after its intended send time.
-    pub(crate) fn delivered(&self, cmid: &ClientMsgId, latency: Duration) {
-        if let Some(slot) = self.slot(cmid) {
-            slot.worst_us
-                .fetch_max(latency.as_micros() as u64, Ordering::Relaxed);
-            // Saturating: a duplicate push must not wrap the count (the checker reports it).
-            let _ = slot
-                .remaining
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1));
         }
     }
 }
@@ -314,5 +340,10 @@ mod tests {
         f.delivered(&id("f0-1"), Duration::from_micros(1)); // a duplicate does not wrap
         assert_eq!(s.remaining.load(Ordering::Relaxed), 0);
         assert_eq!(f.senders[1][0].remaining.load(Ordering::Relaxed), 1);
+        // Slot 0-1 reached all three (worst 300 us); 1-0 only two of three; 0-0 none.
+        let (all, incomplete) = f.last_deliveries(|_, _| true);
+        assert_eq!((all, incomplete), (vec![Duration::from_micros(300)], 1));
+        let (none, _) = f.last_deliveries(|s, _| s != 0);
+        assert!(none.is_empty(), "outside the measured window");
     }
 }

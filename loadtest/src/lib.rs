@@ -43,6 +43,7 @@ mod storm;
 pub mod sysstat;
 
 pub use checker::{CheckReport, Checker, Violation, ViolationCounts};
+pub use group::Fanout;
 pub use relay::Relay;
 pub use report::{compare, Ceiling, Report};
 pub use run::{run, RunConfig};

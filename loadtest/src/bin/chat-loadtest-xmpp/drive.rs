@@ -34,11 +34,11 @@ use crate::xmpp::{self, Sink, Stream};
 /// How long a ping-pong turn waits for the delivery at the other user before moving on.
 const PUSH_WAIT: Duration = Duration::from_secs(10);
 /// The longest the drain waits for outstanding deliveries, however steadily they still arrive.
-const MAX_DRAIN: Duration = Duration::from_secs(120);
+pub(crate) const MAX_DRAIN: Duration = Duration::from_secs(120);
 /// Extra time after the window for senders to finish before they are abandoned.
-const SENDER_GRACE: Duration = Duration::from_secs(60);
+pub(crate) const SENDER_GRACE: Duration = Duration::from_secs(60);
 /// Largest message index a reader keeps track of (a bound on its memory: 16 MiB of bits).
-const MAX_TRACKED: u64 = 128 * 1024 * 1024;
+pub(crate) const MAX_TRACKED: u64 = 128 * 1024 * 1024;
 
 /// What to run against what.
 #[derive(Clone, Debug)]
@@ -48,6 +48,8 @@ pub struct Config {
     pub target: String,
     /// The XMPP domain the users live in.
     pub domain: String,
+    /// group-fanout: the MUC service (`conference.<domain>` when absent).
+    pub muc_service: Option<String>,
     /// Server processes to sample (with their descendants), summed.
     pub server_pids: Vec<u32>,
     pub progress: bool,
@@ -55,14 +57,14 @@ pub struct Config {
 
 /// The instants every task schedules against.
 #[derive(Clone, Copy, Debug)]
-struct Clock {
-    start: Instant,
-    measure_start: Instant,
-    send_end: Instant,
+pub(crate) struct Clock {
+    pub(crate) start: Instant,
+    pub(crate) measure_start: Instant,
+    pub(crate) send_end: Instant,
 }
 
 impl Clock {
-    fn new(start: Instant, scenario: &Scenario) -> Clock {
+    pub(crate) fn new(start: Instant, scenario: &Scenario) -> Clock {
         let measure_start = start + scenario.warmup();
         Clock {
             start,
@@ -71,17 +73,17 @@ impl Clock {
         }
     }
 
-    fn measured(&self, intended: Instant) -> bool {
+    pub(crate) fn measured(&self, intended: Instant) -> bool {
         intended >= self.measure_start
     }
 
-    fn in_window(&self, at: Instant) -> bool {
+    pub(crate) fn in_window(&self, at: Instant) -> bool {
         at >= self.measure_start && at < self.send_end
     }
 
     /// A body of `size` bytes carrying its intended send time (the same shape as
     /// chat-loadtest's bodies: `t<microseconds since start>.xxxx`).
-    fn body(&self, intended: Instant, size: usize) -> String {
+    pub(crate) fn body(&self, intended: Instant, size: usize) -> String {
         let us = intended.saturating_duration_since(self.start).as_micros();
         let mut body = format!("t{us}.");
         while body.len() < size {
@@ -90,7 +92,7 @@ impl Clock {
         body
     }
 
-    fn intended_of(&self, body: &str) -> Option<Instant> {
+    pub(crate) fn intended_of(&self, body: &str) -> Option<Instant> {
         let digits = body.strip_prefix('t')?.split('.').next()?;
         let us: u64 = digits.parse().ok()?;
         Some(self.start + Duration::from_micros(us))
@@ -98,7 +100,7 @@ impl Clock {
 }
 
 /// The number of slots `start + phase + k * interval` before `end`.
-fn slots(start: Instant, phase: Duration, interval: Duration, end: Instant) -> u64 {
+pub(crate) fn slots(start: Instant, phase: Duration, interval: Duration, end: Instant) -> u64 {
     let span = end.saturating_duration_since(start + phase);
     if interval.is_zero() {
         return 0;
@@ -106,7 +108,7 @@ fn slots(start: Instant, phase: Duration, interval: Duration, end: Instant) -> u
     span.as_nanos().div_ceil(interval.as_nanos()) as u64
 }
 
-fn slot(start: Instant, phase: Duration, interval: Duration, k: u64) -> Instant {
+pub(crate) fn slot(start: Instant, phase: Duration, interval: Duration, k: u64) -> Instant {
     start + phase + Duration::from_nanos((interval.as_nanos() as u64).saturating_mul(k))
 }
 
@@ -158,36 +160,46 @@ struct Pair {
 }
 
 /// What every task of a run shares.
-struct Ctx {
-    scenario: Scenario,
-    clock: Clock,
-    live: Arc<Live>,
+pub(crate) struct Ctx {
+    pub(crate) scenario: Scenario,
+    pub(crate) clock: Clock,
+    pub(crate) live: Arc<Live>,
     /// Messages the server sent back as errors.
-    bounced: AtomicU64,
+    pub(crate) bounced: AtomicU64,
 }
 
 /// What one task measured.
 #[derive(Debug, Default)]
-struct Tally {
-    delivery: Latency,
+pub(crate) struct Tally {
+    pub(crate) delivery: Latency,
+    /// group-fanout: per message, until its last recipient got it.
+    pub(crate) last_delivery: Latency,
+    /// group-fanout: until the room reflected the message to its sender (the "ack").
+    pub(crate) ack: Latency,
     /// Set-up steps of each user: WebSocket and stream open, in-band registration, SASL
-    /// through presence.
-    connect: Latency,
-    register: Latency,
-    login: Latency,
-    sends: u64,
-    deliveries: u64,
-    deliveries_measured: u64,
-    bounced: u64,
-    errors: BTreeMap<String, u64>,
-    error_examples: BTreeMap<String, String>,
-    /// Per direction of each pair (index `2 * pair + from`): what its receiver saw.
-    tracks: BTreeMap<usize, Track>,
-    phantoms: u64,
+    /// through presence; group-fanout adds the room join.
+    pub(crate) connect: Latency,
+    pub(crate) register: Latency,
+    pub(crate) login: Latency,
+    pub(crate) join: Latency,
+    pub(crate) sends: u64,
+    /// group-fanout: the senders' own echoes (first ones), and those inside the window.
+    pub(crate) acks: u64,
+    pub(crate) acks_measured: u64,
+    pub(crate) duplicate_acks: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) deliveries_measured: u64,
+    pub(crate) bounced: u64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) error_examples: BTreeMap<String, String>,
+    /// What each receiver saw of each sending side: per direction of each pair (index
+    /// `2 * pair + from`), or in a group per (sender, recipient) (`sender * users + user`).
+    pub(crate) tracks: BTreeMap<usize, Track>,
+    pub(crate) phantoms: u64,
 }
 
 impl Tally {
-    fn error(&mut self, key: impl Into<String>, example: impl FnOnce() -> String) {
+    pub(crate) fn error(&mut self, key: impl Into<String>, example: impl FnOnce() -> String) {
         let key = key.into();
         self.error_examples
             .entry(key.clone())
@@ -195,12 +207,18 @@ impl Tally {
         *self.errors.entry(key).or_default() += 1;
     }
 
-    fn merge(&mut self, o: Tally) {
+    pub(crate) fn merge(&mut self, o: Tally) {
         self.delivery.merge(&o.delivery);
+        self.last_delivery.merge(&o.last_delivery);
+        self.ack.merge(&o.ack);
         self.connect.merge(&o.connect);
         self.register.merge(&o.register);
         self.login.merge(&o.login);
+        self.join.merge(&o.join);
         self.sends += o.sends;
+        self.acks += o.acks;
+        self.acks_measured += o.acks_measured;
+        self.duplicate_acks += o.duplicate_acks;
         self.deliveries += o.deliveries;
         self.deliveries_measured += o.deliveries_measured;
         self.bounced += o.bounced;
@@ -219,18 +237,18 @@ impl Tally {
 
 /// The messages of one direction of a pair that its receiver got.
 #[derive(Debug, Default)]
-struct Track {
+pub(crate) struct Track {
     seen: Vec<u64>,
     max: Option<u64>,
-    distinct: u64,
-    duplicates: u64,
-    reordered: u64,
-    bounced: u64,
+    pub(crate) distinct: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) reordered: u64,
+    pub(crate) bounced: u64,
 }
 
 impl Track {
     /// Records message `k`; false if it was seen before.
-    fn record(&mut self, k: u64) -> bool {
+    pub(crate) fn record(&mut self, k: u64) -> bool {
         let (word, bit) = ((k / 64) as usize, k % 64);
         if self.seen.len() <= word {
             self.seen.resize(word + 1, 0);
@@ -267,63 +285,25 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let scenario = &config.scenario;
     scenario.validate()?;
     xmpp::check_target(&config.target)?;
-    if !matches!(
-        scenario.kind,
-        ScenarioKind::DmPingpong | ScenarioKind::DmFlood
-    ) {
-        bail!(
-            "{} is not supported over XMPP yet (dm-pingpong and dm-flood are)",
+    match scenario.kind {
+        ScenarioKind::DmPingpong | ScenarioKind::DmFlood => {}
+        ScenarioKind::GroupFanout => return crate::muc::run(config).await,
+        _ => bail!(
+            "{} is not supported over XMPP yet (dm-pingpong, dm-flood and group-fanout are)",
             scenario.kind.as_str()
-        );
+        ),
     }
     let prefix = chat_loadtest::setup::run_prefix();
-    let password = format!("pw-{prefix}");
-    let started_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let started_unix_ms = unix_ms();
     let mut machine = Machine::now();
     let live = Arc::new(Live::default());
 
     // Set-up: every user registered in band, logged in, bound and present.
     let setup_started = Instant::now();
-    let users = scenario.users as usize;
-    let results = futures_util::stream::iter((0..users).map(|i| {
-        let name = chat_loadtest::setup::username(&prefix, i);
-        let (target, domain, password) = (&config.target, &config.domain, &password);
-        async move { (i, xmpp::set_up(target, domain, &name, password, true).await) }
-    }))
-    .buffer_unordered(scenario.setup_concurrency as usize)
-    .collect::<Vec<_>>()
-    .await;
-    let mut online: Vec<Option<xmpp::Online>> = (0..users).map(|_| None).collect();
-    let mut first_error = None;
     let mut connections = Connections::default();
     let mut tally = Tally::default();
-    for (i, r) in results {
-        match r {
-            Ok(o) => {
-                connections.opened += 1;
-                tally.connect.record(o.times.connect);
-                tally.register.record(o.times.register);
-                tally.login.record(o.times.login);
-                online[i] = Some(o);
-            }
-            Err(e) => {
-                connections.failed += 1;
-                first_error.get_or_insert((i, e));
-            }
-        }
-    }
-    if let Some((i, e)) = first_error {
-        for o in online.into_iter().flatten() {
-            let mut sink = o.sink;
-            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
-        }
-        return Err(e.context(format!(
-            "setting up user {i} on {} ({} of {users} users failed)",
-            config.target, connections.failed
-        )));
-    }
+    let online = set_up_users(config, &prefix, &mut tally, &mut connections).await?;
+    let users = online.len();
     let setup = setup_started.elapsed();
     if config.progress {
         eprintln!(
@@ -336,7 +316,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     let mut streams: Vec<(usize, usize, Stream)> = Vec::new();
     let mut event_rx = Vec::new();
     let window = scenario.window.unwrap_or(1) as usize;
-    let mut it = online.into_iter().flatten();
+    let mut it = online.into_iter();
     for index in 0..scenario.pairs() {
         let (Some(a), Some(b)) = (it.next(), it.next()) else {
             bail!("pair {index} has fewer than two users");
@@ -358,22 +338,13 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     }
 
     let clock = Clock::new(Instant::now() + Duration::from_millis(50), scenario);
-    live.start_timeline(
-        clock.start,
-        scenario.warmup_secs + scenario.duration_secs + MAX_DRAIN.as_secs_f64() + 10.0,
-    );
-    let ctx = Arc::new(Ctx {
-        scenario: scenario.clone(),
-        clock,
-        live: Arc::clone(&live),
-        bounced: AtomicU64::new(0),
-    });
-    let hard_end = clock.send_end + SENDER_GRACE + MAX_DRAIN + scenario.drain();
-    let progress = config
-        .progress
-        .then(|| tokio::spawn(progress_line(Arc::clone(&ctx), hard_end)));
-
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let Started {
+        ctx,
+        hard_end,
+        progress,
+        stop_tx,
+        stop_rx,
+    } = start(config, scenario, &live, clock);
     let mut readers = Vec::new();
     for (index, side, stream) in streams {
         readers.push(tokio::spawn(read_side(
@@ -424,55 +395,22 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         }
     }
 
-    tokio::time::sleep_until(clock.measure_start.into()).await;
-    let (server_a, self_a) = sample(&config.server_pids);
-    tokio::time::sleep_until(clock.send_end.into()).await;
-    let (server_b, self_b) = sample(&config.server_pids);
+    let (server, loadgen) = measure_and_join(config, &clock, senders, hard_end, &mut tally).await?;
     connections.open_at_end = live.connections();
-
-    for s in senders {
-        let left = hard_end.saturating_duration_since(Instant::now());
-        let abort = s.abort_handle();
-        match tokio::time::timeout(left, s).await {
-            Ok(Ok(t)) => tally.merge(t),
-            Ok(Err(e)) => bail!("a sender task failed: {e}"),
-            Err(_) => {
-                abort.abort();
-                tally.error("sender_abandoned", || "a sender did not finish".into());
-            }
-        }
-    }
     // Every message written is owed one delivery or one bounce; wait while they come.
-    let drain_started = Instant::now();
     let owed = || {
         Live::get(&live.deliveries) + ctx.bounced.load(Ordering::Relaxed) < Live::get(&live.sends)
     };
-    let mut last = (Live::get(&live.deliveries), Instant::now());
-    while owed() && drain_started.elapsed() < MAX_DRAIN {
-        let now = Live::get(&live.deliveries);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-        if last.1.elapsed() >= scenario.drain() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if owed() {
-        tally.error("drain_gave_up", || {
-            "messages were still undelivered when the drain gave up".into()
-        });
-    }
-    let drained = drain_started.elapsed();
-    let _ = stop_tx.send(true);
-    for r in readers {
-        let left = hard_end
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_secs(1));
-        if let Ok(Ok(t)) = tokio::time::timeout(left, r).await {
-            tally.merge(t);
-        }
-    }
+    let drained = drain_and_collect(
+        scenario,
+        owed,
+        || Live::get(&live.deliveries),
+        &stop_tx,
+        readers,
+        hard_end,
+        &mut tally,
+    )
+    .await;
     if let Some(p) = progress {
         p.abort();
     }
@@ -488,6 +426,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
             ]
         })
         .collect();
+    let verdict = pair_verdict(&sent, &tally);
     build_report(ReportParts {
         config,
         prefix,
@@ -497,42 +436,135 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         drained,
         tally,
         connections,
-        server: server_a.zip(server_b),
-        loadgen: self_a.zip(self_b),
-        sent,
+        server,
+        loadgen,
+        verdict,
         timeline: live.timeline.get().map(|t| t.points()).unwrap_or_default(),
     })
 }
 
-struct ReportParts<'a> {
-    config: &'a Config,
-    prefix: String,
-    started_unix_ms: u64,
-    machine: Machine,
-    setup: Duration,
-    drained: Duration,
-    tally: Tally,
-    connections: Connections,
-    server: Option<(ProcSample, ProcSample)>,
-    loadgen: Option<(ProcSample, ProcSample)>,
-    sent: Vec<[u64; 2]>,
-    timeline: Vec<chat_loadtest::metrics::TimelinePoint>,
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Registers (in band), logs in, binds and presents the scenario's `users` users,
+/// `setup_concurrency` at a time, recording each one's set-up steps; all of them online in
+/// index order, or the first failure (after closing the others).
+pub(crate) async fn set_up_users(
+    config: &Config,
+    prefix: &str,
+    tally: &mut Tally,
+    connections: &mut Connections,
+) -> anyhow::Result<Vec<xmpp::Online>> {
+    let scenario = &config.scenario;
+    let password = format!("pw-{prefix}");
+    let users = scenario.users as usize;
+    let results = futures_util::stream::iter((0..users).map(|i| {
+        let name = chat_loadtest::setup::username(prefix, i);
+        let (target, domain, password) = (&config.target, &config.domain, &password);
+        async move { (i, xmpp::set_up(target, domain, &name, password, true).await) }
+    }))
+    .buffer_unordered(scenario.setup_concurrency as usize)
+    .collect::<Vec<_>>()
+    .await;
+    let mut online: Vec<Option<xmpp::Online>> = (0..users).map(|_| None).collect();
+    let mut first_error = None;
+    for (i, r) in results {
+        match r {
+            Ok(o) => {
+                connections.opened += 1;
+                tally.connect.record(o.times.connect);
+                tally.register.record(o.times.register);
+                tally.login.record(o.times.login);
+                online[i] = Some(o);
+            }
+            Err(e) => {
+                connections.failed += 1;
+                first_error.get_or_insert((i, e));
+            }
+        }
+    }
+    if let Some((i, e)) = first_error {
+        for o in online.into_iter().flatten() {
+            let mut sink = o.sink;
+            let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+        }
+        return Err(e.context(format!(
+            "setting up user {i} on {} ({} of {users} users failed)",
+            config.target, connections.failed
+        )));
+    }
+    Ok(online.into_iter().flatten().collect())
+}
+
+/// The checker's counts, from what the clients saw (there is no stored history to read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub(crate) conversations: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) out_of_order: u64,
+    /// Distinct deliveries.
+    pub(crate) deliveries: u64,
+}
+
+/// The direct scenarios' verdict: every message written by side `from` of pair `p`
+/// (`sent[p][from]`) must reach the other user once, in order, or come back as an error.
+fn pair_verdict(sent: &[[u64; 2]], tally: &Tally) -> Verdict {
+    let mut v = Verdict {
+        conversations: sent.len() as u64,
+        ..Verdict::default()
+    };
+    for (pair, sent) in sent.iter().enumerate() {
+        for (from, &n) in sent.iter().enumerate() {
+            let track = tally.tracks.get(&(2 * pair + from));
+            let got = track.map_or(0, |t| t.distinct + t.bounced);
+            v.deliveries += track.map_or(0, |t| t.distinct);
+            v.lost += n.saturating_sub(got);
+            if let Some(tr) = track {
+                v.duplicated += tr.duplicates;
+                v.out_of_order += tr.reordered;
+            }
+        }
+    }
+    v
+}
+
+pub(crate) struct ReportParts<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) prefix: String,
+    pub(crate) started_unix_ms: u64,
+    pub(crate) machine: Machine,
+    pub(crate) setup: Duration,
+    pub(crate) drained: Duration,
+    pub(crate) tally: Tally,
+    pub(crate) connections: Connections,
+    pub(crate) server: Option<(ProcSample, ProcSample)>,
+    pub(crate) loadgen: Option<(ProcSample, ProcSample)>,
+    pub(crate) verdict: Verdict,
+    pub(crate) timeline: Vec<chat_loadtest::metrics::TimelinePoint>,
 }
 
 /// A chat-loadtest [`Report`], so that `chat-loadtest compare` reads it. It is built through
 /// JSON rather than as a struct literal, so that fields the report gains later with a default
 /// do not break this binary.
-fn build_report(p: ReportParts<'_>) -> anyhow::Result<Report> {
+pub(crate) fn build_report(p: ReportParts<'_>) -> anyhow::Result<Report> {
     let scenario = &p.config.scenario;
     let t = &p.tally;
     let measured = scenario.duration();
     let secs = measured.as_secs_f64();
     let mut latency = BTreeMap::new();
     for (name, l) in [
+        ("send_ack", &t.ack),
         ("send_delivery", &t.delivery),
+        ("send_last_delivery", &t.last_delivery),
         ("connect", &t.connect),
         ("register", &t.register),
         ("login", &t.login),
+        ("join", &t.join),
     ] {
         if l.count() > 0 {
             latency.insert(name.to_owned(), l.summary());
@@ -540,12 +572,20 @@ fn build_report(p: ReportParts<'_>) -> anyhow::Result<Report> {
     }
     let throughput = Throughput {
         sends: t.sends,
+        acks: t.acks,
+        duplicate_acks: t.duplicate_acks,
+        acks_per_sec: t.acks_measured as f64 / secs,
         deliveries: t.deliveries,
         deliveries_per_sec: t.deliveries_measured as f64 / secs,
         ..Throughput::default()
     };
-    // No server acks in XMPP: CPU is per message delivered inside the window.
-    let ops = t.deliveries_measured;
+    // No server acks in plain XMPP: CPU is per message delivered inside the window, or, in a
+    // room, per message reflected to its sender (as chat-loadtest's group-fanout: per ack).
+    let ops = if t.acks > 0 {
+        t.acks_measured
+    } else {
+        t.deliveries_measured
+    };
     let server = p
         .server
         .map(|(a, b)| ProcStats::between(p.config.server_pids.clone(), &a, &b, measured, ops));
@@ -553,29 +593,19 @@ fn build_report(p: ReportParts<'_>) -> anyhow::Result<Report> {
         .loadgen
         .map(|(a, b)| ProcStats::between(Vec::new(), &a, &b, measured, ops));
 
-    // The checker's verdict, from what the clients saw: every message written must reach the
-    // other user once, in order, or come back as an error. There is no stored history to read
-    // (archiving is off), so `history_messages` stays 0.
+    // The checker's verdict, from what the clients saw (see `Verdict`). There is no stored
+    // history to read (archiving is off), so `history_messages` stays 0.
+    let v = p.verdict;
     let mut check = Checker::new().check();
-    check.conversations = p.sent.len() as u64;
+    check.conversations = v.conversations;
     check.sends = t.sends;
+    check.acked = t.acks;
+    check.duplicate_acks = t.duplicate_acks;
     check.failed = t.bounced;
-    let mut lost = 0;
-    let mut distinct = 0;
-    for (pair, sent) in p.sent.iter().enumerate() {
-        for (from, &n) in sent.iter().enumerate() {
-            let track = t.tracks.get(&(2 * pair + from));
-            let got = track.map_or(0, |t| t.distinct + t.bounced);
-            distinct += track.map_or(0, |t| t.distinct);
-            lost += n.saturating_sub(got);
-            if let Some(tr) = track {
-                check.counts.duplicated += tr.duplicates;
-                check.counts.out_of_order += tr.reordered;
-            }
-        }
-    }
-    check.deliveries = distinct;
-    check.counts.lost = lost;
+    check.deliveries = v.deliveries;
+    check.counts.lost = v.lost;
+    check.counts.duplicated = v.duplicated;
+    check.counts.out_of_order = v.out_of_order;
     check.counts.phantoms = t.phantoms;
 
     let value = serde_json::json!({
@@ -606,7 +636,7 @@ fn build_report(p: ReportParts<'_>) -> anyhow::Result<Report> {
 }
 
 /// Samples the servers (with every descendant process) and this process.
-fn sample(pids: &[u32]) -> (Option<ProcSample>, Option<ProcSample>) {
+pub(crate) fn sample(pids: &[u32]) -> (Option<ProcSample>, Option<ProcSample>) {
     let server = if pids.is_empty() {
         None
     } else {
@@ -670,6 +700,195 @@ fn parent_pid(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// What a run shares once its users are set up and its clock is set.
+pub(crate) struct Started {
+    pub ctx: Arc<Ctx>,
+    /// When every task of the run must have ended.
+    pub hard_end: Instant,
+    pub progress: Option<tokio::task::JoinHandle<()>>,
+    /// Tells the readers to stop (after the drain).
+    pub stop_tx: watch::Sender<bool>,
+    pub stop_rx: watch::Receiver<bool>,
+}
+
+/// Starts the timeline and the progress line of a run timed by `clock`.
+pub(crate) fn start(
+    config: &Config,
+    scenario: &Scenario,
+    live: &Arc<Live>,
+    clock: Clock,
+) -> Started {
+    live.start_timeline(
+        clock.start,
+        scenario.warmup_secs + scenario.duration_secs + MAX_DRAIN.as_secs_f64() + 10.0,
+    );
+    let ctx = Arc::new(Ctx {
+        scenario: scenario.clone(),
+        clock,
+        live: Arc::clone(live),
+        bounced: AtomicU64::new(0),
+    });
+    let hard_end = clock.send_end + SENDER_GRACE + MAX_DRAIN + scenario.drain();
+    let progress = config
+        .progress
+        .then(|| tokio::spawn(progress_line(Arc::clone(&ctx), hard_end)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    Started {
+        ctx,
+        hard_end,
+        progress,
+        stop_tx,
+        stop_rx,
+    }
+}
+
+/// A process's samples at the start and the end of the measured window.
+type Sampled = Option<(ProcSample, ProcSample)>;
+
+/// Samples the servers and this process over the measured window, then waits for the
+/// senders (each at most until `hard_end`) and merges their tallies. Returns the servers'
+/// and this process's samples.
+pub(crate) async fn measure_and_join(
+    config: &Config,
+    clock: &Clock,
+    senders: Vec<tokio::task::JoinHandle<Tally>>,
+    hard_end: Instant,
+    tally: &mut Tally,
+) -> anyhow::Result<(Sampled, Sampled)> {
+    tokio::time::sleep_until(clock.measure_start.into()).await;
+    let (server_a, self_a) = sample(&config.server_pids);
+    tokio::time::sleep_until(clock.send_end.into()).await;
+    let (server_b, self_b) = sample(&config.server_pids);
+    for s in senders {
+        let left = hard_end.saturating_duration_since(Instant::now());
+        let abort = s.abort_handle();
+        match tokio::time::timeout(left, s).await {
+            Ok(Ok(t)) => tally.merge(t),
+            Ok(Err(e)) => bail!("a sender task failed: {e}"),
+            Err(_) => {
+                abort.abort();
+                tally.error("sender_abandoned", || "a sender did not finish".into());
+            }
+        }
+    }
+    Ok((server_a.zip(server_b), self_a.zip(self_b)))
+}
+
+/// Waits while `owed()` (what was sent is not all accounted for yet), until `arrived()` (a
+/// count of what came) has not moved for the scenario's drain time, or [`MAX_DRAIN`] has
+/// passed (then `drain_gave_up`); then stops the readers and merges their tallies, waiting
+/// for each at most until `hard_end`. Returns how long the drain took.
+pub(crate) async fn drain_and_collect(
+    scenario: &Scenario,
+    owed: impl Fn() -> bool,
+    arrived: impl Fn() -> u64,
+    stop_tx: &watch::Sender<bool>,
+    readers: Vec<tokio::task::JoinHandle<Tally>>,
+    hard_end: Instant,
+    tally: &mut Tally,
+) -> Duration {
+    let drain_started = Instant::now();
+    let mut last = (arrived(), Instant::now());
+    while owed() && drain_started.elapsed() < MAX_DRAIN {
+        let now = arrived();
+        if now != last.0 {
+            last = (now, Instant::now());
+        }
+        if last.1.elapsed() >= scenario.drain() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if owed() {
+        tally.error("drain_gave_up", || {
+            "messages were still undelivered when the drain gave up".into()
+        });
+    }
+    let drained = drain_started.elapsed();
+    let _ = stop_tx.send(true);
+    for r in readers {
+        let left = hard_end
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        if let Ok(Ok(t)) = tokio::time::timeout(left, r).await {
+            tally.merge(t);
+        }
+    }
+    drained
+}
+
+/// Writes `stanzas` to `sink` and flushes once (messages due together go out in one write);
+/// the first error, if any.
+pub(crate) async fn write_all(
+    sink: &AsyncMutex<Sink>,
+    stanzas: impl Iterator<Item = String>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let mut sink = sink.lock().await;
+    for stanza in stanzas {
+        sink.feed(WsMessage::Text(stanza)).await?;
+    }
+    sink.flush().await
+}
+
+/// The next `<message/>` stanza a reading task receives, with its text and arrival time;
+/// `None` when the task is done: told to stop, past `deadline`, or the socket or stream
+/// ended (the reason is tallied as an error). Other stanzas (presence, pings) and frames
+/// that are not XML (tallied) are skipped.
+pub(crate) async fn next_message(
+    stream: &mut Stream,
+    stop: &mut watch::Receiver<bool>,
+    deadline: Instant,
+    tally: &mut Tally,
+) -> Option<(String, xml::Element, Instant)> {
+    loop {
+        let frame = tokio::select! {
+            f = stream.next() => f,
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep_until(deadline.into()) => return None,
+        };
+        let text = match frame {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Close(c))) => {
+                tally.error("closed", || {
+                    format!("the server closed the WebSocket: {c:?}")
+                });
+                return None;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                tally.error("websocket", || e.to_string());
+                return None;
+            }
+            None => {
+                tally.error("closed", || "the WebSocket ended".into());
+                return None;
+            }
+        };
+        let now = Instant::now();
+        let el = match xml::parse(&text) {
+            Ok(el) => el,
+            Err(e) => {
+                tally.error("bad_xml", || format!("{e}: {text:.200}"));
+                continue;
+            }
+        };
+        match el.local() {
+            "message" => return Some((text, el, now)),
+            "close" => {
+                tally.error("stream_closed", || "the server closed the stream".into());
+                return None;
+            }
+            "error" => {
+                let cond = el.first_child_name().unwrap_or("?").to_owned();
+                tally.error(format!("stream_error_{cond}"), || text.clone());
+                return None;
+            }
+            // Presence (our own, echoed), pings and anything else: not ours to count.
+            _ => continue,
+        }
+    }
+}
+
 /// Reads what side `side` of `pair` receives until told to stop or `deadline`.
 async fn read_side(
     pair: Arc<Pair>,
@@ -684,52 +903,9 @@ async fn read_side(
     let mut own_bounces = 0u64;
     let other = 1 - side;
     let flood = ctx.scenario.kind == ScenarioKind::DmFlood;
-    loop {
-        let frame = tokio::select! {
-            f = stream.next() => f,
-            _ = stop.changed() => break,
-            _ = tokio::time::sleep_until(deadline.into()) => break,
-        };
-        let text = match frame {
-            Some(Ok(WsMessage::Text(t))) => t,
-            Some(Ok(WsMessage::Close(c))) => {
-                tally.error("closed", || {
-                    format!("the server closed the WebSocket: {c:?}")
-                });
-                break;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                tally.error("websocket", || e.to_string());
-                break;
-            }
-            None => {
-                tally.error("closed", || "the WebSocket ended".into());
-                break;
-            }
-        };
-        let now = Instant::now();
-        let el = match xml::parse(&text) {
-            Ok(el) => el,
-            Err(e) => {
-                tally.error("bad_xml", || format!("{e}: {text:.200}"));
-                continue;
-            }
-        };
-        match el.local() {
-            "message" => {}
-            "close" => {
-                tally.error("stream_closed", || "the server closed the stream".into());
-                break;
-            }
-            "error" => {
-                let cond = el.first_child_name().unwrap_or("?").to_owned();
-                tally.error(format!("stream_error_{cond}"), || text.clone());
-                break;
-            }
-            // Presence (our own, echoed), pings and anything else: not ours to count.
-            _ => continue,
-        }
+    while let Some((text, el, now)) =
+        next_message(&mut stream, &mut stop, deadline, &mut tally).await
+    {
         let parsed = el.attr("id").and_then(parse_id);
         if el.attr("type") == Some("error") {
             let cond = el
@@ -849,6 +1025,74 @@ async fn pingpong(
     tally
 }
 
+/// An open-loop sender's schedule: slot `k` is due at `phase + k * interval`, `slots` in
+/// all, at most `window` unanswered (the semaphore's permits).
+pub(crate) struct Paced<'a> {
+    pub clock: &'a Clock,
+    pub phase: Duration,
+    pub interval: Duration,
+    pub slots: u64,
+    pub window: usize,
+    pub sem: &'a Semaphore,
+}
+
+/// What a paced sender does next.
+pub(crate) enum Step {
+    /// The batch holds messages due now: write them.
+    Write,
+    /// Nothing to write yet (waited for a slot or for room); ask again.
+    Again,
+    /// The window is over (slots never sent are counted as `unsent_behind_schedule`).
+    Done,
+}
+
+impl Paced<'_> {
+    /// Fills `batch` (cleared by the caller) with the messages due now from `k` on, as many
+    /// as the window has room for, taking a permit for each.
+    pub(crate) async fn next_batch(
+        &self,
+        k: &mut u64,
+        batch: &mut Vec<(u64, Instant)>,
+        tally: &mut Tally,
+    ) -> Step {
+        let clock = self.clock;
+        let now = Instant::now();
+        if now >= clock.send_end {
+            if *k < self.slots {
+                tally
+                    .errors
+                    .insert("unsent_behind_schedule".into(), self.slots - *k);
+            }
+            return Step::Done;
+        }
+        let due = slot(clock.start, self.phase, self.interval, *k);
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+            return Step::Again;
+        }
+        match tokio::time::timeout_at(clock.send_end.into(), self.sem.acquire()).await {
+            Ok(Ok(p)) => p.forget(),
+            _ => return Step::Again,
+        }
+        batch.push((*k, due));
+        *k += 1;
+        let now = Instant::now();
+        while *k < self.slots && batch.len() < self.window.max(1) {
+            let due = slot(clock.start, self.phase, self.interval, *k);
+            if due > now {
+                break;
+            }
+            match self.sem.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => break,
+            }
+            batch.push((*k, due));
+            *k += 1;
+        }
+        Step::Write
+    }
+}
+
 /// One sender keeping up to `window` messages undelivered: unpaced (a new one as soon as one
 /// is delivered) or, with `pace = (interval, phase)`, on an open-loop schedule capped by the
 /// window. Messages that are due together go out in one write.
@@ -875,33 +1119,18 @@ async fn flood(
                 if k >= n {
                     break;
                 }
-                if now >= clock.send_end {
-                    tally.errors.insert("unsent_behind_schedule".into(), n - k);
-                    break;
-                }
-                let due = slot(clock.start, ph, iv, k);
-                if due > now {
-                    tokio::time::sleep_until(due.into()).await;
-                    continue;
-                }
-                match tokio::time::timeout_at(clock.send_end.into(), sem.acquire()).await {
-                    Ok(Ok(p)) => p.forget(),
-                    _ => continue,
-                }
-                batch.push((k, due));
-                k += 1;
-                let now = Instant::now();
-                while k < n && batch.len() < window {
-                    let due = slot(clock.start, ph, iv, k);
-                    if due > now {
-                        break;
-                    }
-                    match sem.try_acquire() {
-                        Ok(p) => p.forget(),
-                        Err(_) => break,
-                    }
-                    batch.push((k, due));
-                    k += 1;
+                let paced = Paced {
+                    clock: &clock,
+                    phase: ph,
+                    interval: iv,
+                    slots: n,
+                    window,
+                    sem,
+                };
+                match paced.next_batch(&mut k, &mut batch, &mut tally).await {
+                    Step::Write => {}
+                    Step::Again => continue,
+                    Step::Done => break,
                 }
             }
             _ => {
@@ -927,23 +1156,11 @@ async fn flood(
                 }
             }
         }
-        let mut sink = pair.sinks[side].lock().await;
-        let mut failed = None;
-        for &(k, intended) in &batch {
+        let stanzas = batch.iter().map(|&(k, intended)| {
             let body = clock.body(intended, ctx.scenario.body_bytes);
-            let stanza = message_stanza(&to, pair.index, side, k, &body);
-            if let Err(e) = sink.feed(WsMessage::Text(stanza)).await {
-                failed = Some(e);
-                break;
-            }
-        }
-        if failed.is_none() {
-            if let Err(e) = sink.flush().await {
-                failed = Some(e);
-            }
-        }
-        drop(sink);
-        if let Some(e) = failed {
+            message_stanza(&to, pair.index, side, k, &body)
+        });
+        if let Err(e) = write_all(&pair.sinks[side], stanzas).await {
             tally.error("send_failed", || e.to_string());
             break;
         }
@@ -972,7 +1189,7 @@ async fn close_all(pairs: &[Arc<Pair>]) {
 }
 
 /// One line a second on stderr: sends, deliveries and their rates, errors, connections.
-async fn progress_line(ctx: Arc<Ctx>, deadline: Instant) {
+pub(crate) async fn progress_line(ctx: Arc<Ctx>, deadline: Instant) {
     let clock = ctx.clock;
     let live = &ctx.live;
     let mut last = (0u64, 0u64);
@@ -1069,6 +1286,7 @@ mod tests {
             scenario,
             target: "ws://127.0.0.1:5280/ws".into(),
             domain: "localhost".into(),
+            muc_service: None,
             server_pids: Vec::new(),
             progress: false,
         };
@@ -1080,6 +1298,7 @@ mod tests {
         track.record(0);
         track.record(1);
         tally.tracks.insert(0, track);
+        let verdict = pair_verdict(&[[3, 0]], &tally);
         let report = build_report(ReportParts {
             config: &config,
             prefix: "ltx".into(),
@@ -1091,7 +1310,7 @@ mod tests {
             connections: Connections::default(),
             server: None,
             loadgen: None,
-            sent: vec![[3, 0]],
+            verdict,
             timeline: Vec::new(),
         })
         .unwrap();

@@ -1,6 +1,7 @@
 //! chat-loadtest-xmpp: the peer benchmark's load generator. It runs chat-loadtest's direct
-//! scenarios (`dm-pingpong`, `dm-flood`, from the same scenario files) against an XMPP server
-//! over WebSocket (RFC 7395) — ejabberd in `scripts/bench-ejabberd` — and writes the same JSON
+//! scenarios (`dm-pingpong`, `dm-flood`) and its group fan-out (`group-fanout`, through a
+//! multi-user chat room, XEP-0045), from the same scenario files, against an XMPP server over
+//! WebSocket (RFC 7395) — ejabberd in `scripts/bench-ejabberd` — and writes the same JSON
 //! report, so that `chat-loadtest compare` puts a chat-node run and an XMPP run side by side.
 //!
 //! `run` executes a scenario (exit 0 on PASS, 2 when a message was lost, duplicated or
@@ -8,6 +9,7 @@
 //! ratios with their median and range. See docs/peer-ejabberd.md.
 
 mod drive;
+mod muc;
 mod ratios;
 mod xml;
 mod xmpp;
@@ -22,7 +24,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "Runs chat-loadtest's direct scenarios against an XMPP server over WebSocket"
+    about = "Runs chat-loadtest's direct and group fan-out scenarios against an XMPP server \
+             over WebSocket"
 )]
 struct Args {
     #[command(subcommand)]
@@ -31,9 +34,10 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs a dm-pingpong or dm-flood scenario against an XMPP server and reports.
+    /// Runs a dm-pingpong, dm-flood or group-fanout scenario against an XMPP server and
+    /// reports.
     Run {
-        /// Scenario file (loadtest/scenarios/dm-*.toml).
+        /// Scenario file (loadtest/scenarios/dm-*.toml, group-fanout-*.toml).
         #[arg(long)]
         scenario: PathBuf,
         /// The server's XMPP-over-WebSocket endpoint, e.g. ws://127.0.0.1:5280/ws (loopback).
@@ -42,6 +46,10 @@ enum Command {
         /// The XMPP domain users are registered in.
         #[arg(long, default_value = "localhost")]
         domain: String,
+        /// group-fanout: the multi-user chat service the room is made on (default:
+        /// conference.<domain>).
+        #[arg(long)]
+        muc_service: Option<String>,
         /// Write the report as JSON (chat-loadtest's format) to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -98,6 +106,7 @@ fn real_main(args: Args) -> anyhow::Result<ExitCode> {
             scenario,
             target,
             domain,
+            muc_service,
             json,
             server_pids,
             quiet,
@@ -124,10 +133,15 @@ fn real_main(args: Args) -> anyhow::Result<ExitCode> {
                 s.window = Some(v);
             }
             s.validate()?;
+            if let Some(service) = &muc_service {
+                muc::check_service(service)?;
+            }
+            let group = s.kind == chat_loadtest::ScenarioKind::GroupFanout;
             let config = drive::Config {
                 scenario: s,
                 target,
                 domain,
+                muc_service,
                 server_pids,
                 progress: !quiet,
             };
@@ -137,11 +151,21 @@ fn real_main(args: Args) -> anyhow::Result<ExitCode> {
                 .context("starting the runtime")?
                 .block_on(drive::run(&config))?;
             print!("{}", report.to_text());
-            println!(
-                "note: XMPP messages have no server ack here (no XEP-0198), so acks are 0 and \
-                 server CPU per op is per message delivered in the window; the verdict compares \
-                 what was sent with what the other user received (no archive to read back)."
-            );
+            if group {
+                println!(
+                    "note: the room reflects each message to its sender too; that echo is \
+                     counted as the message's ack (send_ack, acks, server CPU per op) and not as \
+                     a delivery; the verdict compares what each sender wrote with what every \
+                     other member received (no archive to read back)."
+                );
+            } else {
+                println!(
+                    "note: XMPP messages have no server ack here (no XEP-0198), so acks are 0 \
+                     and server CPU per op is per message delivered in the window; the verdict \
+                     compares what was sent with what the other user received (no archive to \
+                     read back)."
+                );
+            }
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&report)?;
                 std::fs::write(&path, text)

@@ -19,15 +19,23 @@ pub struct Figure {
     pub get: fn(&Report) -> Option<f64>,
 }
 
-fn delivery(r: &Report, q: fn(&chat_loadtest::metrics::LatencySummary) -> u64) -> Option<f64> {
+fn latency(
+    r: &Report,
+    name: &str,
+    q: fn(&chat_loadtest::metrics::LatencySummary) -> u64,
+) -> Option<f64> {
     r.latency
-        .get("send_delivery")
+        .get(name)
         .filter(|l| l.count > 0)
         .map(|l| q(l) as f64)
 }
 
-/// Messages the server took in per second: acknowledged ones, or for a report without acks
-/// (XMPP) delivered ones.
+fn delivery(r: &Report, q: fn(&chat_loadtest::metrics::LatencySummary) -> u64) -> Option<f64> {
+    latency(r, "send_delivery", q)
+}
+
+/// Messages the server took in per second: acknowledged ones (for an XMPP room, those it
+/// reflected to their sender), or for a report without acks (XMPP direct) delivered ones.
 fn accepted_per_sec(r: &Report) -> f64 {
     if r.throughput.acks > 0 {
         r.throughput.acks_per_sec
@@ -60,12 +68,22 @@ pub const FIGURES: &[Figure] = &[
         get: |r| delivery(r, |l| l.p999_us),
     },
     Figure {
+        name: "last delivery p50 (us)",
+        better: Better::Lower,
+        get: |r| latency(r, "send_last_delivery", |l| l.p50_us),
+    },
+    Figure {
+        name: "last delivery p99 (us)",
+        better: Better::Lower,
+        get: |r| latency(r, "send_last_delivery", |l| l.p99_us),
+    },
+    Figure {
         name: "deliveries/s",
         better: Better::Higher,
         get: |r| Some(r.throughput.deliveries_per_sec),
     },
     Figure {
-        name: "accepted/s (acks; xmpp: deliv.)",
+        name: "accepted/s (acks|echoes|deliv.)",
         better: Better::Higher,
         get: |r| Some(accepted_per_sec(r)),
     },

@@ -145,36 +145,7 @@ impl Conn {
         want: impl Fn(&Element) -> bool,
         what: &str,
     ) -> anyhow::Result<Element> {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let frame = tokio::time::timeout(left, self.ws.next())
-                .await
-                .map_err(|_| anyhow!("timed out waiting for {what}"))?;
-            let text = match frame {
-                None => bail!("the server closed the connection while we waited for {what}"),
-                Some(Err(e)) => bail!("WebSocket error while waiting for {what}: {e}"),
-                Some(Ok(WsMessage::Text(t))) => t,
-                Some(Ok(WsMessage::Close(c))) => {
-                    bail!("the server closed the WebSocket ({c:?}) while we waited for {what}")
-                }
-                Some(Ok(_)) => continue,
-            };
-            let el = xml::parse(&text).with_context(|| format!("frame {text:?}"))?;
-            match el.local() {
-                "error" if el.name.starts_with("stream:") || el.name == "error" => {
-                    bail!(
-                        "stream error {} while waiting for {what}",
-                        el.first_child_name().unwrap_or("?")
-                    )
-                }
-                "close" => bail!("the server closed the stream while we waited for {what}"),
-                _ => {}
-            }
-            if want(&el) {
-                return Ok(el);
-            }
-        }
+        wait_for(&mut self.ws, want, what, STEP_TIMEOUT).await
     }
 
     /// Sends an IQ and waits for its result; an error reply names its condition.
@@ -283,6 +254,51 @@ impl Conn {
         )
         .await?;
         Ok((self.ws, jid))
+    }
+}
+
+/// Reads frames from `stream` (a whole WebSocket or its read half) until one satisfies
+/// `want`, skipping the others, for at most `timeout`; a stream error or close ends the wait
+/// with an error.
+pub async fn wait_for<S>(
+    stream: &mut S,
+    want: impl Fn(&Element) -> bool,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<Element>
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, stream.next())
+            .await
+            .map_err(|_| anyhow!("timed out waiting for {what}"))?;
+        let text = match frame {
+            None => bail!("the server closed the connection while we waited for {what}"),
+            Some(Err(e)) => bail!("WebSocket error while waiting for {what}: {e}"),
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Close(c))) => {
+                bail!("the server closed the WebSocket ({c:?}) while we waited for {what}")
+            }
+            Some(Ok(_)) => continue,
+        };
+        let el = xml::parse(&text).with_context(|| format!("frame {text:?}"))?;
+        match el.local() {
+            "error" if el.name.starts_with("stream:") || el.name == "error" => {
+                bail!(
+                    "stream error {} while waiting for {what}",
+                    el.first_child_name().unwrap_or("?")
+                )
+            }
+            "close" => bail!("the server closed the stream while we waited for {what}"),
+            _ => {}
+        }
+        if want(&el) {
+            return Ok(el);
+        }
     }
 }
 
