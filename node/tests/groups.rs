@@ -7,10 +7,29 @@ use std::time::Duration;
 
 use chat_client::Connection;
 use chat_types::{ClientMsgId, ErrorCode, GroupChange, MessageRef, Role};
-use harness::{must_be_ready, NodeProc};
+use harness::{must_be_ready, must_sign_up, NodeProc};
 
 fn cmid(s: &str) -> ClientMsgId {
     ClientMsgId::new(s).expect("valid client message id")
+}
+
+/// Signs up each of `names` on the nodes in turn and connects it there.
+async fn sign_up_and_connect(
+    nodes: &[&NodeProc],
+    names: &[&str],
+) -> (Vec<chat_types::UserId>, Vec<Connection>) {
+    let mut users = Vec::new();
+    let mut conns = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let api = nodes[i % nodes.len()].api();
+        let (user, token) = must_sign_up(&api, name).await;
+        let (c, _) = Connection::connect(&api.ws_url(&token))
+            .await
+            .expect("connect");
+        users.push(user);
+        conns.push(c);
+    }
+    (users, conns)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,30 +46,11 @@ async fn group_members_roles_and_changes_in_order_across_nodes() {
         must_be_ready(n, 3).await;
     }
     let nodes = [&n1, &n2, &n3];
-    let mut users = Vec::new();
-    let mut conns = Vec::new();
-    for (i, name) in ["gr_owner", "gr_admin", "gr_member", "gr_outsider"]
-        .iter()
-        .enumerate()
-    {
-        let node = nodes[i % 3];
-        let reg = node
-            .api()
-            .register(name, "correct horse")
-            .await
-            .expect("register");
-        let token = node
-            .api()
-            .login(name, "correct horse")
-            .await
-            .expect("login")
-            .token;
-        let (c, _) = Connection::connect(&node.api().ws_url(&token))
-            .await
-            .expect("connect");
-        users.push(reg.user_id);
-        conns.push(c);
-    }
+    let (users, conns) = sign_up_and_connect(
+        &nodes,
+        &["gr_owner", "gr_admin", "gr_member", "gr_outsider"],
+    )
+    .await;
     let (owner, admin, member, outsider) = (&conns[0], &conns[1], &conns[2], &conns[3]);
 
     let info = owner
@@ -216,30 +216,8 @@ async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order()
         must_be_ready(n, 2).await;
     }
     let nodes = [&n1, &n2];
-    let mut users = Vec::new();
-    let mut conns = Vec::new();
-    for (i, name) in ["bu_owner", "bu_writer", "bu_reader", "bu_leaver"]
-        .iter()
-        .enumerate()
-    {
-        let node = nodes[i % 2];
-        let reg = node
-            .api()
-            .register(name, "correct horse")
-            .await
-            .expect("register");
-        let token = node
-            .api()
-            .login(name, "correct horse")
-            .await
-            .expect("login")
-            .token;
-        let (c, _) = Connection::connect(&node.api().ws_url(&token))
-            .await
-            .expect("connect");
-        users.push(reg.user_id);
-        conns.push(c);
-    }
+    let (users, conns) =
+        sign_up_and_connect(&nodes, &["bu_owner", "bu_writer", "bu_reader", "bu_leaver"]).await;
     let (owner, writer, reader, leaver) = (&conns[0], &conns[1], &conns[2], &conns[3]);
     let group = owner
         .create_group("burst", vec![users[1], users[2], users[3]])
