@@ -7,6 +7,12 @@
 //!
 //! A retried send (same client message id) is replicated again before its answer: the first
 //! attempt may have stored the message here and failed before reaching a quorum.
+//!
+//! Membership is the actor's own: the members as of the log's head, moved on by each group
+//! change note as it is written. Who may send and read, and who each message reaches, is
+//! decided by the message's place in the log, not by when the metadata changed: a message
+//! written before a removal reaches the removed member, one written before an addition does
+//! not reach the new member, however long either waited in the fan-out queue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -26,9 +32,26 @@ use crate::logs::{Entries, LogRef};
 use crate::router::Router;
 use crate::session::Outgoing;
 
-/// A message to deliver, the sending connection, and its place in the backlog (none for
-/// messages a previous owner left undelivered).
-type Delivery = (Message, Option<ConnRef>, Option<OwnedSemaphorePermit>);
+/// A conversation's members, sorted, as of one place in its log.
+type Members = Arc<[UserId]>;
+
+fn members_from(mut users: Vec<UserId>) -> Members {
+    users.sort_unstable();
+    users.dedup();
+    users.into()
+}
+
+/// A message to deliver and who it reaches.
+struct Delivery {
+    message: Message,
+    /// The sending connection, which already shows the message.
+    origin: Option<ConnRef>,
+    /// Its place in the backlog (none for messages a previous owner left undelivered).
+    permit: Option<OwnedSemaphorePermit>,
+    /// The members as of the message's place in the log. Consecutive deliveries share one
+    /// `Arc` until a membership change, which is how a batch knows where to end.
+    recipients: Members,
+}
 
 /// Messages of one conversation acknowledged but not yet delivered to every member, at
 /// most. A conversation whose members' sessions fall behind its senders makes the next send
@@ -55,6 +78,7 @@ pub enum ConversationMsg {
         reply: RpcReplyPort<Result<(Message, bool), ActorError>>,
     },
     History {
+        reader: UserId,
         after: Option<Seq>,
         before: Option<Seq>,
         limit: u32,
@@ -77,6 +101,9 @@ pub struct ConversationState {
     /// The ring epoch this actor caught up at; `None` until it has.
     synced_at: Option<RingEpoch>,
     fanout: mpsc::UnboundedSender<Delivery>,
+    /// The members as of the log's head (see the module doc); `None` until first needed, and
+    /// after a change note could not be written (the metadata is then the best account).
+    members: Option<Members>,
     /// One permit per message a client's send put in the fan-out queue (see
     /// [`MAX_FANOUT_BACKLOG`]).
     backlog: Arc<Semaphore>,
@@ -97,10 +124,24 @@ impl ConversationState {
         Ok((router, ring))
     }
 
+    /// The members as of the log's head, loaded from this node's metadata when not yet known.
+    fn members(&mut self) -> Members {
+        if let Some(m) = &self.members {
+            return m.clone();
+        }
+        let Some(router) = self.router.upgrade() else {
+            return members_from(Vec::new());
+        };
+        let m = members_from(router.members_of(&self.conversation));
+        self.members = Some(m.clone());
+        m
+    }
+
     /// Queues for delivery every stored message beyond the delivery watermark: a previous
     /// owner may have acknowledged them and died before they reached every member.
-    fn deliver_again(&self) -> Result<(), ActorError> {
+    fn deliver_again(&mut self) -> Result<(), ActorError> {
         let storage = crate::logs::storage_error;
+        let recipients = self.members();
         let mut after = self.log.delivered(&self.conversation).map_err(storage)?;
         loop {
             let page = self
@@ -110,8 +151,13 @@ impl ConversationState {
             let Some(last) = page.last().map(|m| m.seq) else {
                 return Ok(());
             };
-            for m in page {
-                let _ = self.fanout.send((m, None, None));
+            for message in page {
+                let _ = self.fanout.send(Delivery {
+                    message,
+                    origin: None,
+                    permit: None,
+                    recipients: recipients.clone(),
+                });
             }
             after = last;
         }
@@ -154,15 +200,35 @@ async fn deliver_with_retries(
     false
 }
 
-/// The user a group change note is also for: whoever it removes learns of it, then hears
-/// nothing more.
-fn also_for(message: &Message) -> Option<UserId> {
-    match message.refers {
-        Some(MessageRef::Group {
-            change: GroupChange::MemberRemoved { user } | GroupChange::MemberLeft { user },
-        }) => Some(user),
-        _ => None,
+/// The members once `change` has taken effect: this node's metadata, which shows the change
+/// once `await_group_change` has returned, with the change applied again in case that wait
+/// ran out.
+fn members_after(router: &Router, conversation: &ConversationId, change: GroupChange) -> Members {
+    let mut users = router.members_of(conversation);
+    match change {
+        GroupChange::MemberAdded { user } => users.push(user),
+        GroupChange::MemberRemoved { user } | GroupChange::MemberLeft { user } => {
+            users.retain(|u| *u != user)
+        }
+        GroupChange::Deleted => users.clear(),
+        GroupChange::Created
+        | GroupChange::Updated
+        | GroupChange::OwnerChanged { .. }
+        | GroupChange::RoleChanged { .. } => {}
     }
+    members_from(users)
+}
+
+/// Who a change note reaches: the members before it and after it, so that whoever it removes
+/// learns of it (then hears nothing more), whoever it adds learns of it, and a deletion
+/// reaches everyone who was in the group.
+fn note_recipients(before: &Members, after: &Members, change: GroupChange) -> Members {
+    let mut users: Vec<UserId> = before.iter().chain(after.iter()).copied().collect();
+    if let GroupChange::MemberRemoved { user } | GroupChange::MemberLeft { user } = change {
+        // Also when this actor first loaded its members after the change was agreed.
+        users.push(user);
+    }
+    members_from(users)
 }
 
 /// A reply, edit, deletion or reaction must name an existing plain message (or reply) of
@@ -252,17 +318,17 @@ impl Actor for ConversationActor {
                     },
                 };
                 // What queued up while the last batch went out goes out together: one write
-                // per member's stream and one request per node for all of it. A group change
-                // goes alone, as it changes who the messages after it reach. Each message's
-                // permit is released once it has gone out.
+                // per member's stream and one request per node for all of it. A batch ends
+                // where the membership changes, as that changes who the messages after it
+                // reach. Each message's permit is released once it has gone out.
                 let mut batch = vec![first];
-                while also_for(&batch[0].0).is_none() && batch.len() < MAX_DELIVERY_BATCH {
+                while batch.len() < MAX_DELIVERY_BATCH {
                     match rx.try_recv() {
-                        Ok(d) if also_for(&d.0).is_some() => {
+                        Ok(d) if Arc::ptr_eq(&d.recipients, &batch[0].recipients) => batch.push(d),
+                        Ok(d) => {
                             next = Some(d);
                             break;
                         }
-                        Ok(d) => batch.push(d),
                         Err(_) => break,
                     }
                 }
@@ -272,14 +338,13 @@ impl Actor for ConversationActor {
                 let Some(router) = router.upgrade() else {
                     return;
                 };
-                let mut recipients = router.members_of(&conversation);
-                recipients.extend(also_for(&batch[0].0));
-                let last = batch[batch.len() - 1].0.seq;
+                let recipients = batch[0].recipients.clone();
+                let last = batch[batch.len() - 1].message.seq;
                 let mut permits = Vec::with_capacity(batch.len());
                 let mut messages: Vec<Outgoing> = Vec::with_capacity(batch.len());
-                for (message, origin, permit) in batch {
-                    messages.push((message, origin));
-                    permits.push(permit);
+                for d in batch {
+                    messages.push((d.message, d.origin));
+                    permits.push(d.permit);
                 }
                 let mut all_delivered = true;
                 for (node, users) in router.by_home(&recipients) {
@@ -301,6 +366,7 @@ impl Actor for ConversationActor {
             router: args.router,
             synced_at: None,
             fanout: tx,
+            members: None,
             backlog: Arc::new(Semaphore::new(MAX_FANOUT_BACKLOG)),
             stopped,
         })
@@ -331,23 +397,35 @@ impl Actor for ConversationActor {
                 origin,
                 reply,
             } => {
-                let system = matches!(refers, Some(MessageRef::Group { .. }));
-                if let (Some(MessageRef::Group { change }), Some(router)) =
-                    (refers, state.router.upgrade())
-                {
-                    // The change is agreed in Raft; before its note goes into the log, this
-                    // node's copy of the metadata must show it, so that every later message
-                    // is checked against the new membership.
-                    router.await_group_change(&state.conversation, change).await;
-                }
-                let member = state
-                    .router
-                    .upgrade()
-                    .is_some_and(|r| r.is_member(&state.conversation, sender));
-                if !member && !system {
-                    let _ = reply.send(Err(ActorError::Forbidden));
-                    return Ok(());
-                }
+                let change = match refers {
+                    Some(MessageRef::Group { change }) => Some(change),
+                    _ => None,
+                };
+                let before = state.members();
+                // Who this message reaches, and the members after it when it changes them.
+                let (recipients, after) = match (change, state.router.upgrade()) {
+                    (Some(change), Some(router)) => {
+                        // The change is agreed in Raft; before its note goes into the log,
+                        // this node's copy of the metadata must show it.
+                        router.await_group_change(&state.conversation, change).await;
+                        let after = members_after(&router, &state.conversation, change);
+                        let recipients = note_recipients(&before, &after, change);
+                        if after == before {
+                            (recipients, None)
+                        } else {
+                            // Until the note is stored, the metadata is the best account.
+                            state.members = None;
+                            (recipients, Some(after))
+                        }
+                    }
+                    _ => {
+                        if before.binary_search(&sender).is_err() {
+                            let _ = reply.send(Err(ActorError::Forbidden));
+                            return Ok(());
+                        }
+                        (before, None)
+                    }
+                };
                 let (router, ring) = match state.ready().await {
                     Ok(r) => r,
                     Err(e) => {
@@ -436,8 +514,16 @@ impl Actor for ConversationActor {
                     ))));
                     return Ok(());
                 }
+                if after.is_some() {
+                    state.members = after;
+                }
                 if !outcome.duplicate {
-                    let _ = state.fanout.send((outcome.message.clone(), origin, permit));
+                    let _ = state.fanout.send(Delivery {
+                        message: outcome.message.clone(),
+                        origin,
+                        permit,
+                        recipients,
+                    });
                 }
                 let _ = reply.send(Ok((outcome.message, outcome.duplicate)));
             }
@@ -447,6 +533,7 @@ impl Actor for ConversationActor {
                 }
             }
             ConversationMsg::History {
+                reader,
                 after,
                 before,
                 limit,
@@ -454,6 +541,9 @@ impl Actor for ConversationActor {
             } => {
                 // A new owner answers only after it has caught up.
                 let page = match state.ready().await {
+                    Ok(_) if state.members().binary_search(&reader).is_err() => {
+                        Err(ActorError::Forbidden)
+                    }
                     Ok(_) => read_page(&*state.log, &state.conversation, after, before, limit),
                     Err(e) => Err(e),
                 };

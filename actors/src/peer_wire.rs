@@ -35,9 +35,10 @@ pub enum ActorRequestBody {
         attachments: Vec<Attachment>,
         origin: Option<ConnRef>,
     },
-    /// To the conversation's owner.
+    /// To the conversation's owner, which checks that `reader` is a member.
     History {
         conversation: ConversationId,
+        reader: UserId,
         after: Option<Seq>,
         before: Option<Seq>,
         limit: u32,

@@ -125,6 +125,7 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
         epoch: ring.epoch(),
         body: ActorRequestBody::History {
             conversation: conv,
+            reader: UserId(1),
             after: None,
             before: None,
             limit: 10,

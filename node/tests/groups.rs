@@ -202,8 +202,10 @@ async fn group_members_roles_and_changes_in_order_across_nodes() {
 
 /// Messages that queue up behind a delivery go out to the members together (one write per
 /// member's stream, one request per node for the whole run). A burst from two senders with a
-/// removal in the middle must still reach every member once each, in log order, and the
-/// removed member up to the note that removed it, whenever the removal lands.
+/// removal and an addition in the middle must still reach every member once each, in log
+/// order; the removed member gets exactly what the log holds up to the note that removed it,
+/// the added one exactly what it holds from the note that added it, whenever the changes land
+/// and however long the messages before them waited for delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -216,9 +218,19 @@ async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order()
         must_be_ready(n, 2).await;
     }
     let nodes = [&n1, &n2];
-    let (users, conns) =
-        sign_up_and_connect(&nodes, &["bu_owner", "bu_writer", "bu_reader", "bu_leaver"]).await;
-    let (owner, writer, reader, leaver) = (&conns[0], &conns[1], &conns[2], &conns[3]);
+    let (users, conns) = sign_up_and_connect(
+        &nodes,
+        &[
+            "bu_owner",
+            "bu_writer",
+            "bu_reader",
+            "bu_leaver",
+            "bu_joiner",
+        ],
+    )
+    .await;
+    let (owner, writer, reader, leaver, joiner) =
+        (&conns[0], &conns[1], &conns[2], &conns[3], &conns[4]);
     let group = owner
         .create_group("burst", vec![users[1], users[2], users[3]])
         .await
@@ -237,13 +249,16 @@ async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order()
             .collect();
         futures_util::future::join_all(sends)
     }
-    let removal = async {
+    let changes = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        owner.remove_member(group, users[3]).await
+        let removed = owner.remove_member(group, users[3]).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        (removed, owner.add_members(group, vec![users[4]]).await)
     };
-    let (from_owner, from_writer, removed) =
-        tokio::join!(burst("o", owner, group), burst("w", writer, group), removal);
+    let (from_owner, from_writer, (removed, added)) =
+        tokio::join!(burst("o", owner, group), burst("w", writer, group), changes);
     removed.expect("owner removes a member mid-burst");
+    added.expect("owner adds a member mid-burst");
     let acked = from_owner
         .into_iter()
         .chain(from_writer)
@@ -273,6 +288,15 @@ async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order()
             })
         })
         .expect("the removal note is in the log");
+    let added_at = log
+        .iter()
+        .position(|(_, r)| {
+            *r == Some(MessageRef::Group {
+                change: GroupChange::MemberAdded { user: users[4] },
+            })
+        })
+        .expect("the addition note is in the log");
+    assert!(removal_at < added_at);
     let seqs: Vec<_> = log.iter().map(|(s, _)| *s).collect();
 
     async fn pushed(conn: &Connection) -> Vec<chat_types::Seq> {
@@ -295,19 +319,14 @@ async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order()
         seqs[1..].to_vec(),
         "a member who only reads gets every message once, in log order"
     );
-    // The removed member gets the note that removed it and nothing after it, in order, once
-    // each. (Not necessarily everything before it: a message still queued for delivery when
-    // the removal is agreed goes to the members of that moment.)
-    let got = strip(pushed(leaver).await);
-    let note = seqs[removal_at];
     assert_eq!(
-        got.last(),
-        Some(&note),
-        "the removal note comes last: {got:?}"
+        strip(pushed(leaver).await),
+        seqs[1..=removal_at].to_vec(),
+        "the removed member gets everything up to the note that removed it, and nothing after"
     );
-    assert!(
-        got.windows(2).all(|w| w[0] < w[1]),
-        "in log order, once each: {got:?}"
+    assert_eq!(
+        pushed(joiner).await,
+        seqs[added_at..].to_vec(),
+        "the added member gets the note that added it and everything after, nothing before"
     );
-    assert!(got.iter().all(|s| seqs.contains(s)));
 }
