@@ -2,7 +2,16 @@
 //!
 //! Each entry is stored at its index as `[ENTRY_FORMAT] ++ MessagePack(entry)` with field
 //! names. Appends, truncations, purges and votes are fsynced before openraft hears that they
-//! are done: a vote or an entry acknowledged to a peer must survive a power loss. The
+//! are done: a vote or an entry acknowledged to a peer must survive a power loss.
+//!
+//! Appends are group-committed. openraft (0.9) hands over one entry per client write and
+//! waits for nothing but the append call, so an append that fsynced inline cost one fsync per
+//! entry and held the Raft core for its length (logins, each a session entry, were bounded
+//! by the disk's fsync rate). An append now writes its entries to the WAL, which makes them
+//! readable, and queues openraft's flush callback; one flusher thread syncs the WAL for
+//! everything queued since its last sync and then runs those callbacks in order. Only the
+//! callback tells openraft an entry is durable, so nothing is acknowledged before its fsync.
+//! The
 //! committed log id is only written to the WAL: losing it merely means re-applying fewer
 //! entries at startup, and any later fsync (the next append) makes it durable anyway, because
 //! all column families share one WAL.
@@ -13,6 +22,7 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{mpsc, Arc};
 
 use chat_storage::db::{CF_RAFT_LOG, CF_RAFT_META};
 use chat_storage::keys::{decode_versioned, encode_versioned};
@@ -32,6 +42,49 @@ const HARD_STATE_FORMAT: u8 = 1;
 #[derive(Clone, Debug)]
 pub struct LogStore {
     kv: RaftKv,
+    flusher: Flusher,
+}
+
+/// The queue of appends written to the WAL and waiting for an fsync; its thread stops when
+/// the last clone of the store is dropped. Each append brings the database along, and the
+/// thread lets go of it before it runs the callbacks: once openraft hears of the last
+/// append, the thread holds nothing that keeps the database open.
+#[derive(Clone)]
+struct Flusher(Arc<mpsc::Sender<(RaftKv, LogFlushed<TypeConfig>)>>);
+
+impl Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flusher")
+    }
+}
+
+impl Flusher {
+    fn start() -> Flusher {
+        let (tx, rx) = mpsc::channel::<(RaftKv, LogFlushed<TypeConfig>)>();
+        let spawned = std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || {
+                while let Ok((kv, first)) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter().map(|(_, callback)| callback));
+                    // One fsync covers every append queued before it was taken off the queue.
+                    let synced = kv.sync_wal();
+                    drop(kv);
+                    for callback in waiting {
+                        callback.log_io_completed(match &synced {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
+                        });
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread the callbacks are dropped unanswered: openraft then sees no
+            // entry become durable and the node stops committing, which the health checks show.
+            tracing::error!(error = %e, "could not start the Raft log flusher");
+        }
+        Flusher(Arc::new(tx))
+    }
 }
 
 fn encode_entry(entry: &MetaEntry) -> Result<Vec<u8>, StorageError> {
@@ -72,7 +125,8 @@ fn encode_hard<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> 
 
 impl LogStore {
     pub fn new(kv: RaftKv) -> LogStore {
-        LogStore { kv }
+        let flusher = Flusher::start();
+        LogStore { kv, flusher }
     }
 
     fn read_entries(
@@ -183,19 +237,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.push((entry.log_id.index, bytes));
         }
-        let kv = self.kv.clone();
-        let written = blocking(move || {
-            kv.append_log(batch, Durability::Fsync)
-                .map_err(|e| StorageIOError::write_logs(&e).into())
-        })
-        .await;
-        // The callback is what tells openraft the entries are durable, so it runs only after
-        // the fsynced write returned.
-        match &written {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        // A WAL write, no fsync: inline. The entries are readable once it returns.
+        if let Err(e) = self.kv.append_log(batch, Durability::Wal) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
         }
-        written
+        // The callback is what tells openraft the entries are durable: the flusher runs it
+        // after the fsync that covers them.
+        if let Err(mpsc::SendError((_, callback))) =
+            self.flusher.0.send((self.kv.clone(), callback))
+        {
+            let e = std::io::Error::other("the Raft log flusher has stopped");
+            let detail = e.to_string();
+            callback.log_io_completed(Err(e));
+            return Err(StorageIOError::write_logs(openraft::AnyError::error(detail)).into());
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: MetaLogId) -> Result<(), RaftStorageError> {
