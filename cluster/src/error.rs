@@ -24,6 +24,22 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// The same error for another caller (a batched write fails for all of its commands).
+    pub fn for_another(&self) -> ClusterError {
+        match self {
+            ClusterError::NoLeader => ClusterError::NoLeader,
+            ClusterError::Raft(d) => ClusterError::Raft(d.clone()),
+            ClusterError::Transport(e) => ClusterError::Transport(e.clone()),
+            ClusterError::Storage(e) => ClusterError::Raft(e.to_string()),
+            ClusterError::Join { seed, detail } => ClusterError::Join {
+                seed: seed.clone(),
+                detail: detail.clone(),
+            },
+            ClusterError::BadPayload(d) => ClusterError::BadPayload(d.clone()),
+            ClusterError::ShuttingDown => ClusterError::ShuttingDown,
+        }
+    }
+
     /// How this error reaches a client.
     pub fn to_wire(&self) -> WireError {
         match self {

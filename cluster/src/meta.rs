@@ -273,6 +273,9 @@ pub enum MetaCommand {
     },
     /// Media records (see [`MediaCommand`]).
     Media(MediaCommand),
+    /// Several commands in one log entry, applied in order, each answered on its own (see
+    /// `Metadata::write`). Never holds `SetNodeDown`, whose entry index is a ring epoch.
+    Batch(Vec<MetaCommand>),
 }
 
 /// The result of applying one command.
@@ -340,6 +343,8 @@ pub enum MetaResponse {
     MediaAttached,
     /// A named media does not exist (or, to publish, is not the user's).
     UnknownMedia,
+    /// The answers to a [`MetaCommand::Batch`], in its order.
+    Batch(Vec<MetaResponse>),
 }
 
 /// One key-value write that persists part of an applied command.
@@ -1017,13 +1022,23 @@ impl MetaState {
             ];
             return Ok((MetaResponse::NodeDownChanged { changed }, writes));
         }
+        if let MetaCommand::Batch(cmds) = cmd {
+            let mut responses = Vec::with_capacity(cmds.len());
+            let mut writes = Vec::new();
+            for cmd in cmds {
+                let (response, cmd_writes) = self.apply_at(index, cmd)?;
+                responses.push(response);
+                writes.extend(cmd_writes);
+            }
+            return Ok((MetaResponse::Batch(responses), writes));
+        }
         self.apply(cmd)
     }
 
     /// Applies one command. Deterministic: no clock, no randomness, no I/O.
     pub fn apply(&mut self, cmd: &MetaCommand) -> Applied {
         match cmd {
-            MetaCommand::SetNodeDown { .. } => self.apply_at(0, cmd),
+            MetaCommand::SetNodeDown { .. } | MetaCommand::Batch(_) => self.apply_at(0, cmd),
             MetaCommand::CreateGroup { .. }
             | MetaCommand::UpdateGroup { .. }
             | MetaCommand::AddMembers { .. }
@@ -1651,6 +1666,66 @@ mod tests {
         assert_eq!(loaded, s);
         let from_dump = MetaState::load(s.dump().expect("dump")).expect("load");
         assert_eq!(from_dump, s);
+    }
+
+    /// A batch applies its commands in order, each seeing the ones before it, answers each on
+    /// its own, and its writes persist the same state as the commands applied one by one.
+    #[test]
+    fn a_batch_applies_in_order_and_answers_each() {
+        let cmds = vec![
+            MetaCommand::RegisterUser {
+                username: "alice".into(),
+                password_hash: "h".into(),
+                now_ms: 1,
+            },
+            MetaCommand::CreateSession {
+                token_hash: "t1".into(),
+                user_id: UserId(1),
+                now_ms: 2,
+            },
+            MetaCommand::RegisterUser {
+                username: "alice".into(),
+                password_hash: "h2".into(),
+                now_ms: 3,
+            },
+            MetaCommand::CreateSession {
+                token_hash: "t2".into(),
+                user_id: UserId(7),
+                now_ms: 4,
+            },
+            MetaCommand::RevokeSession {
+                token_hash: "t1".into(),
+            },
+        ];
+        let mut one_by_one = MetaState::default();
+        let answers: Vec<MetaResponse> = cmds
+            .iter()
+            .map(|c| one_by_one.apply(c).expect("apply").0)
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                MetaResponse::Registered { user_id: UserId(1) },
+                MetaResponse::SessionCreated,
+                MetaResponse::UsernameTaken,
+                MetaResponse::UnknownUser,
+                MetaResponse::SessionRevoked { existed: true },
+            ]
+        );
+        let mut batched = MetaState::default();
+        let (answer, writes) = batched
+            .apply_at(9, &MetaCommand::Batch(cmds))
+            .expect("apply");
+        assert_eq!(answer, MetaResponse::Batch(answers));
+        assert_eq!(batched, one_by_one);
+        let mut kv = BTreeMap::new();
+        for w in writes {
+            match w.value {
+                Some(v) => kv.insert(w.key, v),
+                None => kv.remove(&w.key),
+            };
+        }
+        assert_eq!(MetaState::load(kv).expect("load"), batched);
     }
 
     const A: UserId = UserId(1);

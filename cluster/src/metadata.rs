@@ -5,9 +5,15 @@
 //! transport (`Cluster` channel) so that clients never need to know who leads. A new node
 //! joins by naming any member: the request is forwarded to the leader, which adds the node as
 //! a learner, then promotes it to voter while the cluster has fewer than [`MAX_VOTERS`].
+//!
+//! Writes are batched: openraft (0.9) makes one log entry of each client write and runs
+//! each entry through its core on its own, which bounded logins (one session entry each) to
+//! a few thousand a second however many were waiting. Commands that arrive while earlier
+//! ones are on their way go into one [`MetaCommand::Batch`] entry, applied in order and
+//! answered one by one.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chat_storage::Store;
@@ -15,7 +21,7 @@ use chat_types::{NodeId, RingEpoch};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::error::ClusterError;
 use crate::meta::{MetaCommand, MetaResponse, MetaState, NodeInfo};
@@ -28,6 +34,17 @@ use crate::transport::{Channel, PeerError, Transport};
 pub const MAX_VOTERS: usize = 3;
 const CLUSTER_RPC_VERSION: u8 = 1;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands in one batched log entry, at most.
+const MAX_WRITE_BATCH: usize = 256;
+/// Batched entries on their way at once: while they are, the next commands queue up into
+/// the next batch.
+const WRITE_BATCHES_IN_FLIGHT: usize = 4;
+
+/// A command waiting to be proposed, and where its answer goes.
+type QueuedWrite = (
+    MetaCommand,
+    oneshot::Sender<Result<MetaResponse, ClusterError>>,
+);
 
 /// How this node takes part in the cluster.
 #[derive(Clone, Debug)]
@@ -101,6 +118,8 @@ pub struct Metadata {
     transport: Transport,
     ring: watch::Receiver<Arc<Ring>>,
     nodes: watch::Receiver<Arc<Vec<(NodeId, NodeInfo)>>>,
+    /// Commands for the next batched entry (see the module doc).
+    writes: mpsc::UnboundedSender<QueuedWrite>,
 }
 
 impl std::fmt::Debug for Metadata {
@@ -148,6 +167,7 @@ impl Metadata {
         let (nodes_tx, nodes_rx) = watch::channel(Arc::new(Vec::new()));
         spawn_membership_watch(raft.clone(), shared.clone(), ring_tx, nodes_tx);
 
+        let (writes_tx, writes_rx) = mpsc::unbounded_channel();
         let meta = Arc::new(Metadata {
             node_id: settings.node_id,
             raft,
@@ -155,7 +175,9 @@ impl Metadata {
             transport,
             ring: ring_rx,
             nodes: nodes_rx,
+            writes: writes_tx,
         });
+        spawn_write_batcher(Arc::downgrade(&meta), writes_rx);
 
         let initialized = meta
             .raft
@@ -266,8 +288,53 @@ impl Metadata {
     }
 
     /// Proposes a metadata change through Raft, forwarding to the leader when needed, and
-    /// returns the state machine's answer once it is committed and applied locally.
+    /// returns the state machine's answer once it is committed and applied locally. Commands
+    /// that wait together share one log entry.
     pub async fn write(&self, cmd: MetaCommand) -> Result<MetaResponse, ClusterError> {
+        if matches!(cmd, MetaCommand::SetNodeDown { .. } | MetaCommand::Batch(_)) {
+            return self.write_entry(cmd).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send((cmd, tx))
+            .map_err(|_| ClusterError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(ClusterError::ShuttingDown))
+    }
+
+    /// Proposes the commands queued together, as one entry when there are several, and
+    /// answers each.
+    async fn write_batch(&self, mut batch: Vec<QueuedWrite>) {
+        if batch.len() == 1 {
+            if let Some((cmd, reply)) = batch.pop() {
+                let _ = reply.send(self.write_entry(cmd).await);
+            }
+            return;
+        }
+        let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let count = cmds.len();
+        match self.write_entry(MetaCommand::Batch(cmds)).await {
+            Ok(MetaResponse::Batch(answers)) if answers.len() == count => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Ok(other) => {
+                for reply in replies {
+                    let _ = reply.send(Err(ClusterError::BadPayload(format!(
+                        "unexpected answer to a batch of {count}: {other:?}"
+                    ))));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.for_another()));
+                }
+            }
+        }
+    }
+
+    /// Proposes one log entry (see [`Self::write`]).
+    async fn write_entry(&self, cmd: MetaCommand) -> Result<MetaResponse, ClusterError> {
         let mut last_err = ClusterError::NoLeader;
         for attempt in 0..20u64 {
             if attempt > 0 {
@@ -680,6 +747,34 @@ fn spawn_failure_detector(meta: std::sync::Weak<Metadata>, timeout: Duration) {
                     }
                 }
             }
+        }
+    });
+}
+
+/// Takes the queued writes off the queue as batches and proposes each, with at most
+/// [`WRITE_BATCHES_IN_FLIGHT`] on their way; ends when the node's [`Metadata`] is dropped.
+fn spawn_write_batcher(meta: Weak<Metadata>, mut queue: mpsc::UnboundedReceiver<QueuedWrite>) {
+    let room = Arc::new(Semaphore::new(WRITE_BATCHES_IN_FLIGHT));
+    tokio::spawn(async move {
+        while let Some(first) = queue.recv().await {
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                return;
+            };
+            // What queued up while waiting for room goes together.
+            let mut batch = vec![first];
+            while batch.len() < MAX_WRITE_BATCH {
+                match queue.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let Some(meta) = meta.upgrade() else {
+                return;
+            };
+            tokio::spawn(async move {
+                meta.write_batch(batch).await;
+                drop(permit);
+            });
         }
     });
 }
