@@ -84,6 +84,11 @@ pub struct Account {
     pub created_ms: u64,
 }
 
+/// Sessions one user keeps at most: a login beyond this ends the user's oldest session, as a
+/// logout would. Without a bound, logging in again and again would grow the replicated
+/// metadata without end.
+pub const MAX_SESSIONS_PER_USER: usize = 100;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub user_id: UserId,
@@ -686,6 +691,22 @@ impl MetaState {
             .insert(hash.to_owned());
     }
 
+    /// The user's oldest session other than `keep` (by creation time, then token hash: the
+    /// same on every node) when the user holds more than [`MAX_SESSIONS_PER_USER`]. The
+    /// session just created is kept even when another node's clock made it look older.
+    fn oldest_session_beyond_limit(&self, user: UserId, keep: &str) -> Option<String> {
+        let hashes = self.sessions_by_user.get(&user)?;
+        if hashes.len() <= MAX_SESSIONS_PER_USER {
+            return None;
+        }
+        hashes
+            .iter()
+            .filter(|h| h.as_str() != keep)
+            .filter_map(|h| self.sessions.get(h).map(|r| (r.created_ms, h)))
+            .min()
+            .map(|(_, h)| h.clone())
+    }
+
     fn unindex_session(&mut self, hash: &str, user: UserId) {
         if let Some(set) = self.sessions_by_user.get_mut(&user) {
             set.remove(hash);
@@ -1094,7 +1115,7 @@ impl MetaState {
                     user_id: *user_id,
                     created_ms: *now_ms,
                 };
-                let writes = vec![MetaWrite {
+                let mut writes = vec![MetaWrite {
                     key: session_key(token_hash),
                     value: Some(encode_versioned(CF, FORMAT, &rec)?),
                 }];
@@ -1102,6 +1123,14 @@ impl MetaState {
                     self.unindex_session(token_hash, old.user_id);
                 }
                 self.index_session(token_hash, *user_id);
+                while let Some(oldest) = self.oldest_session_beyond_limit(*user_id, token_hash) {
+                    self.sessions.remove(&oldest);
+                    self.unindex_session(&oldest, *user_id);
+                    writes.push(MetaWrite {
+                        key: session_key(&oldest),
+                        value: None,
+                    });
+                }
                 Ok((MetaResponse::SessionCreated, writes))
             }
             MetaCommand::RevokeSession { token_hash } => {
@@ -1666,6 +1695,45 @@ mod tests {
         assert_eq!(loaded, s);
         let from_dump = MetaState::load(s.dump().expect("dump")).expect("load");
         assert_eq!(from_dump, s);
+    }
+
+    /// Logging in beyond the limit ends the oldest sessions first, and only the user's own.
+    #[test]
+    fn sessions_per_user_are_bounded_by_ending_the_oldest() {
+        let mut s = MetaState::default();
+        register(&mut s, "alice");
+        register(&mut s, "bob");
+        let mut kv = BTreeMap::new();
+        let mut login = |s: &mut MetaState, user: u64, token: String, ms: u64| {
+            let cmd = MetaCommand::CreateSession {
+                token_hash: token,
+                user_id: UserId(user),
+                now_ms: ms,
+            };
+            let (answer, writes) = s.apply(&cmd).expect("apply");
+            assert_eq!(answer, MetaResponse::SessionCreated);
+            for w in writes {
+                match w.value {
+                    Some(v) => kv.insert(w.key, v),
+                    None => kv.remove(&w.key),
+                };
+            }
+        };
+        login(&mut s, 2, "bob-1".into(), 0);
+        for i in 0..MAX_SESSIONS_PER_USER as u64 + 2 {
+            login(&mut s, 1, format!("a{i:03}"), 1000 + i);
+        }
+        assert_eq!(s.sessions_of(UserId(1)).len(), MAX_SESSIONS_PER_USER);
+        assert!(s.session("a000").is_none() && s.session("a001").is_none());
+        assert!(s.session("a002").is_some() && s.session("a101").is_some());
+        // A login whose node's clock is behind: it looks oldest, yet it is the one kept.
+        login(&mut s, 1, "late-clock".into(), 5);
+        assert!(s.session("late-clock").is_some());
+        assert!(s.session("a002").is_none(), "the oldest of the others went");
+        assert_eq!(s.sessions_of(UserId(1)).len(), MAX_SESSIONS_PER_USER);
+        assert!(s.session("bob-1").is_some(), "another user's session stays");
+        // What was written holds exactly the sessions kept.
+        assert_eq!(MetaState::load(kv).expect("load").sessions, s.sessions);
     }
 
     /// A batch applies its commands in order, each seeing the ones before it, answers each on
