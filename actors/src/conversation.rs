@@ -12,7 +12,10 @@
 //! change note as it is written. Who may send and read, and who each message reaches, is
 //! decided by the message's place in the log, not by when the metadata changed: a message
 //! written before a removal reaches the removed member, one written before an addition does
-//! not reach the new member, however long either waited in the fan-out queue.
+//! not reach the new member, however long either waited in the fan-out queue. Should a
+//! change's note never come (the node that made the change died between the Raft commit and
+//! the note), the actor takes the metadata's members once they have differed from its own for
+//! [`MEMBERS_STALE_AFTER`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -62,6 +65,14 @@ const MAX_FANOUT_BACKLOG: usize = 128;
 /// Messages delivered together at most: what queued up while the previous batch went out.
 const MAX_DELIVERY_BATCH: usize = 64;
 
+/// How long the actor's members may differ from the metadata's before it takes the
+/// metadata's: longer than a change's note takes to follow it (`await_group_change` waits up
+/// to 5 s for this node to apply the change first).
+const MEMBERS_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often, at most, a group's actor compares its members with the metadata's (a send or
+/// history read triggers the comparison).
+const MEMBERS_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Tries per member and message before a live delivery is given up (about 30 s).
 const DELIVERY_ATTEMPTS: u32 = 20;
 
@@ -104,6 +115,10 @@ pub struct ConversationState {
     /// The members as of the log's head (see the module doc); `None` until first needed, and
     /// after a change note could not be written (the metadata is then the best account).
     members: Option<Members>,
+    /// When `members` was last compared with the metadata's.
+    members_checked: tokio::time::Instant,
+    /// Since when they have differed, as far as the comparisons saw.
+    members_differ_since: Option<tokio::time::Instant>,
     /// One permit per message a client's send put in the fan-out queue (see
     /// [`MAX_FANOUT_BACKLOG`]).
     backlog: Arc<Semaphore>,
@@ -135,6 +150,40 @@ impl ConversationState {
         let m = members_from(router.members_of(&self.conversation));
         self.members = Some(m.clone());
         m
+    }
+
+    /// Takes the metadata's members when they have differed from the actor's for
+    /// [`MEMBERS_STALE_AFTER`]: a change was agreed whose note never came. Compares at most
+    /// every [`MEMBERS_CHECK_EVERY`].
+    fn reconcile_members(&mut self) {
+        let Some(current) = &self.members else {
+            return;
+        };
+        if self.conversation.group_id().is_none()
+            || self.members_checked.elapsed() < MEMBERS_CHECK_EVERY
+        {
+            return;
+        }
+        self.members_checked = tokio::time::Instant::now();
+        let Some(router) = self.router.upgrade() else {
+            return;
+        };
+        let agreed = members_from(router.members_of(&self.conversation));
+        if agreed == *current {
+            self.members_differ_since = None;
+            return;
+        }
+        let since = *self
+            .members_differ_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= MEMBERS_STALE_AFTER {
+            tracing::warn!(
+                conv = %self.conversation,
+                "members differ from the metadata's with no change note; taking the metadata's"
+            );
+            self.members = Some(agreed);
+            self.members_differ_since = None;
+        }
     }
 
     /// Queues for delivery every stored message beyond the delivery watermark: a previous
@@ -367,6 +416,8 @@ impl Actor for ConversationActor {
             synced_at: None,
             fanout: tx,
             members: None,
+            members_checked: tokio::time::Instant::now(),
+            members_differ_since: None,
             backlog: Arc::new(Semaphore::new(MAX_FANOUT_BACKLOG)),
             stopped,
         })
@@ -401,6 +452,9 @@ impl Actor for ConversationActor {
                     Some(MessageRef::Group { change }) => Some(change),
                     _ => None,
                 };
+                if change.is_none() {
+                    state.reconcile_members();
+                }
                 let before = state.members();
                 // Who this message reaches, and the members after it when it changes them.
                 let (recipients, after) = match (change, state.router.upgrade()) {
@@ -539,6 +593,7 @@ impl Actor for ConversationActor {
                 limit,
                 reply,
             } => {
+                state.reconcile_members();
                 // A new owner answers only after it has caught up.
                 let page = match state.ready().await {
                     Ok(_) if state.members().binary_search(&reader).is_err() => {

@@ -72,6 +72,9 @@ pub struct RouterBreakage {
     /// Acknowledge a send before any replica holds it (replication follows three seconds later),
     /// so that losing the owner right after an ack loses the message.
     pub ack_before_quorum: bool,
+    /// Agree group changes in the metadata but never write their notes into the group's
+    /// log, as when the node that made a change dies between the two.
+    pub no_group_notes: bool,
 }
 
 pub struct Router {
@@ -604,6 +607,11 @@ impl Router {
         group: chat_types::GroupId,
         change: chat_types::GroupChange,
     ) -> Result<Message, ActorError> {
+        if self.breakage.no_group_notes {
+            return Err(ActorError::Unavailable(
+                "group notes are switched off (failpoint)".into(),
+            ));
+        }
         let id = format!("sys-{}", self.next_conn.fetch_add(1, Ordering::Relaxed));
         let client_msg_id = ClientMsgId::new(format!("{id}-{}", crate::now_ms()))
             .map_err(|e| ActorError::InvalidArgument(e.to_string()))?;

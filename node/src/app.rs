@@ -72,7 +72,8 @@ fn node_id(store: &Store) -> anyhow::Result<NodeId> {
 }
 
 /// Deliberate-breakage switches for tests that must see the delivery checks fail:
-/// `CHAT_FAILPOINTS=ack_before_quorum,no_fencing,dedup_not_replicated`. Debug builds only; a
+/// `CHAT_FAILPOINTS=ack_before_quorum,no_fencing,dedup_not_replicated,no_group_notes`. Debug
+/// builds only; a
 /// release build refuses to break itself and says so.
 fn breakage_from_env() -> (Breakage, RouterBreakage) {
     let mut log = Breakage::default();
@@ -87,6 +88,7 @@ fn breakage_from_env() -> (Breakage, RouterBreakage) {
     for name in spec.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match name {
             "ack_before_quorum" => router.ack_before_quorum = true,
+            "no_group_notes" => router.no_group_notes = true,
             "no_fencing" => log.no_fencing = true,
             "dedup_not_replicated" => log.dedup_not_replicated = true,
             other => tracing::warn!(failpoint = other, "unknown failpoint ignored"),

@@ -3,7 +3,7 @@
 
 mod harness;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_client::Connection;
 use chat_types::{ClientMsgId, ErrorCode, GroupChange, MessageRef, Role};
@@ -329,4 +329,80 @@ async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order()
         seqs[added_at..].to_vec(),
         "the added member gets the note that added it and everything after, nothing before"
     );
+}
+
+/// Whether `conn` receives a message with `body` within a second (skipping others).
+async fn receives(conn: &Connection, body: &str) -> bool {
+    while let Some(m) = conn
+        .next_message(Duration::from_secs(1))
+        .await
+        .expect("read")
+    {
+        if m.body == body {
+            return true;
+        }
+    }
+    false
+}
+
+/// A group change agreed in the metadata whose note never reaches the group's log (the node
+/// that made it died in between; here a failpoint skips the notes) still takes effect: the
+/// group's owner node takes the agreed members within about ten seconds, after which the
+/// removed member receives nothing more and may neither read nor write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_note_never_comes_still_takes_effect() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut n1 = NodeProc::new(root.path(), "n1", None);
+    n1.env = vec![("CHAT_FAILPOINTS".into(), "no_group_notes".into())];
+    n1.start();
+    must_be_ready(&n1, 1).await;
+    let (users, conns) = sign_up_and_connect(&[&n1], &["nn_owner", "nn_gone"]).await;
+    let (owner, gone) = (&conns[0], &conns[1]);
+    let group = owner
+        .create_group("quiet", vec![users[1]])
+        .await
+        .expect("create")
+        .conversation;
+    owner
+        .send(group, cmid("p0"), "before")
+        .await
+        .expect("owner writes");
+    assert!(receives(gone, "before").await, "a member receives");
+
+    owner
+        .remove_member(group, users[1])
+        .await
+        .expect("owner removes");
+    let removed_at = Instant::now();
+    for i in 1.. {
+        // Paced, to stay within the per-user send allowance.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let body = format!("probe {i}");
+        owner
+            .send(group, cmid(&format!("p{i}")), body.clone())
+            .await
+            .expect("owner writes");
+        if !receives(gone, &body).await {
+            break;
+        }
+        assert!(
+            removed_at.elapsed() < Duration::from_secs(30),
+            "the removed member still receives the group's messages"
+        );
+    }
+    let err = gone
+        .history(group, None, None, None)
+        .await
+        .expect_err("removed reads");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    let err = gone
+        .send(group, cmid("g1"), "still here?")
+        .await
+        .expect_err("removed writes");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden));
+    owner
+        .send(group, cmid("after"), "after")
+        .await
+        .expect("owner writes");
+    assert!(!receives(gone, "after").await, "nothing more reaches it");
 }
