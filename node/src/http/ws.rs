@@ -115,6 +115,8 @@ enum Next {
 /// Requests waiting for the connection's request worker; reading stops (and TCP pushes back
 /// on the client) when it is this far behind.
 const REQUEST_QUEUE: usize = 256;
+/// Frames the writer takes off the connection's queue at once, at most.
+const WRITE_RUN: usize = 64;
 
 /// One connection, as two tasks: the writer owns the socket (it reads the client's frames
 /// off the read loop, hands requests to the worker and writes whatever the outbound queue
@@ -179,10 +181,26 @@ async fn run_connection(
             }
             out = out_rx.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
+                    // What queued up behind it goes out in the same turn.
+                    let mut run = vec![*frame];
+                    let mut then = None;
+                    while run.len() < WRITE_RUN {
+                        match out_rx.try_recv() {
+                            Ok(Outbound::Frame(f)) => run.push(*f),
+                            Ok(close @ Outbound::Close { .. }) => {
+                                then = Some(close);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     // Boxed, as the other awaits below: the connection's task keeps its
                     // largest await inline for its whole life, busy or idle.
-                    if Box::pin(send_frame(&mut session, &frame)).await.is_err() {
+                    if Box::pin(send_run(&mut session, run)).await.is_err() {
                         break Next::Close(close::NORMAL, String::new());
+                    }
+                    if let Some(Outbound::Close { code, reason }) = then {
+                        break Next::Close(code, reason);
                     }
                 }
                 Some(Outbound::Close { code, reason }) => break Next::Close(code, reason),
@@ -276,6 +294,22 @@ fn reason(code: u16, why: &str) -> CloseReason {
             Some(why.to_owned())
         },
     }
+}
+
+/// Writes a run of frames in order. A cursor note that a later one in the same run moves past
+/// is left out: the client keeps the furthest cursor it was told, and it is told that one
+/// in the same write (a sender's own messages otherwise cost a cursor frame each).
+async fn send_run(session: &mut Session, run: Vec<ServerFrame>) -> Result<(), actix_ws::Closed> {
+    let last_cursor = run
+        .iter()
+        .rposition(|f| matches!(f, ServerFrame::EventCursor { .. }));
+    for (i, frame) in run.iter().enumerate() {
+        if matches!(frame, ServerFrame::EventCursor { .. }) && Some(i) != last_cursor {
+            continue;
+        }
+        send_frame(session, frame).await?;
+    }
+    Ok(())
 }
 
 async fn send_frame(session: &mut Session, frame: &ServerFrame) -> Result<(), actix_ws::Closed> {
