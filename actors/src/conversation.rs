@@ -568,6 +568,10 @@ impl Actor for ConversationActor {
                     ))));
                     return Ok(());
                 }
+                if change.is_some() {
+                    // A note came: whatever difference was seen before may be this one.
+                    state.members_differ_since = None;
+                }
                 if after.is_some() {
                     state.members = after;
                 }
