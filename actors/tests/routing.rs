@@ -101,14 +101,22 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
     let b = must_start(2, Some(a.peer.clone())).await;
     must_see_members(&a, 2).await;
     must_see_members(&b, 2).await;
-    // The join is two membership changes (learner, then voter); wait until both nodes have
-    // applied the same one.
+    // The join is several membership changes (learner, then voter through a joint
+    // configuration), each a new ring epoch, and every ring change stops the conversation
+    // actors: wait until both nodes have applied the same ring and it has stayed for a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while *a.meta.ring() != *b.meta.ring() {
+    loop {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the rings never agreed"
+            "the rings never settled"
         );
+        let seen = a.meta.ring();
+        if *seen == *b.meta.ring() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if *a.meta.ring() == *seen && *b.meta.ring() == *seen {
+                break;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ring = b.meta.ring();
