@@ -1502,6 +1502,16 @@ pub type Applied = Result<(MetaResponse, Vec<MetaWrite>), StorageError>;
 mod tests {
     use super::*;
 
+    /// Persists `writes` into `kv` as the state machine's store would.
+    fn store(kv: &mut BTreeMap<Vec<u8>, Vec<u8>>, writes: Vec<MetaWrite>) {
+        for w in writes {
+            match w.value {
+                Some(v) => kv.insert(w.key, v),
+                None => kv.remove(&w.key),
+            };
+        }
+    }
+
     fn register(s: &mut MetaState, name: &str) -> MetaResponse {
         s.apply(&MetaCommand::RegisterUser {
             username: name.into(),
@@ -1666,12 +1676,7 @@ mod tests {
         let mut s = MetaState::default();
         let mut kv: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut run = |s: &mut MetaState, cmd: MetaCommand| {
-            for w in s.apply(&cmd).expect("apply").1 {
-                match w.value {
-                    Some(v) => kv.insert(w.key, v),
-                    None => kv.remove(&w.key),
-                };
-            }
+            store(&mut kv, s.apply(&cmd).expect("apply").1);
         };
         for name in ["alice", "bob", "carol"] {
             run(
@@ -1712,12 +1717,7 @@ mod tests {
             };
             let (answer, writes) = s.apply(&cmd).expect("apply");
             assert_eq!(answer, MetaResponse::SessionCreated);
-            for w in writes {
-                match w.value {
-                    Some(v) => kv.insert(w.key, v),
-                    None => kv.remove(&w.key),
-                };
-            }
+            store(&mut kv, writes);
         };
         login(&mut s, 2, "bob-1".into(), 0);
         for i in 0..MAX_SESSIONS_PER_USER as u64 + 2 {
@@ -1787,12 +1787,7 @@ mod tests {
         assert_eq!(answer, MetaResponse::Batch(answers));
         assert_eq!(batched, one_by_one);
         let mut kv = BTreeMap::new();
-        for w in writes {
-            match w.value {
-                Some(v) => kv.insert(w.key, v),
-                None => kv.remove(&w.key),
-            };
-        }
+        store(&mut kv, writes);
         assert_eq!(MetaState::load(kv).expect("load"), batched);
     }
 
@@ -2173,12 +2168,7 @@ mod tests {
         let mut s = MetaState::default();
         let mut kv: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         let mut step = |s: &mut MetaState, cmd: MetaCommand| {
-            for w in s.apply(&cmd).expect("apply").1 {
-                match w.value {
-                    Some(v) => kv.insert(w.key, v),
-                    None => kv.remove(&w.key),
-                };
-            }
+            store(&mut kv, s.apply(&cmd).expect("apply").1);
             let loaded = MetaState::load(kv.clone()).expect("load");
             assert_eq!(&loaded, s, "after {cmd:?}");
             must_reload_equal(s);
