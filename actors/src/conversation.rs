@@ -139,15 +139,20 @@ impl ConversationState {
         Ok((router, ring))
     }
 
+    /// The members as this node's metadata has them now; `None` once the node is stopping.
+    fn agreed_members(&self) -> Option<Members> {
+        let router = self.router.upgrade()?;
+        Some(members_from(router.members_of(&self.conversation)))
+    }
+
     /// The members as of the log's head, loaded from this node's metadata when not yet known.
     fn members(&mut self) -> Members {
         if let Some(m) = &self.members {
             return m.clone();
         }
-        let Some(router) = self.router.upgrade() else {
+        let Some(m) = self.agreed_members() else {
             return members_from(Vec::new());
         };
-        let m = members_from(router.members_of(&self.conversation));
         self.members = Some(m.clone());
         m
     }
@@ -156,20 +161,17 @@ impl ConversationState {
     /// [`MEMBERS_STALE_AFTER`]: a change was agreed whose note never came. Compares at most
     /// every [`MEMBERS_CHECK_EVERY`].
     fn reconcile_members(&mut self) {
-        let Some(current) = &self.members else {
-            return;
-        };
-        if self.conversation.group_id().is_none()
+        if self.members.is_none()
+            || self.conversation.group_id().is_none()
             || self.members_checked.elapsed() < MEMBERS_CHECK_EVERY
         {
             return;
         }
         self.members_checked = tokio::time::Instant::now();
-        let Some(router) = self.router.upgrade() else {
+        let Some(agreed) = self.agreed_members() else {
             return;
         };
-        let agreed = members_from(router.members_of(&self.conversation));
-        if agreed == *current {
+        if self.members.as_ref() == Some(&agreed) {
             self.members_differ_since = None;
             return;
         }
