@@ -152,14 +152,7 @@ async fn group_members_roles_and_changes_in_order_across_nodes() {
     assert_eq!(page.head, last.seq);
 
     // Pushes: the removed member got the change that removed it, then nothing more.
-    let mut seen = Vec::new();
-    while let Some(m) = member
-        .next_message(Duration::from_millis(800))
-        .await
-        .expect("read")
-    {
-        seen.push(m);
-    }
+    let seen = pushed(member, Duration::from_millis(800)).await;
     assert!(seen.iter().any(|m| m.refers
         == Some(MessageRef::Group {
             change: GroupChange::MemberRemoved { user: users[2] }
@@ -168,14 +161,10 @@ async fn group_members_roles_and_changes_in_order_across_nodes() {
         seen.iter().all(|m| m.body != "bye"),
         "nothing after removal reaches it"
     );
-    let mut got_bye = false;
-    while let Some(m) = outsider
-        .next_message(Duration::from_millis(800))
+    let got_bye = pushed(outsider, Duration::from_millis(800))
         .await
-        .expect("read")
-    {
-        got_bye |= m.body == "bye";
-    }
+        .iter()
+        .any(|m| m.body == "bye");
     assert!(got_bye, "a member on another node gets the owner's message");
 
     // Ownership, leaving, deletion.
@@ -299,36 +288,41 @@ async fn a_burst_with_a_removal_in_the_middle_reaches_each_member_in_log_order()
     assert!(removal_at < added_at);
     let seqs: Vec<_> = log.iter().map(|(s, _)| *s).collect();
 
-    async fn pushed(conn: &Connection) -> Vec<chat_types::Seq> {
-        let mut seen = Vec::new();
-        while let Some(m) = conn
-            .next_message(Duration::from_secs(3))
+    async fn pushed_seqs(conn: &Connection) -> Vec<chat_types::Seq> {
+        pushed(conn, Duration::from_secs(3))
             .await
-            .expect("read")
-        {
-            seen.push(m.seq);
-        }
-        seen
+            .into_iter()
+            .map(|m| m.seq)
+            .collect()
     }
     let created = seqs[0];
     let strip = |v: Vec<chat_types::Seq>| -> Vec<chat_types::Seq> {
         v.into_iter().filter(|s| *s != created).collect()
     };
     assert_eq!(
-        strip(pushed(reader).await),
+        strip(pushed_seqs(reader).await),
         seqs[1..].to_vec(),
         "a member who only reads gets every message once, in log order"
     );
     assert_eq!(
-        strip(pushed(leaver).await),
+        strip(pushed_seqs(leaver).await),
         seqs[1..=removal_at].to_vec(),
         "the removed member gets everything up to the note that removed it, and nothing after"
     );
     assert_eq!(
-        pushed(joiner).await,
+        pushed_seqs(joiner).await,
         seqs[added_at..].to_vec(),
         "the added member gets the note that added it and everything after, nothing before"
     );
+}
+
+/// The messages pushed to `conn` until none comes for `quiet`.
+async fn pushed(conn: &Connection, quiet: Duration) -> Vec<chat_types::Message> {
+    let mut seen = Vec::new();
+    while let Some(m) = conn.next_message(quiet).await.expect("read") {
+        seen.push(m);
+    }
+    seen
 }
 
 /// Whether `conn` receives a message with `body` within a second (skipping others).
