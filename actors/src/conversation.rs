@@ -251,6 +251,100 @@ async fn deliver_with_retries(
     false
 }
 
+/// The delivery side of one conversation actor. Deliveries leave in log order, and the
+/// watermark never passes a message that has not gone out: an actor that stopped while a
+/// newer one had started (a ring change while a request was in hand) may have appended a
+/// message its own queue then abandoned, so a batch that does not follow on from what was
+/// delivered first sends what lies between from the log.
+struct Fanout {
+    conversation: ConversationId,
+    log: Arc<dyn ConversationLog>,
+    /// A message could not be delivered: the watermark stays below it, so that the next actor
+    /// for this conversation delivers it (and what follows) again.
+    stuck: bool,
+    /// The seq after the last one this task sent.
+    next: Option<Seq>,
+}
+
+impl Fanout {
+    async fn deliver(&mut self, router: &Router, batch: Vec<Delivery>, stopped: &AtomicBool) {
+        let recipients = batch[0].recipients.clone();
+        // Everything up to the watermark has gone out, whoever sent it.
+        let delivered = self.log.delivered(&self.conversation).unwrap_or(Seq(0));
+        let from = self.next.unwrap_or(Seq(0)).max(Seq(delivered.0 + 1));
+        let mut permits = Vec::with_capacity(batch.len());
+        let mut messages: Vec<Outgoing> = Vec::with_capacity(batch.len());
+        for d in batch {
+            permits.push(d.permit);
+            if d.message.seq >= from {
+                messages.push((d.message, d.origin));
+            }
+        }
+        let Some(last) = messages.iter().map(|(m, _)| m.seq).max() else {
+            return;
+        };
+        let follows_on = messages
+            .iter()
+            .enumerate()
+            .all(|(i, (m, _))| m.seq.0 == from.0 + i as u64);
+        if !follows_on && !self.stuck {
+            let origins: std::collections::HashMap<Seq, ConnRef> = messages
+                .iter()
+                .filter_map(|(m, o)| o.map(|o| (m.seq, o)))
+                .collect();
+            match self.between(from, Seq(last.0 + 1)) {
+                Ok(stored) => {
+                    tracing::debug!(conv = %self.conversation, %from, %last, queued = messages.len(), "delivering from the log what another actor left");
+                    messages = stored
+                        .into_iter()
+                        .map(|m| {
+                            let origin = origins.get(&m.seq).copied();
+                            (m, origin)
+                        })
+                        .collect();
+                }
+                Err(e) => {
+                    tracing::warn!(conv = %self.conversation, error = %e, "cannot read undelivered messages");
+                    self.stuck = true;
+                }
+            }
+        }
+        for chunk in messages.chunks(MAX_DELIVERY_BATCH) {
+            let mut all_delivered = true;
+            for (node, users) in router.by_home(&recipients) {
+                if !deliver_with_retries(router, node, users, chunk, stopped).await {
+                    all_delivered = false;
+                }
+            }
+            self.stuck |= !all_delivered;
+        }
+        self.next = Some(Seq(last.0 + 1));
+        if !self.stuck {
+            // A WAL write, no fsync: inline.
+            let _ = self.log.set_delivered(&self.conversation, last);
+        }
+        drop(permits);
+    }
+
+    /// The stored messages with seq in [`from`, `before`).
+    fn between(&self, from: Seq, before: Seq) -> Result<Vec<Message>, ActorError> {
+        let mut out = Vec::new();
+        let mut after = Seq(from.0.saturating_sub(1));
+        while after.0 + 1 < before.0 {
+            let page = self
+                .log
+                .read_after(&self.conversation, after, 500)
+                .map_err(crate::logs::storage_error)?;
+            let Some(last) = page.last().map(|m| m.seq) else {
+                break;
+            };
+            out.extend(page.into_iter().filter(|m| m.seq < before));
+            after = last;
+        }
+        Ok(out)
+    }
+}
+
 /// The members once `change` has taken effect: this node's metadata, which shows the change
 /// once `await_group_change` has returned, with the change applied again in case that wait
 /// ran out.
@@ -347,17 +441,19 @@ impl Actor for ConversationActor {
         let router = args.router.clone();
         let log = args.log.clone();
         let conversation = args.conversation;
-        // Deliveries leave in seq order: one message at a time, sent once per node that is
-        // home to some member (never once per member across the network), where it becomes
-        // an event of each member's stream. A failed delivery is retried (event streams
-        // deduplicate) before the next message goes out; once a message has reached every
-        // member, the delivery watermark moves past it. Once the actor has stopped (the ring
-        // changed) the queue is abandoned: the next actor delivers again from the watermark,
-        // and two tasks delivering one conversation at once would race each other's pushes.
+        // Deliveries leave in seq order, sent once per node that is home to some member
+        // (never once per member across the network), where each becomes an event of each
+        // member's stream. A failed delivery is retried (event streams deduplicate) before
+        // the next message goes out; once a message has reached every member, the delivery
+        // watermark moves past it. Once the actor has stopped (the ring changed) the queue is
+        // abandoned: the next actor delivers again from the watermark.
         tokio::spawn(async move {
-            // After one message could not be delivered the watermark stays below it, so that
-            // the next actor for this conversation delivers it (and what follows) again.
-            let mut stuck = false;
+            let mut fanout = Fanout {
+                conversation,
+                log,
+                stuck: false,
+                next: None,
+            };
             // A message taken off the queue that must start the next batch.
             let mut next: Option<Delivery> = None;
             loop {
@@ -389,26 +485,7 @@ impl Actor for ConversationActor {
                 let Some(router) = router.upgrade() else {
                     return;
                 };
-                let recipients = batch[0].recipients.clone();
-                let last = batch[batch.len() - 1].message.seq;
-                let mut permits = Vec::with_capacity(batch.len());
-                let mut messages: Vec<Outgoing> = Vec::with_capacity(batch.len());
-                for d in batch {
-                    messages.push((d.message, d.origin));
-                    permits.push(d.permit);
-                }
-                let mut all_delivered = true;
-                for (node, users) in router.by_home(&recipients) {
-                    if !deliver_with_retries(&router, node, users, &messages, &stop_seen).await {
-                        all_delivered = false;
-                    }
-                }
-                stuck |= !all_delivered;
-                if !stuck {
-                    // A WAL write, no fsync: inline.
-                    let _ = log.set_delivered(&conversation, last);
-                }
-                drop(permits);
+                fanout.deliver(&router, batch, &stop_seen).await;
             }
         });
         Ok(ConversationState {

@@ -34,6 +34,8 @@ use crate::session::{Outgoing, SessionActor, SessionArgs, SessionMsg};
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new conversation actor waits for the one a ring change stopped.
+const RETIRE_WAIT: Duration = Duration::from_secs(5);
 const EPOCH_WAIT: Duration = Duration::from_secs(3);
 const MAX_HOPS: usize = 5;
 const RING_HISTORY: usize = 16;
@@ -88,6 +90,10 @@ pub struct Router {
     pub(crate) rings: Mutex<Vec<Arc<Ring>>>,
     offline: std::sync::OnceLock<Arc<dyn crate::offline::OfflinePush>>,
     conversations: Mutex<HashMap<ConversationId, ActorRef<ConversationMsg>>>,
+    /// Conversation actors a ring change stopped, until they are gone: one may still be in
+    /// the middle of a request, and its successor waits for it (see
+    /// [`Router::conversation_actor`]).
+    retiring: Mutex<HashMap<ConversationId, ActorRef<ConversationMsg>>>,
     sessions: Mutex<HashMap<UserId, ActorRef<SessionMsg>>>,
     connections: Mutex<HashMap<u64, LocalConn>>,
     /// The next connection number (also names system messages' client ids).
@@ -162,6 +168,7 @@ impl Router {
             logs,
             me: me.clone(),
             conversations: Mutex::new(HashMap::new()),
+            retiring: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
             // Connection numbers never repeat across restarts of this node: a push or a
@@ -1191,6 +1198,22 @@ impl Router {
         if let Some(a) = lock(&self.conversations).get(&conversation) {
             return Ok(a.clone());
         }
+        // A stopped actor finishes the request in hand first. Two actors serving one
+        // conversation at once would each append and deliver, and a message the stopped
+        // one appended last would wait for the newer one's fan-out to find it in the log.
+        let retiring = lock(&self.retiring).get(&conversation).cloned();
+        if let Some(old) = retiring {
+            if old.wait(Some(RETIRE_WAIT)).await.is_err() {
+                tracing::warn!(conv = %conversation, "a stopped conversation actor is still busy; starting its successor");
+            }
+            let mut map = lock(&self.retiring);
+            if map
+                .get(&conversation)
+                .is_some_and(|a| a.get_id() == old.get_id())
+            {
+                map.remove(&conversation);
+            }
+        }
         let args = ConversationArgs {
             conversation,
             log: self.logs.conversations.clone(),
@@ -1432,9 +1455,13 @@ impl Router {
     /// next request and first catches up under the new ring, which may have new replicas)
     /// and the sessions of users whose home moved away.
     fn drop_unowned(&self, ring: &Ring) {
-        for (_, actor) in lock(&self.conversations).drain() {
+        let mut retiring = lock(&self.retiring);
+        retiring.retain(|_, actor| actor.get_status() != ractor::ActorStatus::Stopped);
+        for (conv, actor) in lock(&self.conversations).drain() {
             actor.stop(None);
+            retiring.insert(conv, actor);
         }
+        drop(retiring);
         lock(&self.sessions).retain(|u, actor| {
             let keep = ring.home_of_user(*u) == Some(self.node_id);
             if !keep {

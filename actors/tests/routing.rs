@@ -1,6 +1,7 @@
 //! Two nodes in one process (real RocksDB in temp dirs, real Raft, real loopback transport):
 //! a node that does not own a conversation answers `NotOwner`, and a router sends each
-//! request to the owner whichever node it starts on.
+//! request to the owner whichever node it starts on. A conversation's deliveries follow its
+//! log even when a message in it did not come through the actor delivering.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,8 +12,10 @@ use chat_cluster::transport::{
     serve, Channel, PeerError, PeerHandler, PeerHandlerFuture, Transport,
 };
 use chat_cluster::{ClusterSettings, Metadata, NodeInfo};
-use chat_storage::{Durability, RocksConversationLog, RocksUserEventLog, Store};
-use chat_types::{ClientMsgId, ConversationId, NodeId, RingEpoch, Seq, UserId};
+use chat_storage::{AppendRequest, Durability, RocksConversationLog, RocksUserEventLog, Store};
+use chat_types::{
+    ClientMsgId, ConversationId, EventSeq, NodeId, RingEpoch, Seq, UserEvent, UserId,
+};
 
 struct Dispatch {
     meta: OnceLock<Arc<Metadata>>,
@@ -40,6 +43,7 @@ struct TestNode {
     peer: String,
     meta: Arc<Metadata>,
     router: Arc<Router>,
+    logs: LocalLogs,
 }
 
 async fn must_start(id: u64, join: Option<String>) -> TestNode {
@@ -74,13 +78,14 @@ async fn must_start(id: u64, join: Option<String>) -> TestNode {
         conversations: Arc::new(RocksConversationLog::new(store.clone(), Durability::Wal)),
         events: Arc::new(RocksUserEventLog::new(store, Durability::Wal)),
     };
-    let router = Router::new(meta.clone(), logs);
+    let router = Router::new(meta.clone(), logs.clone());
     let _ = dispatch.router.set(router.clone());
     TestNode {
         _dir: dir,
         peer,
         meta,
         router,
+        logs,
     }
 }
 
@@ -253,4 +258,78 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
     assert_eq!(err, ActorError::Forbidden);
     a.meta.shutdown().await;
     b.meta.shutdown().await;
+}
+
+/// A ring change stops a conversation's actor while it may still be handling a send; the
+/// message it appends last then sits in the log where the successor's queue never had it.
+/// The successor's next delivery must bring it along, in order, and the delivery watermark
+/// must not pass it (which would leave it out of every member's event stream for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_the_log_but_not_in_the_delivery_queue_still_reaches_every_member() {
+    let a = must_start(1, None).await;
+    must_see_members(&a, 1).await;
+    let conv = ConversationId::direct(UserId(1), UserId(2));
+    let send = |n: u64, from: u64| {
+        a.router.append(
+            UserId(from),
+            conv,
+            ClientMsgId::new(format!("m{n}")).expect("id"),
+            format!("message {n}"),
+            None,
+            Vec::new(),
+            None,
+        )
+    };
+    let (m, _) = send(1, 1).await.expect("first send");
+    assert_eq!(m.seq, Seq(1));
+
+    // What the stopped actor did: stored a message under the same ring, outside the queue
+    // of the actor now serving the conversation.
+    let written = a
+        .logs
+        .conversations
+        .append(AppendRequest {
+            conversation: conv,
+            sender: UserId(2),
+            client_msg_id: ClientMsgId::new("left-behind").expect("id"),
+            body: "appended by the stopped actor".into(),
+            ts_ms: 1,
+            refers: None,
+            attachments: Vec::new(),
+            epoch: a.meta.ring().epoch(),
+        })
+        .expect("append to the local log");
+    assert_eq!(written.message.seq, Seq(2));
+    let (m, _) = send(3, 1).await.expect("send after it");
+    assert_eq!(m.seq, Seq(3));
+
+    for user in [UserId(1), UserId(2)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let seqs = loop {
+            let events = a
+                .logs
+                .events
+                .read_after(user, EventSeq(0), 10)
+                .expect("read events");
+            let seqs: Vec<u64> = events
+                .iter()
+                .filter_map(|e| match &e.event {
+                    UserEvent::Message { message } => Some(message.seq.0),
+                    _ => None,
+                })
+                .collect();
+            if seqs.len() >= 3 || tokio::time::Instant::now() > deadline {
+                break seqs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(seqs, [1, 2, 3], "user {user}'s events");
+    }
+    let page = a.router.local_log(conv, Seq(0), 10).expect("local log");
+    assert_eq!(
+        page.delivered,
+        Seq(3),
+        "the watermark follows what went out"
+    );
+    a.meta.shutdown().await;
 }
