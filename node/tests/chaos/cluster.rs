@@ -487,6 +487,16 @@ impl<C: Cluster> Bench<C> {
         Ready::of(&v)
     }
 
+    /// The end of every member's log, each under its slot.
+    fn member_logs(&self) -> String {
+        let logs: Vec<String> = self
+            .members
+            .iter()
+            .map(|&i| format!("--- slot {i}:\n{}", self.cluster.log_tail(i)))
+            .collect();
+        logs.join("\n")
+    }
+
     /// Waits until slot `i` is ready as a member of a cluster of the expected size.
     pub async fn must_serve(&mut self, i: usize) -> Duration {
         let started = Instant::now();
@@ -499,10 +509,11 @@ impl<C: Cluster> Bench<C> {
                 }
             }
             if Instant::now() > deadline {
+                // The cause is as often on another node (a leader that never added it).
                 panic!(
-                    "slot {i} not serving with {} members within 120 s; log:\n{}",
+                    "slot {i} not serving with {} members within 120 s; logs:\n{}",
                     self.members.len(),
-                    self.cluster.log_tail(i)
+                    self.member_logs()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -571,14 +582,9 @@ impl<C: Cluster> Bench<C> {
                 return started.elapsed();
             }
             if Instant::now() > deadline {
-                let logs: Vec<String> = self
-                    .members
-                    .iter()
-                    .map(|&i| format!("--- slot {i}:\n{}", self.cluster.log_tail(i)))
-                    .collect();
                 panic!(
                     "the cluster did not converge within 120 s: {views:?}\n{}",
-                    logs.join("\n")
+                    self.member_logs()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
