@@ -90,6 +90,21 @@ pub struct NodeConfig {
     pub fsync: bool,
     /// Log format: "text" or "json".
     pub log_format: String,
+    /// Threads of the async runtime; 0: one per core. Storage writes run inline on these
+    /// threads and may wait in RocksDB's write queue: more threads than cores let
+    /// direct-message floods use the cores a waiting write leaves idle, at the cost of group
+    /// fan-out latency (docs/operations.md has the figures).
+    pub worker_threads: usize,
+}
+
+impl NodeConfig {
+    /// The async runtime's thread count (`worker_threads`, or the automatic choice).
+    pub fn runtime_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 impl Default for NodeConfig {
@@ -102,6 +117,7 @@ impl Default for NodeConfig {
             advertise_peer_addr: None,
             fsync: false,
             log_format: "text".into(),
+            worker_threads: 0,
         }
     }
 }
@@ -295,6 +311,9 @@ impl Config {
         if !matches!(self.node.log_format.as_str(), "text" | "json") {
             return bad("node.log_format must be \"text\" or \"json\"");
         }
+        if self.node.worker_threads > 1024 {
+            return bad("node.worker_threads is at most 1024 (0: one per core)");
+        }
         let c = &self.cluster;
         if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms {
             return bad("cluster.election_timeout_min_ms must exceed cluster.heartbeat_ms > 0");
@@ -378,6 +397,17 @@ mod tests {
         let mut cfg = Config::default();
         cfg.cluster.election_timeout_min_ms = 10;
         assert!(cfg.validate().is_err());
+        let mut cfg = Config::default();
+        cfg.node.worker_threads = 100_000;
+        assert!(cfg.validate().is_err());
         Config::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_per_core_and_a_set_value_is_kept() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(NodeConfig::default().runtime_threads(), cores);
+        let cfg: Config = toml::from_str("[node]\nworker_threads = 3").expect("parses");
+        assert_eq!(cfg.node.runtime_threads(), 3);
     }
 }

@@ -122,8 +122,7 @@ fn init_logging(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
     if let Some(cmd) = args.command.take() {
         let result = match cmd {
@@ -146,13 +145,26 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(&config.node.log_format);
-    match app::run(config).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.node.runtime_threads())
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("chat-node: {e:#}");
-            std::process::ExitCode::FAILURE
+            eprintln!("chat-node: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
         }
-    }
+    };
+    runtime.block_on(async move {
+        init_logging(&config.node.log_format);
+        match app::run(config).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                eprintln!("chat-node: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
 }
