@@ -191,28 +191,45 @@ impl ConversationState {
     /// Queues for delivery every stored message beyond the delivery watermark: a previous
     /// owner may have acknowledged them and died before they reached every member.
     fn deliver_again(&mut self) -> Result<(), ActorError> {
-        let storage = crate::logs::storage_error;
         let recipients = self.members();
-        let mut after = self.log.delivered(&self.conversation).map_err(storage)?;
-        loop {
-            let page = self
-                .log
-                .read_after(&self.conversation, after, 500)
-                .map_err(storage)?;
-            let Some(last) = page.last().map(|m| m.seq) else {
-                return Ok(());
-            };
-            for message in page {
-                let _ = self.fanout.send(Delivery {
-                    message,
-                    origin: None,
-                    permit: None,
-                    recipients: recipients.clone(),
-                });
-            }
-            after = last;
+        let after = self
+            .log
+            .delivered(&self.conversation)
+            .map_err(crate::logs::storage_error)?;
+        for message in stored_between(&*self.log, &self.conversation, after, None)? {
+            let _ = self.fanout.send(Delivery {
+                message,
+                origin: None,
+                permit: None,
+                recipients: recipients.clone(),
+            });
         }
+        Ok(())
     }
+}
+
+/// The stored messages after `after` and, when given, before `before`, read in pages.
+fn stored_between(
+    log: &dyn ConversationLog,
+    conversation: &ConversationId,
+    mut after: Seq,
+    before: Option<Seq>,
+) -> Result<Vec<Message>, ActorError> {
+    let mut out = Vec::new();
+    while before.is_none_or(|b| after.0 + 1 < b.0) {
+        let page = log
+            .read_after(conversation, after, 500)
+            .map_err(crate::logs::storage_error)?;
+        let Some(last) = page.last().map(|m| m.seq) else {
+            break;
+        };
+        out.extend(
+            page.into_iter()
+                .filter(|m| before.is_none_or(|b| m.seq < b)),
+        );
+        after = last;
+    }
+    Ok(out)
 }
 
 /// Delivers consecutive messages to the members whose home is `node`, retrying for a while;
@@ -292,7 +309,8 @@ impl Fanout {
                 .iter()
                 .filter_map(|(m, o)| o.map(|o| (m.seq, o)))
                 .collect();
-            match self.between(from, Seq(last.0 + 1)) {
+            let after = Seq(from.0.saturating_sub(1));
+            match stored_between(&*self.log, &self.conversation, after, Some(Seq(last.0 + 1))) {
                 Ok(stored) => {
                     tracing::debug!(conv = %self.conversation, %from, %last, queued = messages.len(), "delivering from the log what another actor left");
                     messages = stored
@@ -309,10 +327,11 @@ impl Fanout {
                 }
             }
         }
+        let homes = router.by_home(&recipients);
         for chunk in messages.chunks(MAX_DELIVERY_BATCH) {
             let mut all_delivered = true;
-            for (node, users) in router.by_home(&recipients) {
-                if !deliver_with_retries(router, node, users, chunk, stopped).await {
+            for (node, users) in &homes {
+                if !deliver_with_retries(router, *node, users.clone(), chunk, stopped).await {
                     all_delivered = false;
                 }
             }
@@ -324,24 +343,6 @@ impl Fanout {
             let _ = self.log.set_delivered(&self.conversation, last);
         }
         drop(permits);
-    }
-
-    /// The stored messages with seq in [`from`, `before`).
-    fn between(&self, from: Seq, before: Seq) -> Result<Vec<Message>, ActorError> {
-        let mut out = Vec::new();
-        let mut after = Seq(from.0.saturating_sub(1));
-        while after.0 + 1 < before.0 {
-            let page = self
-                .log
-                .read_after(&self.conversation, after, 500)
-                .map_err(crate::logs::storage_error)?;
-            let Some(last) = page.last().map(|m| m.seq) else {
-                break;
-            };
-            out.extend(page.into_iter().filter(|m| m.seq < before));
-            after = last;
-        }
-        Ok(out)
     }
 }
 

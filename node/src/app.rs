@@ -73,8 +73,7 @@ fn node_id(store: &Store) -> anyhow::Result<NodeId> {
 
 /// Deliberate-breakage switches for tests that must see the delivery checks fail:
 /// `CHAT_FAILPOINTS=ack_before_quorum,no_fencing,dedup_not_replicated,no_group_notes`. Debug
-/// builds only; a
-/// release build refuses to break itself and says so.
+/// builds only; a release build refuses to break itself and says so.
 fn breakage_from_env() -> (Breakage, RouterBreakage) {
     let mut log = Breakage::default();
     let mut router = RouterBreakage::default();

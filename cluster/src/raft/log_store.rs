@@ -11,8 +11,7 @@
 //! readable, and queues openraft's flush callback; one flusher thread syncs the WAL for
 //! everything queued since its last sync and then runs those callbacks in order. Only the
 //! callback tells openraft an entry is durable, so nothing is acknowledged before its fsync.
-//! The
-//! committed log id is only written to the WAL: losing it merely means re-applying fewer
+//! The committed log id is only written to the WAL: losing it merely means re-applying fewer
 //! entries at startup, and any later fsync (the next append) makes it durable anyway, because
 //! all column families share one WAL.
 
