@@ -1,9 +1,10 @@
 //! The conversation actor: one per conversation, on its owner node, the single writer of the
 //! conversation's log. Before it serves anything it catches up from the nodes that may hold
-//! the log (see `replication`). Then, per send, it checks membership, lets the log
-//! deduplicate by client message id and assign the next seq in one batch, replicates to a
-//! majority of the replica set, answers the sender, and hands the message to an ordered
-//! fan-out queue so that a slow recipient never delays the next append.
+//! the log (see `replication`). Then, per send (one or more messages of one sender, in
+//! order), it checks membership, lets the log deduplicate by client message id and assign the
+//! next seqs in one write, replicates to a majority of the replica set, answers the sender,
+//! and hands the messages to an ordered fan-out queue so that a slow recipient never delays
+//! the next append.
 //!
 //! A retried send (same client message id) is replicated again before its answer: the first
 //! attempt may have stored the message here and failed before reaching a quorum.
@@ -23,8 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chat_storage::{AppendRequest, ConversationLog};
 use chat_types::{
-    Attachment, ClientMsgId, ConversationId, GroupChange, Message, MessageRef, NodeId, RingEpoch,
-    Seq, UserId,
+    ConversationId, GroupChange, Message, MessageRef, NodeId, RingEpoch, Seq, UserId,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::connection::ConnRef;
 use crate::error::ActorError;
 use crate::logs::{Entries, LogRef};
+use crate::peer_wire::{Appended, Draft};
 use crate::router::Router;
 use crate::session::Outgoing;
 
@@ -79,14 +80,13 @@ const DELIVERY_ATTEMPTS: u32 = 20;
 pub enum ConversationMsg {
     /// Catch up and deliver what a previous owner left undelivered, without a client request.
     Wake,
+    /// Messages of one sender, stored in the order given, in one write and one replication
+    /// round. A group change's note travels alone.
     Append {
         sender: UserId,
-        client_msg_id: ClientMsgId,
-        body: String,
-        refers: Option<MessageRef>,
-        attachments: Vec<Attachment>,
+        drafts: Vec<Draft>,
         origin: Option<ConnRef>,
-        reply: RpcReplyPort<Result<(Message, bool), ActorError>>,
+        reply: RpcReplyPort<Result<Vec<Appended>, ActorError>>,
     },
     History {
         reader: UserId,
@@ -186,6 +186,184 @@ impl ConversationState {
             self.members = Some(agreed);
             self.members_differ_since = None;
         }
+    }
+
+    /// Stores `drafts` in order (see [`ConversationMsg::Append`]), replicates them to a
+    /// majority, queues them for delivery and returns one outcome per draft. An error for
+    /// the whole batch means none was acknowledged.
+    async fn append(
+        &mut self,
+        sender: UserId,
+        drafts: Vec<Draft>,
+        origin: Option<ConnRef>,
+    ) -> Result<Vec<Appended>, ActorError> {
+        let change = match drafts.as_slice() {
+            [Draft {
+                refers: Some(MessageRef::Group { change }),
+                ..
+            }] => Some(*change),
+            _ => None,
+        };
+        if change.is_none() {
+            self.reconcile_members();
+        }
+        let before = self.members();
+        // Who these messages reach, and the members after them when they change them.
+        let (recipients, after) = match (change, self.router.upgrade()) {
+            (Some(change), Some(router)) => {
+                // The change is agreed in Raft; before its note goes into the log, this
+                // node's copy of the metadata must show it.
+                router.await_group_change(&self.conversation, change).await;
+                let after = members_after(&router, &self.conversation, change);
+                let recipients = note_recipients(&before, &after, change);
+                if after == before {
+                    (recipients, None)
+                } else {
+                    // Until the note is stored, the metadata is the best account.
+                    self.members = None;
+                    (recipients, Some(after))
+                }
+            }
+            _ if before.binary_search(&sender).is_err() => return Err(ActorError::Forbidden),
+            _ => (before, None),
+        };
+        let (router, ring) = self.ready().await?;
+        let epoch = ring.epoch();
+        let ts_ms = now_ms();
+        // Each draft's own checks; what passes is stored, in order.
+        let mut outcomes: Vec<Option<Appended>> = Vec::with_capacity(drafts.len());
+        let mut reqs = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let refused = match draft.refers {
+                Some(MessageRef::Group { .. }) if change.is_none() => Err(
+                    ActorError::InvalidArgument("a group change's note travels alone".into()),
+                ),
+                refers => check_refers(&*self.log, &self.conversation, sender, refers),
+            };
+            if let Err(e) = refused {
+                outcomes.push(Some(Err(e)));
+                continue;
+            }
+            outcomes.push(None);
+            reqs.push(AppendRequest {
+                conversation: self.conversation,
+                sender,
+                client_msg_id: draft.client_msg_id,
+                body: draft.body,
+                ts_ms,
+                refers: draft.refers,
+                attachments: draft.attachments,
+                epoch,
+            });
+        }
+        if reqs.is_empty() {
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        // Room in the fan-out backlog before the messages are stored and acknowledged.
+        let mut permit = self
+            .backlog
+            .clone()
+            .acquire_many_owned(reqs.len().min(MAX_FANOUT_BACKLOG) as u32)
+            .await
+            .ok();
+        // An fsyncing write runs on the blocking pool, where concurrent appends of different
+        // conversations share RocksDB's group commit; a WAL write inline.
+        let log = self.log.clone();
+        let written = if log.syncs() {
+            tokio::task::spawn_blocking(move || log.append_many(reqs))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(chat_storage::StorageError::Io(format!(
+                        "append task failed: {e}"
+                    )))
+                })
+        } else {
+            log.append_many(reqs)
+        };
+        let stored = match written {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(conv = %self.conversation, error = %e, "append failed");
+                // A fence newer than our ring: another owner took over; catch up anew.
+                self.synced_at = None;
+                return Err(ActorError::Unavailable(
+                    "the conversation is moving; retry".into(),
+                ));
+            }
+        };
+        // A retried send goes out again as stored, with the epoch of the owner that first
+        // wrote it, so that every replica ends up with the same entry.
+        let mut entries = std::collections::BTreeMap::new();
+        for outcome in &stored {
+            let seq = outcome.message.seq;
+            let written = if outcome.duplicate {
+                self.log
+                    .read_written_after(&self.conversation, Seq(seq.0.saturating_sub(1)), 1)
+                    .ok()
+                    .and_then(|w| w.into_iter().next())
+                    .filter(|w| w.message.seq == seq)
+            } else {
+                None
+            };
+            entries.entry(seq).or_insert_with(|| {
+                written.unwrap_or_else(|| chat_storage::Written {
+                    message: outcome.message.clone(),
+                    epoch,
+                })
+            });
+        }
+        let entries = Entries::Messages(entries.into_values().collect());
+        let log_ref = LogRef::Conversation(self.conversation);
+        let replicated = if router.breakage.ack_before_quorum {
+            // Deliberately broken (tests only): acknowledge now, replicate later.
+            let (router, ring) = (router.clone(), ring.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                let _ = router.replicate_quorum(log_ref, &ring, entries).await;
+            });
+            Ok(())
+        } else {
+            router.replicate_quorum(log_ref, &ring, entries).await
+        };
+        if let Err(e) = replicated {
+            tracing::warn!(conv = %self.conversation, first = %stored[0].message.seq, count = stored.len(), error = %e, "no replica quorum; not acknowledged");
+            // Catch up again before the next append: this node may no longer be the owner
+            // others see, and must not pile up writes nobody acknowledged.
+            self.synced_at = None;
+            return Err(ActorError::Unavailable(format!(
+                "not stored on a majority of replicas; retry with the same client_msg_id ({e})"
+            )));
+        }
+        if change.is_some() {
+            // A note came: whatever difference was seen before may be this one.
+            self.members_differ_since = None;
+        }
+        if after.is_some() {
+            self.members = after;
+        }
+        let mut stored = stored.into_iter();
+        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+            let Some(outcome) = stored.next() else { break };
+            if !outcome.duplicate {
+                // One backlog place per message; a batch larger than the whole backlog
+                // shares the last.
+                let place = match permit.as_mut() {
+                    Some(p) if p.num_permits() > 1 => p.split(1),
+                    _ => permit.take(),
+                };
+                let _ = self.fanout.send(Delivery {
+                    message: outcome.message.clone(),
+                    origin,
+                    permit: place,
+                    recipients: recipients.clone(),
+                });
+            }
+            *slot = Some(Ok((outcome.message, outcome.duplicate)));
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(ActorError::BadPayload("no outcome".into()))))
+            .collect())
     }
 
     /// Queues for delivery every stored message beyond the delivery watermark: a previous
@@ -521,149 +699,11 @@ impl Actor for ConversationActor {
         match msg {
             ConversationMsg::Append {
                 sender,
-                client_msg_id,
-                body,
-                refers,
-                attachments,
+                drafts,
                 origin,
                 reply,
             } => {
-                let change = match refers {
-                    Some(MessageRef::Group { change }) => Some(change),
-                    _ => None,
-                };
-                if change.is_none() {
-                    state.reconcile_members();
-                }
-                let before = state.members();
-                // Who this message reaches, and the members after it when it changes them.
-                let (recipients, after) = match (change, state.router.upgrade()) {
-                    (Some(change), Some(router)) => {
-                        // The change is agreed in Raft; before its note goes into the log,
-                        // this node's copy of the metadata must show it.
-                        router.await_group_change(&state.conversation, change).await;
-                        let after = members_after(&router, &state.conversation, change);
-                        let recipients = note_recipients(&before, &after, change);
-                        if after == before {
-                            (recipients, None)
-                        } else {
-                            // Until the note is stored, the metadata is the best account.
-                            state.members = None;
-                            (recipients, Some(after))
-                        }
-                    }
-                    _ => {
-                        if before.binary_search(&sender).is_err() {
-                            let _ = reply.send(Err(ActorError::Forbidden));
-                            return Ok(());
-                        }
-                        (before, None)
-                    }
-                };
-                let (router, ring) = match state.ready().await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return Ok(());
-                    }
-                };
-                if let Err(e) = check_refers(&*state.log, &state.conversation, sender, refers) {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                // Room in the fan-out backlog before the message is stored and acknowledged.
-                let permit = state.backlog.clone().acquire_owned().await.ok();
-                let req = AppendRequest {
-                    conversation: state.conversation,
-                    sender,
-                    client_msg_id,
-                    body,
-                    ts_ms: now_ms(),
-                    refers,
-                    attachments,
-                    epoch: ring.epoch(),
-                };
-                // An fsyncing write runs on the blocking pool, where concurrent appends of
-                // different conversations share RocksDB's group commit; a WAL write inline.
-                let log = state.log.clone();
-                let written = if log.syncs() {
-                    tokio::task::spawn_blocking(move || log.append(req))
-                        .await
-                        .unwrap_or_else(|e| {
-                            Err(chat_storage::StorageError::Io(format!(
-                                "append task failed: {e}"
-                            )))
-                        })
-                } else {
-                    log.append(req)
-                };
-                let outcome = match written {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::error!(conv = %state.conversation, error = %e, "append failed");
-                        // A fence newer than our ring: another owner took over; catch up anew.
-                        state.synced_at = None;
-                        let _ = reply.send(Err(ActorError::Unavailable(
-                            "the conversation is moving; retry".into(),
-                        )));
-                        return Ok(());
-                    }
-                };
-                let log_ref = LogRef::Conversation(state.conversation);
-                // A retried send goes out again as stored, with the epoch of the owner that
-                // first wrote it, so that every replica ends up with the same entry.
-                let stored = if outcome.duplicate {
-                    let seq = outcome.message.seq;
-                    state
-                        .log
-                        .read_written_after(&state.conversation, Seq(seq.0.saturating_sub(1)), 1)
-                        .ok()
-                        .and_then(|w| w.into_iter().next())
-                        .filter(|w| w.message.seq == seq)
-                } else {
-                    None
-                };
-                let entries = Entries::Messages(vec![stored.unwrap_or(chat_storage::Written {
-                    message: outcome.message.clone(),
-                    epoch: ring.epoch(),
-                })]);
-                let replicated = if router.breakage.ack_before_quorum {
-                    // Deliberately broken (tests only): acknowledge now, replicate later.
-                    let (router, ring) = (router.clone(), ring.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-                        let _ = router.replicate_quorum(log_ref, &ring, entries).await;
-                    });
-                    Ok(())
-                } else {
-                    router.replicate_quorum(log_ref, &ring, entries).await
-                };
-                if let Err(e) = replicated {
-                    tracing::warn!(conv = %state.conversation, seq = %outcome.message.seq, error = %e, "no replica quorum; not acknowledged");
-                    // Catch up again before the next append: this node may no longer be the
-                    // owner others see, and must not pile up writes nobody acknowledged.
-                    state.synced_at = None;
-                    let _ = reply.send(Err(ActorError::Unavailable(format!(
-                        "not stored on a majority of replicas; retry with the same client_msg_id ({e})"
-                    ))));
-                    return Ok(());
-                }
-                if change.is_some() {
-                    // A note came: whatever difference was seen before may be this one.
-                    state.members_differ_since = None;
-                }
-                if after.is_some() {
-                    state.members = after;
-                }
-                if !outcome.duplicate {
-                    let _ = state.fanout.send(Delivery {
-                        message: outcome.message.clone(),
-                        origin,
-                        permit,
-                        recipients,
-                    });
-                }
-                let _ = reply.send(Ok((outcome.message, outcome.duplicate)));
+                let _ = reply.send(state.append(sender, drafts, origin).await);
             }
             ConversationMsg::Wake => {
                 if let Err(e) = state.ready().await {

@@ -25,6 +25,7 @@ pub use connection::{ConnRef, Outbound, PushFrame};
 pub use error::ActorError;
 pub use logs::LocalLogs;
 pub use offline::{OfflineNotice, OfflinePush};
+pub use peer_wire::{Appended, Draft};
 pub use router::{LocalLogPage, Router, RouterBreakage, RouterStats};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -23,16 +23,12 @@ pub struct ActorRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ActorRequestBody {
-    /// To the conversation's owner.
+    /// To the conversation's owner: one or more messages from one sender, stored in the
+    /// order given.
     Append {
         conversation: ConversationId,
         sender: UserId,
-        client_msg_id: ClientMsgId,
-        body: String,
-        refers: Option<MessageRef>,
-        /// Resolved and authorised by the node the client sent it to.
-        #[serde(default)]
-        attachments: Vec<Attachment>,
+        drafts: Vec<Draft>,
         origin: Option<ConnRef>,
     },
     /// To the conversation's owner, which checks that `reader` is a member.
@@ -124,12 +120,25 @@ pub enum ActorRequestBody {
     Restarted { node: NodeId },
 }
 
+/// A message as its sender wrote it; the conversation's owner assigns the rest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Draft {
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+    pub refers: Option<MessageRef>,
+    /// Resolved and authorised by the node the client sent it to.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+/// What became of one draft: the stored message and whether it was a retry of an earlier
+/// send, or why it was not stored.
+pub type Appended = Result<(Message, bool), ActorError>;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ActorReply {
-    Appended {
-        message: Message,
-        duplicate: bool,
-    },
+    /// One outcome per draft, in order.
+    Appended(Vec<Appended>),
     History {
         head: Seq,
         messages: Vec<Message>,

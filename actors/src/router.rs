@@ -29,7 +29,9 @@ use crate::connection::{
 use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
 use crate::error::ActorError;
 use crate::logs::{LocalLogs, LogRef};
-use crate::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
+use crate::peer_wire::{
+    decode, encode, ActorReply, ActorRequest, ActorRequestBody, Appended, Draft,
+};
 use crate::session::{Outgoing, SessionActor, SessionArgs, SessionMsg};
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -235,19 +237,40 @@ impl Router {
         attachments: Vec<Attachment>,
         origin: Option<ConnRef>,
     ) -> Result<(Message, bool), ActorError> {
+        let draft = Draft {
+            client_msg_id,
+            body,
+            refers,
+            attachments,
+        };
+        self.append_many(sender, conversation, vec![draft], origin)
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(ActorError::BadPayload("no outcome for an append".into())))
+    }
+
+    /// Appends messages of one sender to a conversation at its owner, in the order given, in
+    /// one request and one log write: one outcome per draft, in order. An error for the whole
+    /// request means none of them was acknowledged (any may have been stored; a retry with
+    /// the same client ids finds them).
+    pub async fn append_many(
+        &self,
+        sender: UserId,
+        conversation: ConversationId,
+        drafts: Vec<Draft>,
+        origin: Option<ConnRef>,
+    ) -> Result<Vec<Appended>, ActorError> {
+        let count = drafts.len();
         // Membership is checked by the conversation's owner, against the log's order: this
         // node's copy of the metadata may not show a change the owner has written yet.
         let body = ActorRequestBody::Append {
             conversation,
             sender,
-            client_msg_id,
-            body,
-            refers,
-            attachments,
+            drafts,
             origin,
         };
         match self.route(Target::Conversation(conversation), body).await? {
-            ActorReply::Appended { message, duplicate } => Ok((message, duplicate)),
+            ActorReply::Appended(outcomes) if outcomes.len() == count => Ok(outcomes),
             _ => Err(ActorError::BadPayload("unexpected reply to append".into())),
         }
     }
@@ -990,28 +1013,23 @@ impl Router {
             ActorRequestBody::Append {
                 conversation,
                 sender,
-                client_msg_id,
-                body,
-                refers,
-                attachments,
+                drafts,
                 origin,
             } => {
-                let system = matches!(refers, Some(MessageRef::Group { .. }));
+                let system =
+                    drafts.len() == 1 && matches!(drafts[0].refers, Some(MessageRef::Group { .. }));
                 if !system && !self.may_concern(&conversation, sender) {
                     return Err(ActorError::Forbidden);
                 }
                 let actor = self.conversation_actor(conversation).await?;
                 call(&actor, |reply| ConversationMsg::Append {
                     sender,
-                    client_msg_id,
-                    body,
-                    refers,
-                    attachments,
+                    drafts,
                     origin,
                     reply,
                 })
                 .await?
-                .map(|(message, duplicate)| ActorReply::Appended { message, duplicate })
+                .map(ActorReply::Appended)
             }
             ActorRequestBody::History {
                 conversation,

@@ -7,14 +7,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chat_actors::peer_wire::{decode, encode, ActorReply, ActorRequest, ActorRequestBody};
-use chat_actors::{ActorError, LocalLogs, Router};
+use chat_actors::{ActorError, Draft, LocalLogs, Router};
 use chat_cluster::transport::{
     serve, Channel, PeerError, PeerHandler, PeerHandlerFuture, Transport,
 };
 use chat_cluster::{ClusterSettings, Metadata, NodeInfo};
 use chat_storage::{AppendRequest, Durability, RocksConversationLog, RocksUserEventLog, Store};
 use chat_types::{
-    ClientMsgId, ConversationId, EventSeq, NodeId, RingEpoch, Seq, UserEvent, UserId,
+    ClientMsgId, ConversationId, EventSeq, MessageRef, NodeId, RingEpoch, Seq, UserEvent, UserId,
 };
 
 struct Dispatch {
@@ -205,6 +205,41 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
         .await
         .expect("retry at the owner");
     assert_eq!((m.seq, dup, m.body.as_str()), (Seq(1), true, "via node 2"));
+    // Several drafts through node 2 travel as one request and are stored in order; each
+    // gets its own outcome, a retry its original and a bad reference its own refusal.
+    let draft = |cmid: &str, body: &str, refers| Draft {
+        client_msg_id: ClientMsgId::new(cmid).expect("id"),
+        body: body.into(),
+        refers,
+        attachments: Vec::new(),
+    };
+    let outcomes = b
+        .router
+        .append_many(
+            UserId(1),
+            conv,
+            vec![
+                draft("x3", "second", None),
+                draft("x1", "first, retried", None),
+                draft("x4", "", Some(MessageRef::Delete { seq: Seq(40) })),
+                draft("x5", "third", None),
+            ],
+            None,
+        )
+        .await
+        .expect("a batch routed to the owner");
+    let seen: Vec<Result<(u64, bool, String), ActorError>> = outcomes
+        .into_iter()
+        .map(|o| o.map(|(m, dup)| (m.seq.0, dup, m.body)))
+        .collect();
+    assert_eq!(seen[0], Ok((2, false, "second".into())));
+    assert_eq!(seen[1], Ok((1, true, "via node 2".into())));
+    assert!(
+        matches!(seen[2], Err(ActorError::InvalidArgument(_))),
+        "{:?}",
+        seen[2]
+    );
+    assert_eq!(seen[3], Ok((3, false, "third".into())));
     assert_eq!(
         b.router.stats().conversations,
         0,
@@ -216,7 +251,11 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
         .history(UserId(1), conv, None, None, 10)
         .await
         .expect("history via node 2");
-    assert_eq!((head, page.len()), (Seq(1), 1));
+    let bodies: Vec<&str> = page.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(
+        (head, bodies),
+        (Seq(3), vec!["via node 2", "second", "third"])
+    );
 
     // A request from a newer epoch than the node has seen waits, then is judged by the
     // node's ring: still not the owner.

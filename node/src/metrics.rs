@@ -9,6 +9,7 @@ pub struct Metrics {
     pub ws_frames_in_total: AtomicU64,
     pub messages_appended_total: AtomicU64,
     pub messages_deduplicated_total: AtomicU64,
+    pub send_batches_total: AtomicU64,
     pub client_errors_total: AtomicU64,
     pub registrations_total: AtomicU64,
     pub logins_total: AtomicU64,
@@ -70,6 +71,12 @@ impl Metrics {
             "counter",
             "Sends answered from the dedup record.",
             c(&self.messages_deduplicated_total),
+        );
+        line(
+            "chat_send_batches_total",
+            "counter",
+            "Requests to conversation owners carrying a client's sends (sends queued behind each other share one).",
+            c(&self.send_batches_total),
         );
         line(
             "chat_client_errors_total",

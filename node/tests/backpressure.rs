@@ -6,8 +6,8 @@ mod harness;
 
 use std::time::Duration;
 
-use chat_client::Connection;
-use chat_types::{ClientMsgId, ConversationId};
+use chat_client::{Connection, RawEvent};
+use chat_types::{ClientFrame, ClientMsgId, ConversationId, ErrorCode, Seq, ServerFrame};
 use futures_util::future::join_all;
 use harness::{must_be_ready, must_sign_up, NodeProc};
 
@@ -65,5 +65,164 @@ async fn a_client_sending_many_messages_while_receiving_many_is_not_closed() {
                 Err(e) => panic!("{who}'s connection failed after {got} messages: {e}"),
             }
         }
+    }
+}
+
+/// A client that sends without waiting for acks has its sends to one conversation go to the
+/// owner together; each is still stored in the order sent and answered in the order asked,
+/// whatever else sits between them: another request, a bad send, a retry, a send elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_queued_behind_each_other_are_stored_and_answered_in_the_order_sent() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = root.path().join("node.toml");
+    std::fs::write(&config, "[rate_limits]\nsends_per_second = 100000\n").expect("config");
+    let mut node = NodeProc::new(root.path(), "n1", None);
+    node.env = vec![("CHAT_CONFIG".into(), config.display().to_string())];
+    node.start();
+    must_be_ready(&node, 1).await;
+    let api = node.api();
+    let (alice, at) = must_sign_up(&api, "order_alice").await;
+    let (bob, _) = must_sign_up(&api, "order_bob").await;
+    let (carol, _) = must_sign_up(&api, "order_carol").await;
+    let (with_bob, with_carol) = (
+        ConversationId::direct(alice, bob),
+        ConversationId::direct(alice, carol),
+    );
+    let (a, _) = Connection::connect(&api.ws_url(&at)).await.expect("alice");
+
+    const FRAMES: usize = 300;
+    let send = |id: String, conversation, cmid: String, body: String| ClientFrame::Send {
+        id,
+        conversation,
+        client_msg_id: ClientMsgId::new(cmid).expect("id"),
+        body,
+        refers: None,
+        attachments: Vec::new(),
+    };
+    // What each request is, and so what its answer must be.
+    let mut expected_bob_bodies = Vec::new();
+    let mut frames = Vec::new();
+    for i in 0..FRAMES {
+        let id = format!("r{i}");
+        let frame = match i {
+            50 => ClientFrame::Ping { id },
+            100 => send(id, with_bob, "empty".into(), String::new()),
+            120 => send(id, with_bob, "m10".into(), "m10 again".into()),
+            150 => send(id, with_carol, "c150".into(), "to carol".into()),
+            _ => {
+                expected_bob_bodies.push(format!("m{i}"));
+                send(id, with_bob, format!("m{i}"), format!("m{i}"))
+            }
+        };
+        frames.push(frame);
+    }
+    for f in &frames {
+        a.send_frame(f).await.expect("send a frame");
+    }
+
+    let mut answers = Vec::new();
+    while answers.len() < FRAMES {
+        match a.next_raw_frame(Duration::from_secs(20)).await {
+            Ok(Some(RawEvent::Frame(f))) => {
+                if answer_id(&f).is_some_and(|id| id.starts_with('r')) {
+                    answers.push(f);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{} of {FRAMES} answers", answers.len()),
+            Err(e) => panic!("connection failed after {} answers: {e}", answers.len()),
+        }
+    }
+    let mut next_seq = 1;
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            answer_id(answer),
+            Some(format!("r{i}").as_str()),
+            "answers in request order"
+        );
+        match (i, answer) {
+            (50, ServerFrame::Pong { .. }) => {}
+            (100, ServerFrame::Error { error, .. }) => {
+                assert_eq!(error.code, ErrorCode::InvalidArgument, "{error:?}")
+            }
+            (120, ServerFrame::Ack { seq, duplicate, .. }) => {
+                assert!(*duplicate, "a retry is a duplicate");
+                assert_eq!(*seq, Seq(11), "the retry names the original's seq");
+            }
+            (
+                150,
+                ServerFrame::Ack {
+                    conversation,
+                    seq,
+                    duplicate,
+                    ..
+                },
+            ) => assert_eq!(
+                (*conversation, *seq, *duplicate),
+                (with_carol, Seq(1), false)
+            ),
+            (
+                _,
+                ServerFrame::Ack {
+                    conversation,
+                    seq,
+                    duplicate,
+                    ..
+                },
+            ) => {
+                assert_eq!(
+                    (*conversation, *seq, *duplicate),
+                    (with_bob, Seq(next_seq), false)
+                );
+                next_seq += 1;
+            }
+            (_, other) => panic!("request {i} got {other:?}"),
+        }
+    }
+    // Stored in the order sent.
+    let mut stored = Vec::new();
+    let mut after = Seq(0);
+    loop {
+        let page = a
+            .history(with_bob, Some(after), None, Some(100))
+            .await
+            .expect("history");
+        let Some(last) = page.messages.last() else {
+            break;
+        };
+        after = last.seq;
+        stored.extend(page.messages.into_iter().map(|m| m.body));
+    }
+    assert_eq!(stored, expected_bob_bodies);
+
+    // They did go together: fewer requests to the owner than sends.
+    let (_, metrics) = harness::reqwest_lite::Client
+        .get(&format!("{}/metrics", node.base_url()))
+        .await
+        .expect("metrics");
+    let counter = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    };
+    let (appended, batches) = (
+        counter("chat_messages_appended_total "),
+        counter("chat_send_batches_total "),
+    );
+    assert_eq!(appended as usize, expected_bob_bodies.len() + 1);
+    assert!(
+        batches < appended,
+        "{appended} sends went out in {batches} requests: none queued behind another"
+    );
+}
+
+/// The request id a reply names (the replies this file asks for).
+fn answer_id(frame: &ServerFrame) -> Option<&str> {
+    match frame {
+        ServerFrame::Ack { id, .. } | ServerFrame::Pong { id } => Some(id),
+        ServerFrame::Error { id, .. } => id.as_deref(),
+        _ => None,
     }
 }

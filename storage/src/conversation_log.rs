@@ -1,9 +1,11 @@
 //! Conversation logs: the messages of each conversation in seq order, the head (last seq) and
 //! the client-message-id dedup records.
 //!
-//! One append is one `WriteBatch` holding the message, the new head and the dedup record, so
-//! a crash leaves either all three or none: a retry after a crash finds the dedup record
-//! exactly when the message exists, and never gets a second seq for the same client id.
+//! One append is one `WriteBatch` holding the messages, their dedup records and the new head,
+//! so a crash leaves either all of them or none: a retry after a crash finds the dedup record
+//! exactly when the message exists, and never gets a second seq for the same client id. An
+//! append may carry several messages of one conversation (a client's sends that queued up
+//! together): they take consecutive seqs in the order given, in one write.
 //!
 //! The conversation actor is the single writer of its conversation; the log still serialises
 //! appends per conversation (striped locks) so that a second writer in the same process could
@@ -65,7 +67,16 @@ pub trait ConversationLog: Send + Sync {
     /// Whether writes wait for an fsync (then callers keep them off async worker threads).
     fn syncs(&self) -> bool;
     /// Appends at `head + 1`, or returns the original message for a repeated client id.
-    fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError>;
+    fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
+        self.append_many(vec![req])?
+            .pop()
+            .ok_or_else(|| StorageError::Io("an append of one message returned nothing".into()))
+    }
+    /// Appends messages of one conversation, all under one epoch, in one write: each at the
+    /// next seq in turn, or, for a client id already stored (or earlier in the same batch),
+    /// the original message. One outcome per request, in order. A batch that mixes
+    /// conversations or epochs is refused whole.
+    fn append_many(&self, reqs: Vec<AppendRequest>) -> Result<Vec<AppendOutcome>, StorageError>;
     /// The last assigned seq (0 when empty).
     fn head(&self, conv: &ConversationId) -> Result<Seq, StorageError>;
     /// Stores messages assigned by the owner at `epoch`, at their own seqs. Messages already
@@ -278,73 +289,96 @@ impl ConversationLog for RocksConversationLog {
         self.durability == Durability::Fsync
     }
 
-    fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StorageError> {
-        let mut stripe = self.lock(&req.conversation);
+    fn append_many(&self, reqs: Vec<AppendRequest>) -> Result<Vec<AppendOutcome>, StorageError> {
+        let Some(first) = reqs.first() else {
+            return Ok(Vec::new());
+        };
+        let (conv, epoch) = (first.conversation, first.epoch);
+        if reqs
+            .iter()
+            .any(|r| r.conversation != conv || r.epoch != epoch)
+        {
+            return Err(StorageError::MixedBatch);
+        }
+        let mut stripe = self.lock(&conv);
         let db = self.store.db();
-        let dkey = dedup_key(&req.conversation, req.sender, req.client_msg_id.as_str());
-        if let Some(v) = db.get_pinned_cf(self.store.cf(CF_DEDUP)?, &dkey)? {
-            let seq = Seq(decode_u64_v1(CF_DEDUP, &dkey, &v)?);
-            return Ok(AppendOutcome {
-                message: self.get_message(&req.conversation, seq)?,
-                duplicate: true,
+        let known = self.known(&mut stripe, &conv)?;
+        self.check_known_fence(known, epoch)?;
+        let (cf_msg, cf_dedup) = (self.store.cf(CF_MSG)?, self.store.cf(CF_DEDUP)?);
+        let cf_feed = self.store.cf(CF_INDEX_FEED)?;
+        let mut batch = WriteBatch::default();
+        let mut head = known.head;
+        let mut outcomes = Vec::with_capacity(reqs.len());
+        // Client ids this batch assigns, so that a repeat inside it is a duplicate too.
+        let mut assigned: HashMap<Vec<u8>, usize> = HashMap::new();
+        for req in reqs {
+            let dkey = dedup_key(&conv, req.sender, req.client_msg_id.as_str());
+            if let Some(&i) = assigned.get(&dkey) {
+                let original: &AppendOutcome = &outcomes[i];
+                let message = original.message.clone();
+                outcomes.push(AppendOutcome {
+                    message,
+                    duplicate: true,
+                });
+                continue;
+            }
+            if let Some(v) = db.get_pinned_cf(cf_dedup, &dkey)? {
+                let seq = Seq(decode_u64_v1(CF_DEDUP, &dkey, &v)?);
+                outcomes.push(AppendOutcome {
+                    message: self.get_message(&conv, seq)?,
+                    duplicate: true,
+                });
+                continue;
+            }
+            head = head.next();
+            let mkey = message_key(&conv, head);
+            let record = StoredMessageV1 {
+                sender: req.sender,
+                client_msg_id: req.client_msg_id,
+                body: req.body,
+                ts_ms: req.ts_ms,
+                refers: req.refers,
+                epoch: epoch.0,
+                attachments: req.attachments,
+            };
+            batch.put_cf(
+                cf_msg,
+                mkey,
+                encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
+            );
+            batch.put_cf(cf_dedup, &dkey, encode_u64_v1(head.0));
+            batch.put_cf(cf_feed, mkey, []);
+            assigned.insert(dkey, outcomes.len());
+            outcomes.push(AppendOutcome {
+                message: Message {
+                    conversation: conv,
+                    seq: head,
+                    sender: record.sender,
+                    client_msg_id: record.client_msg_id,
+                    body: record.body,
+                    ts_ms: record.ts_ms,
+                    refers: record.refers,
+                    attachments: record.attachments,
+                },
+                duplicate: false,
             });
         }
-        let known = self.known(&mut stripe, &req.conversation)?;
-        self.check_known_fence(known, req.epoch)?;
-        let seq = known.head.next();
-        let mkey = message_key(&req.conversation, seq);
-        let record = StoredMessageV1 {
-            sender: req.sender,
-            client_msg_id: req.client_msg_id,
-            body: req.body,
-            ts_ms: req.ts_ms,
-            refers: req.refers,
-            epoch: req.epoch.0,
-            attachments: req.attachments,
-        };
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.store.cf(CF_MSG)?,
-            mkey,
-            encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
-        );
+        if head == known.head {
+            return Ok(outcomes);
+        }
         batch.put_cf(
             self.store.cf(CF_HEAD)?,
-            req.conversation.to_key(),
-            encode_u64_v1(seq.0),
+            conv.to_key(),
+            encode_u64_v1(head.0),
         );
-        batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(seq.0));
-        batch.put_cf(self.store.cf(CF_INDEX_FEED)?, mkey, []);
-        if req.epoch != known.fence {
-            fence::put(
-                &self.store,
-                &mut batch,
-                &req.conversation.to_key(),
-                req.epoch,
-            )?;
+        if epoch != known.fence {
+            fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
         }
         db.write_opt(batch, &Store::write_opts(self.durability))?;
-        self.feed.written([(req.conversation, seq)]);
-        stripe.insert(
-            req.conversation,
-            Known {
-                head: seq,
-                fence: req.epoch,
-            },
-        );
-        Ok(AppendOutcome {
-            message: Message {
-                conversation: req.conversation,
-                seq,
-                sender: record.sender,
-                client_msg_id: record.client_msg_id,
-                body: record.body,
-                ts_ms: record.ts_ms,
-                refers: record.refers,
-                attachments: record.attachments,
-            },
-            duplicate: false,
-        })
+        self.feed
+            .written((known.head.0 + 1..=head.0).map(|s| (conv, Seq(s))));
+        stripe.insert(conv, Known { head, fence: epoch });
+        Ok(outcomes)
     }
 
     fn head(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
@@ -642,6 +676,70 @@ mod tests {
         let other = log.append(req(c, 2, "m1", "hi")).expect("append");
         assert!(!other.duplicate);
         assert_eq!(other.message.seq, Seq(2));
+    }
+
+    #[test]
+    fn a_batch_takes_consecutive_seqs_and_a_repeat_inside_it_is_a_duplicate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let c = ConversationId::direct(UserId(1), UserId(2));
+        log.append(req(c, 1, "m1", "first")).expect("append");
+        let out = log
+            .append_many(vec![
+                req(c, 1, "m2", "second"),
+                req(c, 1, "m1", "first, retried"),
+                req(c, 2, "m1", "the other member's"),
+                req(c, 1, "m2", "second, repeated in the batch"),
+                req(c, 1, "m3", "third"),
+            ])
+            .expect("append batch");
+        let seen: Vec<(u64, bool, &str)> = out
+            .iter()
+            .map(|o| (o.message.seq.0, o.duplicate, o.message.body.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (2, false, "second"),
+                (1, true, "first"),
+                (3, false, "the other member's"),
+                (2, true, "second"),
+                (4, false, "third"),
+            ]
+        );
+        assert_eq!(log.head(&c).expect("head"), Seq(4));
+        let stored: Vec<String> = log
+            .read_after(&c, Seq(0), 10)
+            .expect("read")
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(stored, ["first", "second", "the other member's", "third"]);
+        // Reopened, the dedup records of the whole batch are there.
+        drop(log);
+        let log = must_open(dir.path());
+        let again = log
+            .append(req(c, 1, "m3", "third, retried"))
+            .expect("append");
+        assert!(again.duplicate);
+        assert_eq!(again.message.seq, Seq(4));
+    }
+
+    #[test]
+    fn a_batch_mixing_conversations_or_epochs_is_refused_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = must_open(dir.path());
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(1), UserId(3));
+        let mixed = log.append_many(vec![req(a, 1, "m1", "x"), req(b, 1, "m1", "y")]);
+        assert!(matches!(mixed, Err(StorageError::MixedBatch)), "{mixed:?}");
+        let mut later = req(a, 1, "m2", "y");
+        later.epoch = RingEpoch(2);
+        let mixed = log.append_many(vec![req(a, 1, "m1", "x"), later]);
+        assert!(matches!(mixed, Err(StorageError::MixedBatch)), "{mixed:?}");
+        assert_eq!(log.head(&a).expect("head"), Seq(0));
+        assert_eq!(log.head(&b).expect("head"), Seq(0));
+        assert!(log.append_many(Vec::new()).expect("empty").is_empty());
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub enum StorageError {
     StaleEpoch { epoch: u64, fence: u64 },
     #[error("storage task failed: {0}")]
     Io(String),
+    /// An append batch mixed conversations or epochs (a caller's mistake; nothing written).
+    #[error("an append batch must hold one conversation under one epoch")]
+    MixedBatch,
     #[error("missing column family {0}")]
     MissingColumnFamily(&'static str),
 }

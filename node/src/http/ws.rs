@@ -5,7 +5,8 @@
 //! main runtime: per connection, a writer that owns the socket (it writes replies and pushes
 //! as they come) and a request worker that handles requests one at a time, so that one
 //! client's sends are stored in the order it sent them, while a slow request never holds up
-//! the pushes.
+//! the pushes. Sends to one conversation that queued up behind each other go to its owner as
+//! one request and are stored in one write, still in order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +19,9 @@ use actix_ws::{
 use chat_actors::{ConnRef, Outbound};
 use chat_types::rest::ProfileUpdate;
 use chat_types::{
-    close, validate_body, ClientFrame, ConversationInfo, ErrorCode, MessageRef, PresenceStatus,
-    ServerFrame, UserId, UserSummary, WireError, PROTOCOL_VERSION,
+    close, validate_body, ClientFrame, ClientMsgId, ConversationId, ConversationInfo, ErrorCode,
+    MediaId, Message, MessageRef, PresenceStatus, ServerFrame, UserId, UserSummary, WireError,
+    PROTOCOL_VERSION,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -105,6 +107,10 @@ struct Conn {
     /// Whether `hello` was answered (the writer's idle timeout depends on it).
     greeted: Arc<AtomicBool>,
     bad_frames: u32,
+    /// The requests the writer hands over, in the order the client sent them.
+    requests: mpsc::Receiver<Request>,
+    /// A request taken off the queue while gathering sends, handled next.
+    held: Option<Request>,
 }
 
 enum Next {
@@ -117,6 +123,9 @@ enum Next {
 const REQUEST_QUEUE: usize = 256;
 /// Frames the writer takes off the connection's queue at once, at most.
 const WRITE_RUN: usize = 64;
+/// Sends to one conversation that queued up behind each other and go to its owner together
+/// (one request, one log write), at most.
+const SEND_BATCH: usize = 64;
 
 /// One connection, as two tasks: the writer owns the socket (it reads the client's frames
 /// off the read loop, hands requests to the worker and writes whatever the outbound queue
@@ -143,8 +152,10 @@ async fn run_connection(
         out: out_tx.clone(),
         greeted: greeted.clone(),
         bad_frames: 0,
+        requests: req_rx,
+        held: None,
     };
-    let mut worker = tokio::spawn(worker.run(req_rx));
+    let mut worker = tokio::spawn(worker.run());
     let mut worker_done = false;
     // A request read while the worker's queue is full waits here, and reading stops until it
     // is taken (TCP then pushes back on the client); the writer keeps writing meanwhile.
@@ -234,8 +245,23 @@ async fn run_connection(
 /// A client frame for the request worker.
 enum Request {
     Text(String),
+    /// A frame already decoded (while gathering the sends queued behind a send).
+    Frame(Box<ClientFrame>),
     /// Refused: the protocol is JSON text.
     Binary,
+}
+
+/// What a send got: the stored message and whether it was a retry, or why not; `None` while
+/// its draft is at the conversation's owner.
+type SendAnswer = Option<Result<(Message, bool), WireError>>;
+
+/// A `send` frame's parts, waiting to go out with the sends queued behind it.
+struct QueuedSend {
+    id: String,
+    client_msg_id: ClientMsgId,
+    body: String,
+    refers: Option<MessageRef>,
+    attachments: Vec<MediaId>,
 }
 
 fn is_revoked(state: &AppState, principal: &Principal) -> bool {
@@ -325,8 +351,15 @@ async fn send_frame(session: &mut Session, frame: &ServerFrame) -> Result<(), ac
 impl Conn {
     /// Handles requests in order until the writer closes the queue or a request closes the
     /// connection; then detaches the connection from its user's session.
-    async fn run(mut self, mut requests: mpsc::Receiver<Request>) {
-        while let Some(request) = requests.recv().await {
+    async fn run(mut self) {
+        loop {
+            let request = match self.held.take() {
+                Some(r) => r,
+                None => match self.requests.recv().await {
+                    Some(r) => r,
+                    None => break,
+                },
+            };
             if self.out.is_closed() {
                 // The socket is gone: what it still had queued is not answered, as if unsent.
                 break;
@@ -335,6 +368,10 @@ impl Conn {
             // inline while idle (~6 KiB per connection).
             let next = match request {
                 Request::Text(text) => Box::pin(self.handle_text(&text)).await,
+                Request::Frame(frame) => match self.revoked() {
+                    Some(close) => close,
+                    None => Box::pin(self.handle_frame(*frame)).await,
+                },
                 Request::Binary => {
                     self.bad_frame(
                         None,
@@ -391,10 +428,13 @@ impl Conn {
         if let Some(close) = self.revoked() {
             return close;
         }
-        let frame = match ClientFrame::decode(text) {
-            Ok(f) => f,
-            Err((id, e)) => return self.bad_frame(id, e).await,
-        };
+        match ClientFrame::decode(text) {
+            Ok(frame) => self.handle_frame(frame).await,
+            Err((id, e)) => self.bad_frame(id, e).await,
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: ClientFrame) -> Next {
         if let ClientFrame::Hello {
             id,
             version,
@@ -482,65 +522,15 @@ impl Conn {
                 refers,
                 attachments,
             } => {
-                let limits = self.state.config.wire_limits();
-                if let Err(e) = check_send_body(&body, refers, attachments.len(), &limits) {
-                    return self.error(Some(id), e).await;
-                }
-                let user = self.principal.user_id;
-                if let Err(e) = self.state.limits.send(user) {
-                    return self.error(Some(id), e).await;
-                }
-                if let Err(e) = social::check_direct(&self.state, user, &conversation) {
-                    return self.error(Some(id), e).await;
-                }
-                let attachments = if attachments.is_empty() {
-                    Vec::new()
-                } else {
-                    match super::media::resolve_attachments(
-                        &self.state,
-                        user,
-                        conversation,
-                        &attachments,
-                    )
-                    .await
-                    {
-                        Ok(a) => a,
-                        Err(e) => return self.error(Some(id), e).await,
-                    }
-                };
-                let router = self.state.router.clone();
-                let origin = self.conn;
-                match router
-                    .append(
-                        user,
-                        conversation,
-                        client_msg_id,
-                        body,
-                        refers,
-                        attachments,
-                        origin,
-                    )
-                    .await
-                {
-                    Ok((message, duplicate)) => {
-                        let m = &self.state.metrics;
-                        Metrics::inc(if duplicate {
-                            &m.messages_deduplicated_total
-                        } else {
-                            &m.messages_appended_total
-                        });
-                        self.reply(ServerFrame::Ack {
-                            id,
-                            conversation,
-                            client_msg_id: message.client_msg_id,
-                            seq: message.seq,
-                            ts_ms: message.ts_ms,
-                            duplicate,
-                        })
-                        .await
-                    }
-                    Err(e) => self.error(Some(id), e.to_wire()).await,
-                }
+                let mut sends = vec![QueuedSend {
+                    id,
+                    client_msg_id,
+                    body,
+                    refers,
+                    attachments,
+                }];
+                self.gather_sends(conversation, &mut sends);
+                self.send(conversation, sends).await
             }
             ClientFrame::History {
                 id,
@@ -623,6 +613,133 @@ impl Conn {
             }
             social_frame => self.handle_social(social_frame).await,
         }
+    }
+
+    /// Takes the sends to `conversation` queued right behind the one in hand (up to
+    /// [`SEND_BATCH`]), so that they reach the owner together; the first other request stays
+    /// next in line.
+    fn gather_sends(&mut self, conversation: ConversationId, sends: &mut Vec<QueuedSend>) {
+        while sends.len() < SEND_BATCH {
+            let Ok(next) = self.requests.try_recv() else {
+                return;
+            };
+            let Request::Text(text) = next else {
+                self.held = Some(next);
+                return;
+            };
+            match ClientFrame::decode(&text) {
+                Ok(ClientFrame::Send {
+                    id,
+                    conversation: c,
+                    client_msg_id,
+                    body,
+                    refers,
+                    attachments,
+                }) if c == conversation => sends.push(QueuedSend {
+                    id,
+                    client_msg_id,
+                    body,
+                    refers,
+                    attachments,
+                }),
+                Ok(frame) => {
+                    self.held = Some(Request::Frame(Box::new(frame)));
+                    return;
+                }
+                // Decoded again when its turn comes, and answered with the error then.
+                Err(_) => {
+                    self.held = Some(Request::Text(text));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Checks each send, stores those that pass at the conversation's owner in one request
+    /// (in the order sent) and answers each, in order: an ack or an error.
+    async fn send(&mut self, conversation: ConversationId, sends: Vec<QueuedSend>) -> Next {
+        let user = self.principal.user_id;
+        let limits = self.state.config.wire_limits();
+        let direct = social::check_direct(&self.state, user, &conversation);
+        // Per send, its id and its answer.
+        let mut answers: Vec<(String, SendAnswer)> = Vec::with_capacity(sends.len());
+        let mut drafts = Vec::with_capacity(sends.len());
+        for s in sends {
+            let checked = check_send_body(&s.body, s.refers, s.attachments.len(), &limits)
+                .and_then(|()| self.state.limits.send(user))
+                .and_then(|()| direct.clone());
+            let attachments = match checked {
+                Err(e) => Err(e),
+                Ok(()) if s.attachments.is_empty() => Ok(Vec::new()),
+                Ok(()) => {
+                    super::media::resolve_attachments(
+                        &self.state,
+                        user,
+                        conversation,
+                        &s.attachments,
+                    )
+                    .await
+                }
+            };
+            match attachments {
+                Ok(attachments) => {
+                    answers.push((s.id, None));
+                    drafts.push(chat_actors::Draft {
+                        client_msg_id: s.client_msg_id,
+                        body: s.body,
+                        refers: s.refers,
+                        attachments,
+                    });
+                }
+                Err(e) => answers.push((s.id, Some(Err(e)))),
+            }
+        }
+        let mut outcomes = if drafts.is_empty() {
+            Ok(Vec::new().into_iter())
+        } else {
+            Metrics::inc(&self.state.metrics.send_batches_total);
+            let router = self.state.router.clone();
+            router
+                .append_many(user, conversation, drafts, self.conn)
+                .await
+                .map(Vec::into_iter)
+        };
+        for (_, answer) in answers.iter_mut().filter(|(_, a)| a.is_none()) {
+            let outcome = match &mut outcomes {
+                Ok(each) => each.next().unwrap_or_else(|| {
+                    Err(chat_actors::ActorError::BadPayload("no outcome".into()))
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            *answer = Some(outcome.map_err(|e| e.to_wire()));
+        }
+        for (id, answer) in answers {
+            let next = match answer {
+                Some(Ok((message, duplicate))) => {
+                    let m = &self.state.metrics;
+                    Metrics::inc(if duplicate {
+                        &m.messages_deduplicated_total
+                    } else {
+                        &m.messages_appended_total
+                    });
+                    self.reply(ServerFrame::Ack {
+                        id,
+                        conversation,
+                        client_msg_id: message.client_msg_id,
+                        seq: message.seq,
+                        ts_ms: message.ts_ms,
+                        duplicate,
+                    })
+                    .await
+                }
+                Some(Err(e)) => self.error(Some(id), e).await,
+                None => Next::Continue,
+            };
+            if let Next::Close(code, reason) = next {
+                return Next::Close(code, reason);
+            }
+        }
+        Next::Continue
     }
 
     /// Read marks, typing, presence and the conversation list.
@@ -895,7 +1012,7 @@ impl Conn {
         let (other_id, other_name) =
             other.ok_or_else(|| WireError::new(ErrorCode::NotFound, "no such user"))?;
         let me = self.principal.user_id;
-        let conversation = chat_types::ConversationId::direct(me, other_id);
+        let conversation = ConversationId::direct(me, other_id);
         social::check_direct(&self.state, me, &conversation)?;
         let (head, _) = self
             .state
