@@ -155,3 +155,52 @@ async fn single_node_answers_bad_input_with_clear_errors_and_loses_nothing() {
     assert!(closed.is_ok() || matches!(closed, Err(ClientError::Closed { .. })));
     n.stop();
 }
+
+/// A connection that sends nothing for two heartbeats is closed (resumable); one whose client
+/// keeps pinging stays open however long it is idle otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_two_heartbeats_and_a_pinging_one_is_kept() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = root.path().join("node.toml");
+    std::fs::write(&config, "[limits]\nheartbeat_ms = 1000\n").expect("config");
+    let mut node = NodeProc::new(root.path(), "n1", None);
+    node.env = vec![("CHAT_CONFIG".into(), config.display().to_string())];
+    node.start();
+    must_be_ready(&node, 1).await;
+    let api = node.api();
+    let (_, token) = harness::must_sign_up(&api, "idle_carol").await;
+    let quiet = ConnectionConfig {
+        heartbeat: false,
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let (silent, _) = Connection::connect_with(&api.ws_url(&token), quiet)
+        .await
+        .expect("connect the silent one");
+    let (pinging, _) = Connection::connect(&api.ws_url(&token))
+        .await
+        .expect("connect the pinging one");
+
+    let closed = silent
+        .wait_closed(Duration::from_secs(20))
+        .await
+        .expect("the silent connection is closed");
+    assert_eq!(closed.code, Some(close::GOING_AWAY), "{closed:?}");
+    assert!(closed.reason.contains("heartbeats"), "{closed:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "closed after {:?}, before two heartbeats",
+        started.elapsed()
+    );
+    // Twice as long again: the pings keep the other one open.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        pinging.close_status().is_none(),
+        "{:?}",
+        pinging.close_status()
+    );
+    pinging
+        .ping()
+        .await
+        .expect("the pinging connection still answers");
+}
