@@ -292,25 +292,15 @@ impl ConversationState {
             }
         };
         // A retried send goes out again as stored, with the epoch of the owner that first
-        // wrote it, so that every replica ends up with the same entry.
+        // wrote it, so that every replica ends up with the same entry (once per seq).
         let mut entries = std::collections::BTreeMap::new();
         for outcome in &stored {
-            let seq = outcome.message.seq;
-            let written = if outcome.duplicate {
-                self.log
-                    .read_written_after(&self.conversation, Seq(seq.0.saturating_sub(1)), 1)
-                    .ok()
-                    .and_then(|w| w.into_iter().next())
-                    .filter(|w| w.message.seq == seq)
-            } else {
-                None
-            };
-            entries.entry(seq).or_insert_with(|| {
-                written.unwrap_or_else(|| chat_storage::Written {
+            entries
+                .entry(outcome.message.seq)
+                .or_insert_with(|| chat_storage::Written {
                     message: outcome.message.clone(),
-                    epoch,
-                })
-            });
+                    epoch: outcome.epoch,
+                });
         }
         let entries = Entries::Messages(entries.into_values().collect());
         let log_ref = LogRef::Conversation(self.conversation);

@@ -60,6 +60,9 @@ pub struct AppendOutcome {
     pub message: Message,
     /// True when `(sender, client_msg_id)` was already in this conversation.
     pub duplicate: bool,
+    /// The ring epoch the message was written under: this append's, or for a duplicate
+    /// the one of the owner that first wrote it (replicas must get it as stored).
+    pub epoch: RingEpoch,
 }
 
 /// The log of every conversation this node holds.
@@ -250,10 +253,6 @@ impl RocksConversationLog {
         fence::check(known.fence, epoch)
     }
 
-    fn decode_message(key: &[u8], value: &[u8]) -> Result<Message, StorageError> {
-        Self::decode_written(key, value).map(|w| w.message)
-    }
-
     pub(crate) fn decode_written(key: &[u8], value: &[u8]) -> Result<Written, StorageError> {
         let (conversation, seq) =
             split_message_key(key).ok_or_else(|| StorageError::corrupt(CF_MSG, key))?;
@@ -273,14 +272,14 @@ impl RocksConversationLog {
         })
     }
 
-    fn get_message(&self, conv: &ConversationId, seq: Seq) -> Result<Message, StorageError> {
+    fn get_written(&self, conv: &ConversationId, seq: Seq) -> Result<Written, StorageError> {
         let key = message_key(conv, seq);
         let value = self
             .store
             .db()
             .get_pinned_cf(self.store.cf(CF_MSG)?, key)?
             .ok_or_else(|| StorageError::corrupt(CF_DEDUP, &key))?;
-        Self::decode_message(&key, &value)
+        Self::decode_written(&key, &value)
     }
 }
 
@@ -315,18 +314,19 @@ impl ConversationLog for RocksConversationLog {
             let dkey = dedup_key(&conv, req.sender, req.client_msg_id.as_str());
             if let Some(&i) = assigned.get(&dkey) {
                 let original: &AppendOutcome = &outcomes[i];
-                let message = original.message.clone();
                 outcomes.push(AppendOutcome {
-                    message,
                     duplicate: true,
+                    ..original.clone()
                 });
                 continue;
             }
             if let Some(v) = db.get_pinned_cf(cf_dedup, &dkey)? {
                 let seq = Seq(decode_u64_v1(CF_DEDUP, &dkey, &v)?);
+                let stored = self.get_written(&conv, seq)?;
                 outcomes.push(AppendOutcome {
-                    message: self.get_message(&conv, seq)?,
+                    message: stored.message,
                     duplicate: true,
+                    epoch: stored.epoch,
                 });
                 continue;
             }
@@ -361,6 +361,7 @@ impl ConversationLog for RocksConversationLog {
                     attachments: record.attachments,
                 },
                 duplicate: false,
+                epoch,
             });
         }
         if head == known.head {
@@ -671,6 +672,12 @@ mod tests {
         let again = log.append(req(c, 1, "m1", "hello again")).expect("append");
         assert!(again.duplicate);
         assert_eq!(again.message, first.message);
+        // A retry that reaches a newer owner gets the epoch the original was written under.
+        let mut later = req(c, 1, "m1", "hello from a newer owner");
+        later.epoch = RingEpoch(2);
+        let again = log.append(later).expect("append");
+        assert!(again.duplicate);
+        assert_eq!((again.message, again.epoch), (first.message, RingEpoch(1)));
         assert_eq!(log.head(&c).expect("head"), Seq(1));
         // The same client id from the other member is a different message.
         let other = log.append(req(c, 2, "m1", "hi")).expect("append");
