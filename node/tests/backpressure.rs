@@ -9,7 +9,7 @@ use std::time::Duration;
 use chat_client::{Connection, RawEvent};
 use chat_types::{ClientFrame, ClientMsgId, ConversationId, ErrorCode, Seq, ServerFrame};
 use futures_util::future::join_all;
-use harness::{must_be_ready, must_sign_up, NodeProc};
+use harness::{must_sign_up, must_start_configured};
 
 const EACH: usize = 300;
 
@@ -32,16 +32,12 @@ async fn a_client_sending_many_messages_while_receiving_many_is_not_closed() {
     let root = tempfile::tempdir().expect("tempdir");
     // A small outbound queue, so that one that is not drained while requests are handled
     // overflows within the run.
-    let config = root.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let node = must_start_configured(
+        root.path(),
+        "n1",
         "[limits]\noutbound_queue = 32\n[rate_limits]\nsends_per_second = 100000\n",
     )
-    .expect("write config");
-    let mut node = NodeProc::new(root.path(), "n1", None);
-    node.env = vec![("CHAT_CONFIG".into(), config.display().to_string())];
-    node.start();
-    must_be_ready(&node, 1).await;
+    .await;
     let api = node.api();
     let (alice, at) = must_sign_up(&api, "bp_alice").await;
     let (bob, bt) = must_sign_up(&api, "bp_bob").await;
@@ -74,12 +70,12 @@ async fn a_client_sending_many_messages_while_receiving_many_is_not_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_queued_behind_each_other_are_stored_and_answered_in_the_order_sent() {
     let root = tempfile::tempdir().expect("tempdir");
-    let config = root.path().join("node.toml");
-    std::fs::write(&config, "[rate_limits]\nsends_per_second = 100000\n").expect("config");
-    let mut node = NodeProc::new(root.path(), "n1", None);
-    node.env = vec![("CHAT_CONFIG".into(), config.display().to_string())];
-    node.start();
-    must_be_ready(&node, 1).await;
+    let node = must_start_configured(
+        root.path(),
+        "n1",
+        "[rate_limits]\nsends_per_second = 100000\n",
+    )
+    .await;
     let api = node.api();
     let (alice, at) = must_sign_up(&api, "order_alice").await;
     let (bob, _) = must_sign_up(&api, "order_bob").await;

@@ -161,12 +161,8 @@ async fn single_node_answers_bad_input_with_clear_errors_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_after_two_heartbeats_and_a_pinging_one_is_kept() {
     let root = tempfile::tempdir().expect("tempdir");
-    let config = root.path().join("node.toml");
-    std::fs::write(&config, "[limits]\nheartbeat_ms = 1000\n").expect("config");
-    let mut node = NodeProc::new(root.path(), "n1", None);
-    node.env = vec![("CHAT_CONFIG".into(), config.display().to_string())];
-    node.start();
-    must_be_ready(&node, 1).await;
+    let node =
+        harness::must_start_configured(root.path(), "n1", "[limits]\nheartbeat_ms = 1000\n").await;
     let api = node.api();
     let (_, token) = harness::must_sign_up(&api, "idle_carol").await;
     let quiet = ConnectionConfig {

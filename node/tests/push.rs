@@ -9,7 +9,7 @@ use std::time::Duration;
 use chat_client::Connection;
 use chat_types::rest::SettingsUpdate;
 use chat_types::{ClientMsgId, ConversationId};
-use harness::{must_be_ready, must_sign_up, NodeProc};
+use harness::{must_sign_up, must_start_configured};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A push gateway on loopback: records each POST body; fails the very first request.
@@ -86,16 +86,8 @@ async fn must_collect(bodies: &Mutex<Vec<serde_json::Value>>, n: usize) -> Vec<s
 async fn offline_users_get_webhook_posts_retried_and_private_on_request() {
     let (port, bodies, requests) = must_start_gateway().await;
     let root = tempfile::tempdir().expect("tempdir");
-    let config = root.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!("[push]\nwebhook_url = \"http://127.0.0.1:{port}/push\"\nattempts = 5\n"),
-    )
-    .expect("write config");
-    let mut n = NodeProc::new(root.path(), "solo", None);
-    n.env = vec![("CHAT_CONFIG".into(), config.display().to_string())];
-    n.start();
-    must_be_ready(&n, 1).await;
+    let config = format!("[push]\nwebhook_url = \"http://127.0.0.1:{port}/push\"\nattempts = 5\n");
+    let n = must_start_configured(root.path(), "solo", &config).await;
     let api = n.api();
     let (alice, at) = must_sign_up(&api, "push_alice").await;
     let (bob, bt) = must_sign_up(&api, "push_bob").await;

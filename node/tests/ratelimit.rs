@@ -7,21 +7,17 @@ use std::time::Duration;
 
 use chat_client::Connection;
 use chat_types::{ClientMsgId, ConversationId, ErrorCode, Seq};
-use harness::{must_be_ready, NodeProc};
+use harness::must_start_configured;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_allowance_a_client_waits_and_loses_nothing() {
     let root = tempfile::tempdir().expect("tempdir");
-    let config = root.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let n = must_start_configured(
+        root.path(),
+        "solo",
         "[rate_limits]\nsends_per_second = 3\nlogins_per_minute_per_account = 3\ncontact_requests_per_minute = 2\n",
     )
-    .expect("write config");
-    let mut n = NodeProc::new(root.path(), "solo", None);
-    n.env = vec![("CHAT_CONFIG".into(), config.display().to_string())];
-    n.start();
-    must_be_ready(&n, 1).await;
+    .await;
     let api = n.api();
     let mut ids = Vec::new();
     for name in ["rl_alice", "rl_bob", "rl_carol", "rl_dave"] {

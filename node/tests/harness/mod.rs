@@ -158,6 +158,18 @@ impl Drop for NodeProc {
     }
 }
 
+/// Starts one node named `name` under `root` with `config` (TOML) as its configuration file,
+/// and waits until it serves.
+pub async fn must_start_configured(root: &Path, name: &str, config: &str) -> NodeProc {
+    let path = root.join(format!("{name}.toml"));
+    std::fs::write(&path, config).expect("write config");
+    let mut node = NodeProc::new(root, name, None);
+    node.env = vec![("CHAT_CONFIG".into(), path.display().to_string())];
+    node.start();
+    must_be_ready(&node, 1).await;
+    node
+}
+
 /// Polls `/readyz` until the node is ready with `members` ring members, up to three of
 /// them voters.
 pub async fn must_be_ready(node: &NodeProc, members: usize) -> serde_json::Value {
