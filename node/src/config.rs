@@ -91,9 +91,9 @@ pub struct NodeConfig {
     /// Log format: "text" or "json".
     pub log_format: String,
     /// Threads of the async runtime; 0: one per core. Storage writes run inline on these
-    /// threads and may wait in RocksDB's write queue: more threads than cores let
-    /// direct-message floods use the cores a waiting write leaves idle, at the cost of group
-    /// fan-out latency (docs/operations.md has the figures).
+    /// threads. More threads than cores once let direct-message floods use the cores a
+    /// waiting write left idle; since a client's queued sends share one write they no longer
+    /// carry more, and they cost group fan-out latency (docs/operations.md has the figures).
     pub worker_threads: usize,
 }
 
