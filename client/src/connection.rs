@@ -11,7 +11,7 @@
 //! task that sends and a task that reads pushes.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use chat_types::{
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Mutex as AsyncMutex};
+use tokio::sync::{mpsc, watch, Mutex as AsyncMutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -34,6 +34,9 @@ use tokio_tungstenite::{connect_async_with_config, MaybeTlsStream, WebSocketStre
 
 use crate::error::ClientError;
 use crate::routing::{Pending, Routed};
+
+/// The close reason of a connection cut by [`Connection::sever`].
+const SEVERED: &str = "severed by this client";
 
 /// How long a request waits for its reply unless configured otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,10 +212,12 @@ impl Connection {
         .map_err(|_| ClientError::Timeout)??;
         let (sink, stream) = stream.split();
         let inner = Arc::new(Inner {
-            sink: AsyncMutex::new(sink),
+            sink: AsyncMutex::new(Some(sink)),
             pending: StdMutex::new(Pending::default()),
             next_id: AtomicU64::new(1),
             last_event_seq: AtomicU64::new(0),
+            sever: Notify::new(),
+            severed: AtomicBool::new(false),
         });
         let (push_tx, push_rx) = match config.push_buffer {
             None => {
@@ -847,6 +852,26 @@ impl Connection {
         self.send_raw_text(encode(frame)?).await
     }
 
+    /// Cuts the connection as a network failure would: the socket is closed without a
+    /// WebSocket close frame, so the server learns of it only from the transport. Returns at
+    /// once; the connection closes shortly after.
+    ///
+    /// The pushes received before the cut stay readable through
+    /// [`Connection::next_message`] (which then reports [`ClientError::Closed`]), and
+    /// [`Connection::last_event_seq`] covers exactly the events received. So a client that
+    /// takes every push left and reconnects with
+    /// [`ConnectionConfig::resume_from`] set to that cursor is owed every later event once:
+    /// what the load tester's reconnect storms check.
+    pub fn sever(&self) {
+        self.inner.severed.store(true, Ordering::Relaxed);
+        self.inner.sever.notify_one();
+    }
+
+    /// Whether [`Connection::sever`] was called on this connection.
+    pub fn was_severed(&self) -> bool {
+        self.inner.severed.load(Ordering::Relaxed)
+    }
+
     /// Closes the connection (code 1000) and waits for the server's close frame.
     pub async fn close(&self) -> Result<(), ClientError> {
         if self.close_status().is_some() {
@@ -908,11 +933,15 @@ impl Connection {
 
 /// What the reader task, the heartbeat and the connection's methods share.
 struct Inner {
-    sink: AsyncMutex<SplitSink<WsStream, WsMessage>>,
+    /// `None` once the connection was severed: nothing can be sent any more.
+    sink: AsyncMutex<Option<SplitSink<WsStream, WsMessage>>>,
     pending: StdMutex<Pending>,
     next_id: AtomicU64,
     /// The highest `event_seq` received: the cursor to resume from.
     last_event_seq: AtomicU64,
+    /// Tells the reader to stop and drop the socket ([`Connection::sever`]).
+    sever: Notify,
+    severed: AtomicBool,
 }
 
 impl Inner {
@@ -946,11 +975,14 @@ impl Inner {
 
     async fn send(&self, message: WsMessage, timeout: Duration) -> Result<(), ClientError> {
         let sent = tokio::time::timeout(timeout, async {
-            self.sink.lock().await.send(message).await
+            match self.sink.lock().await.as_mut() {
+                Some(sink) => sink.send(message).await.map_err(Some),
+                None => Err(None),
+            }
         })
         .await
         .map_err(|_| ClientError::Timeout)?;
-        sent.map_err(|e| self.closed_error(Some(e)))
+        sent.map_err(|e| self.closed_error(e))
     }
 
     /// The error for a connection that cannot carry a request: how it closed if the reader
@@ -1019,7 +1051,21 @@ async fn read_loop(
     closed: watch::Sender<Option<CloseInfo>>,
 ) {
     let mut close: Option<CloseInfo> = None;
-    while let Some(item) = stream.next().await {
+    loop {
+        let item = tokio::select! {
+            // Stop between frames: a push already taken from the socket still reaches the
+            // channel, so the cursor never covers a push the application cannot read.
+            biased;
+            _ = inner.sever.notified() => {
+                close.get_or_insert(CloseInfo {
+                    code: None,
+                    reason: SEVERED.into(),
+                });
+                break;
+            }
+            item = stream.next() => item,
+        };
+        let Some(item) = item else { break };
         match item {
             Ok(WsMessage::Text(text)) => match serde_json::from_str::<ServerFrame>(&text) {
                 Ok(frame) => {
@@ -1074,6 +1120,12 @@ async fn read_loop(
                 break;
             }
         }
+    }
+    if inner.severed.load(Ordering::Relaxed) {
+        // Both halves gone: the socket closes without a close frame, as a network failure
+        // would leave it.
+        drop(stream);
+        inner.sink.lock().await.take();
     }
     let info = close.unwrap_or_else(|| CloseInfo {
         code: None,

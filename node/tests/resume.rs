@@ -228,3 +228,80 @@ async fn the_sending_connection_learns_its_cursor_so_a_resume_replays_none_of_it
     assert_eq!((first.sender, first.seq), (bob, Seq(4)));
     assert_eq!(a.last_event_seq(), EventSeq(4));
 }
+
+/// A client cut off in the middle of a stream of pushes (the socket closed without a close
+/// frame, as a network failure leaves it) keeps every push it received, and its cursor names
+/// exactly the last of them: resuming from it brings every later message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_severed_connection_keeps_what_it_received_and_resuming_from_its_cursor_brings_the_rest_once(
+) {
+    const TOTAL: u64 = 200;
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut n1 = NodeProc::new(root.path(), "n1", None);
+    n1.start();
+    must_be_ready(&n1, 1).await;
+    let api = n1.api();
+    let (alice, alice_token) = harness::must_sign_up(&api, "sever_alice").await;
+    let (bob, bob_token) = harness::must_sign_up(&api, "sever_bob").await;
+    let conv = ConversationId::direct(alice, bob);
+    let a = must_connect(&api.ws_url(&alice_token), None).await;
+    let b = must_connect(&api.ws_url(&bob_token), None).await;
+    let sender = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            a.send(conv, cmid(&format!("s{i}")), "flowing")
+                .await
+                .expect("send");
+        }
+        a
+    });
+
+    // Cut Bob off while the messages are still coming.
+    let mut got: Vec<Seq> = Vec::new();
+    while got.len() < 50 {
+        got.push(must_next(&b).await.seq);
+    }
+    b.sever();
+    assert!(b.was_severed());
+    let closed = b
+        .wait_closed(Duration::from_secs(10))
+        .await
+        .expect("closes");
+    assert_eq!(closed.code, None, "no close frame: {closed:?}");
+    assert!(
+        b.ping().await.is_err(),
+        "a severed connection carries nothing"
+    );
+    // Everything received before the cut is still there to take.
+    loop {
+        match b.next_message(Duration::from_secs(5)).await {
+            Ok(Some(m)) => got.push(m.seq),
+            Ok(None) => panic!("a severed connection ends its pushes"),
+            Err(_) => break,
+        }
+    }
+    let cursor = b.last_event_seq();
+    assert_eq!(
+        cursor,
+        EventSeq(got.len() as u64),
+        "the cursor covers exactly the pushes received"
+    );
+
+    let a = sender.await.expect("sender");
+    let b = must_connect(&api.ws_url(&bob_token), Some(cursor)).await;
+    while (got.len() as u64) < TOTAL {
+        got.push(must_next(&b).await.seq);
+    }
+    assert!(
+        b.next_message(Duration::from_millis(500))
+            .await
+            .expect("open")
+            .is_none(),
+        "nothing beyond the {TOTAL} messages"
+    );
+    let expected: Vec<Seq> = (1..=TOTAL).map(Seq).collect();
+    assert_eq!(
+        got, expected,
+        "every message once, in order, across the cut"
+    );
+    a.close().await.expect("close");
+}
