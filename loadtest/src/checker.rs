@@ -17,6 +17,12 @@
 //!   order to keep, as the protocol promises none between them);
 //! - **undelivered**: a connection that stayed open missed the push of an acknowledged message
 //!   of one of its user's conversations (sent after it opened, from another connection);
+//! - **caught up on resume**: a user's successive connections that each resumed the event
+//!   stream where the one before ended ([`Checker::observer_resumed`]) are one stream: a
+//!   message pushed again after a resume is `duplicated`, one pushed below the highest seq
+//!   an earlier connection had is `out of order`, and while the last one is open, an
+//!   acknowledged message sent to the user after the first one opened that none of them got
+//!   is `undelivered`;
 //! - **misdelivered**: a push of a conversation reached a connection of a non-member;
 //! - **unchecked**: a conversation whose history could not be read, so nothing above could be
 //!   judged for it. It counts as a violation: the oracle never passes what it did not see;
@@ -106,6 +112,11 @@ struct Observer {
     opened_at: u64,
     closed: bool,
     deliveries: BTreeMap<ConversationId, Vec<Seen>>,
+    /// The connection this one resumed the event stream of (see
+    /// [`Checker::observer_resumed`]).
+    resumed_from: Option<u32>,
+    /// The server answered the resume with `resync`: the stream starts afresh here.
+    resume_refused: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -193,18 +204,46 @@ impl Checker {
 
     /// A connection of `user` is open and will report its pushes from now on.
     pub fn observer_opened(&mut self, user: UserId) -> ObserverId {
+        self.open_observer(user, None)
+    }
+
+    fn open_observer(&mut self, user: UserId, resumed_from: Option<u32>) -> ObserverId {
         let opened_at = self.tick();
         self.observers.push(Observer {
             user,
             opened_at,
             closed: false,
             deliveries: BTreeMap::new(),
+            resumed_from,
+            resume_refused: false,
         });
         ObserverId((self.observers.len() - 1) as u32)
     }
 
-    /// The connection closed: it is no longer expected to receive every push (catching up
-    /// after a reconnect is a later version's check).
+    /// A new connection of `previous`'s user is open: it resumed the event stream from the
+    /// cursor `previous` ended with, after every push `previous` received was recorded. The
+    /// user's successive resumed connections form one chain, judged as one stream: every
+    /// message once and in order across them, and, when the last one stays open, every
+    /// message sent to the user since the first one opened.
+    pub fn observer_resumed(&mut self, previous: ObserverId) -> ObserverId {
+        let user = self.observers.get(previous.0 as usize).map(|o| o.user);
+        match user {
+            Some(user) => self.open_observer(user, Some(previous.0)),
+            // Not an observer of this checker: nothing to resume, a connection of nobody.
+            None => self.open_observer(UserId(0), None),
+        }
+    }
+
+    /// The server answered `observer`'s resume with `resync` (its cursor could not be
+    /// served): its chain starts afresh with it, owing nothing from before.
+    pub fn resume_refused(&mut self, observer: ObserverId) {
+        if let Some(o) = self.observers.get_mut(observer.0 as usize) {
+            o.resume_refused = true;
+        }
+    }
+
+    /// The connection closed: it is no longer expected to receive every push itself (a
+    /// connection that resumed from it takes over, see [`Checker::observer_resumed`]).
     pub fn observer_closed(&mut self, observer: ObserverId) {
         if let Some(o) = self.observers.get_mut(observer.0 as usize) {
             o.closed = true;
@@ -611,8 +650,11 @@ impl Checker {
                     .push((op, seq));
             }
         }
+        let chains = self.chains();
+        // The last connection of a chain owes what its chain owes (judged below).
+        let chained: HashSet<usize> = chains.iter().filter_map(|c| c.last().copied()).collect();
         for (i, obs) in self.observers.iter().enumerate() {
-            if obs.closed {
+            if obs.closed || chained.contains(&i) {
                 continue;
             }
             let id = ObserverId(i as u32);
@@ -639,6 +681,10 @@ impl Checker {
                     });
                 }
             }
+        }
+
+        for chain in &chains {
+            self.check_chain(chain, &acked_by_conv, &mut v);
         }
 
         // One sender's real-time order: a message acknowledged before the next send was
@@ -701,6 +747,107 @@ impl Checker {
             deliveries,
             counts,
             violations: v,
+        }
+    }
+}
+
+impl Checker {
+    /// The chains of resumed connections (see [`Checker::observer_resumed`]) of two or
+    /// more connections, each in the order the connections opened.
+    fn chains(&self) -> Vec<Vec<usize>> {
+        let mut head: Vec<usize> = Vec::with_capacity(self.observers.len());
+        let mut chains: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, o) in self.observers.iter().enumerate() {
+            let h = match o.resumed_from {
+                Some(p) if !o.resume_refused && (p as usize) < i => head[p as usize],
+                _ => i,
+            };
+            head.push(h);
+            chains.entry(h).or_default().push(i);
+        }
+        chains.into_values().filter(|c| c.len() > 1).collect()
+    }
+
+    /// Judges one user's resumed connections as one stream: a later connection is pushed
+    /// no seq an earlier one had (`duplicated`) and none below the highest one had (`out of
+    /// order`); when the last connection stayed open, every acknowledged message of the
+    /// user's conversations sent since the first one opened (from outside the chain)
+    /// reached one of them (`undelivered`). Each connection's own pushes are judged with
+    /// everyone else's.
+    fn check_chain(
+        &self,
+        chain: &[usize],
+        acked_by_conv: &BTreeMap<ConversationId, Vec<(&Op, Seq)>>,
+        v: &mut Vec<Violation>,
+    ) {
+        let (Some(&first), Some(&last)) = (chain.first(), chain.last()) else {
+            return;
+        };
+        let user = self.observers[first].user;
+        let mut earlier: HashMap<ConversationId, (Seq, HashSet<Seq>)> = HashMap::new();
+        for (n, &i) in chain.iter().enumerate() {
+            let obs = &self.observers[i];
+            if n > 0 {
+                for (conv, seen) in &obs.deliveries {
+                    let Some((top, had)) = earlier.get(conv) else {
+                        continue;
+                    };
+                    for m in seen {
+                        if had.contains(&m.seq) {
+                            let k = self.key_of(m.msg);
+                            v.push(Violation::Redelivered {
+                                observer: ObserverId(i as u32),
+                                user,
+                                conv: *conv,
+                                seq: m.seq,
+                                sender: k.sender,
+                                cmid: k.cmid.clone(),
+                            });
+                        } else if m.seq < *top {
+                            v.push(Violation::DeliveryOrder {
+                                observer: ObserverId(i as u32),
+                                conv: *conv,
+                                prev: *top,
+                                next: m.seq,
+                            });
+                        }
+                    }
+                }
+            }
+            for (conv, seen) in &obs.deliveries {
+                let (top, had) = earlier.entry(*conv).or_default();
+                for m in seen {
+                    *top = (*top).max(m.seq);
+                    had.insert(m.seq);
+                }
+            }
+        }
+        if self.observers[last].closed {
+            return;
+        }
+        let start = self.observers[first].opened_at;
+        let links: HashSet<ObserverId> = chain.iter().map(|&i| ObserverId(i as u32)).collect();
+        for (conv, ops) in acked_by_conv {
+            if !self.is_member(conv, user) {
+                continue;
+            }
+            let had = earlier.get(conv).map(|(_, had)| had);
+            for (op, seq) in ops {
+                let from_chain = op.via.is_some_and(|o| links.contains(&o));
+                if from_chain || op.invoked_at < start || had.is_some_and(|h| h.contains(seq)) {
+                    continue;
+                }
+                let k = &self.keys[op.key as usize];
+                v.push(Violation::NotCaughtUp {
+                    user,
+                    first: ObserverId(first as u32),
+                    last: ObserverId(last as u32),
+                    conv: *conv,
+                    seq: *seq,
+                    sender: k.sender,
+                    cmid: k.cmid.clone(),
+                });
+            }
         }
     }
 }
@@ -782,6 +929,27 @@ pub enum Violation {
         user: UserId,
         conv: ConversationId,
         pushes: u64,
+    },
+    /// A connection that resumed a user's event stream was pushed a message an earlier
+    /// connection of the chain already had.
+    Redelivered {
+        observer: ObserverId,
+        user: UserId,
+        conv: ConversationId,
+        seq: Seq,
+        sender: UserId,
+        cmid: ClientMsgId,
+    },
+    /// A user's chain of resumed connections, the last one still open, never got a message
+    /// sent to the user after the first one opened.
+    NotCaughtUp {
+        user: UserId,
+        first: ObserverId,
+        last: ObserverId,
+        conv: ConversationId,
+        seq: Seq,
+        sender: UserId,
+        cmid: ClientMsgId,
     },
     Unchecked {
         conv: ConversationId,
@@ -876,6 +1044,33 @@ impl fmt::Display for Violation {
                 "misdelivered: observer {} of non-member {user} got {pushes} pushes of {conv}",
                 observer.0
             ),
+            Violation::Redelivered {
+                observer,
+                user,
+                conv,
+                seq,
+                sender,
+                cmid,
+            } => write!(
+                f,
+                "duplicated: user {user}'s observer {} resumed the event stream and was pushed \
+                 {conv} seq {seq} ({sender}/{cmid}) again",
+                observer.0
+            ),
+            Violation::NotCaughtUp {
+                user,
+                first,
+                last,
+                conv,
+                seq,
+                sender,
+                cmid,
+            } => write!(
+                f,
+                "undelivered: user {user} never got {conv} seq {seq} ({sender}/{cmid}) on its \
+                 resumed connections (observers {} to {})",
+                first.0, last.0
+            ),
             Violation::Unchecked { conv, reason } => {
                 write!(
                     f,
@@ -912,14 +1107,14 @@ impl ViolationCounts {
         for v in violations {
             let slot = match v {
                 Violation::Lost { .. } => &mut c.lost,
-                Violation::Duplicate { .. } => &mut c.duplicated,
+                Violation::Duplicate { .. } | Violation::Redelivered { .. } => &mut c.duplicated,
                 Violation::DeliveryOrder { .. } | Violation::SenderOrder { .. } => {
                     &mut c.out_of_order
                 }
                 Violation::Gap { .. } => &mut c.gaps,
                 Violation::Disagreement { .. } => &mut c.disagreements,
                 Violation::Phantom { .. } => &mut c.phantoms,
-                Violation::Undelivered { .. } => &mut c.undelivered,
+                Violation::Undelivered { .. } | Violation::NotCaughtUp { .. } => &mut c.undelivered,
                 Violation::Misdelivered { .. } => &mut c.misdelivered,
                 Violation::Unchecked { .. } => &mut c.unchecked,
                 Violation::WrongSearchResult { .. } => &mut c.search,
@@ -1268,6 +1463,133 @@ mod tests {
                 r.violations
             );
         }
+    }
+
+    /// B's connection gets m1 and m2 and is cut off; A sends m3 and m4 while B is away;
+    /// B's next connection resumes and gets `replayed`; then A sends m5 and it gets
+    /// `live`. The history holds m1..m5. Returns the checker with the history read and B's
+    /// second connection.
+    fn resumed_run(replayed: &[u64], live: &[u64]) -> (Checker, ObserverId) {
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let b1 = c.observer_opened(B);
+        let send = |c: &mut Checker, seq: u64| {
+            let id = format!("m{seq}");
+            let op = c.send_invoked(Some(oa), A, conv(), cmid(&id), &format!("body of {id}"));
+            c.send_acked(op, Seq(seq), false);
+        };
+        for seq in 1..=2 {
+            send(&mut c, seq);
+            c.delivered(b1, &msg(seq, A, &format!("m{seq}")));
+        }
+        c.observer_closed(b1);
+        send(&mut c, 3);
+        send(&mut c, 4);
+        let b2 = c.observer_resumed(b1);
+        for &seq in replayed {
+            c.delivered(b2, &msg(seq, A, &format!("m{seq}")));
+        }
+        send(&mut c, 5);
+        for &seq in live {
+            c.delivered(b2, &msg(seq, A, &format!("m{seq}")));
+        }
+        let h: Vec<Message> = (1..=5).map(|s| msg(s, A, &format!("m{s}"))).collect();
+        c.history_read(conv(), Seq(5), &h);
+        (c, b2)
+    }
+
+    #[test]
+    fn a_resumed_connection_that_catches_up_once_and_in_order_passes() {
+        let (c, _) = resumed_run(&[3, 4], &[5]);
+        let r = c.check();
+        assert!(r.ok(), "{:#?}", r.violations);
+        assert_eq!(r.deliveries, 5);
+    }
+
+    #[test]
+    fn a_message_missed_across_a_resume_is_reported_while_the_chain_is_open() {
+        let (c, _) = resumed_run(&[4], &[5]);
+        let r = c.check();
+        assert_eq!(r.counts.undelivered, 1, "{:#?}", r.violations);
+        assert_eq!(r.counts.total(), 1, "{:#?}", r.violations);
+        assert!(matches!(
+            &r.violations[0],
+            Violation::NotCaughtUp {
+                seq: Seq(3),
+                user: B,
+                ..
+            }
+        ));
+        assert!(r.violations[0].to_string().contains("seq 3"));
+
+        // The chain's last connection closed too: it owed nothing more.
+        let (mut c, b2) = resumed_run(&[4], &[5]);
+        c.observer_closed(b2);
+        assert!(c.check().ok());
+    }
+
+    #[test]
+    fn a_message_pushed_again_after_a_resume_is_a_duplicate() {
+        let (c, _) = resumed_run(&[2, 3, 4], &[5]);
+        let r = c.check();
+        assert_eq!(r.counts.duplicated, 1, "{:#?}", r.violations);
+        assert_eq!(r.counts.total(), 1, "{:#?}", r.violations);
+        assert!(matches!(
+            &r.violations[0],
+            Violation::Redelivered {
+                seq: Seq(2),
+                user: B,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_resume_that_goes_back_before_the_last_push_is_out_of_order() {
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let b1 = c.observer_opened(B);
+        for seq in 1..=3 {
+            let id = format!("m{seq}");
+            let op = c.send_invoked(Some(oa), A, conv(), cmid(&id), &format!("body of {id}"));
+            c.send_acked(op, Seq(seq), false);
+        }
+        // The first connection skipped m2 (its own order is kept: 1, 3), the next one
+        // brings m2 after m3.
+        c.delivered(b1, &msg(1, A, "m1"));
+        c.delivered(b1, &msg(3, A, "m3"));
+        c.observer_closed(b1);
+        let b2 = c.observer_resumed(b1);
+        c.delivered(b2, &msg(2, A, "m2"));
+        let h: Vec<Message> = (1..=3).map(|s| msg(s, A, &format!("m{s}"))).collect();
+        c.history_read(conv(), Seq(3), &h);
+        let r = c.check();
+        assert_eq!(r.counts.out_of_order, 1, "{:#?}", r.violations);
+        assert_eq!(r.counts.total(), 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_refused_resume_starts_the_chain_afresh() {
+        let mut c = Checker::new();
+        let oa = c.observer_opened(A);
+        let b1 = c.observer_opened(B);
+        let op = c.send_invoked(Some(oa), A, conv(), cmid("m1"), "body of m1");
+        c.send_acked(op, Seq(1), false);
+        c.observer_closed(b1);
+        let b2 = c.observer_resumed(b1);
+        // Without the resync, B still owes m1 (sent after its first connection opened).
+        assert_eq!(
+            {
+                let mut c = c.clone();
+                c.history_read(conv(), Seq(1), &[msg(1, A, "m1")]);
+                c.check().counts.undelivered
+            },
+            1
+        );
+        c.resume_refused(b2);
+        c.history_read(conv(), Seq(1), &[msg(1, A, "m1")]);
+        let r = c.check();
+        assert!(r.ok(), "{:#?}", r.violations);
     }
 
     #[test]
