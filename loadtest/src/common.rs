@@ -303,7 +303,9 @@ impl Pump {
 
 /// Records every push `side` receives until told to stop (after the drain) or `deadline`.
 /// With `fanout`, also the last delivery of each group message (see [`crate::group`]).
-async fn read_pushes(
+/// A connection that closes is an error unless the run severed it on purpose
+/// ([`Connection::sever`]): then the reader takes every push left and ends.
+pub(crate) async fn read_pushes(
     side: Arc<Side>,
     ctx: Arc<Ctx>,
     notify: Option<mpsc::UnboundedSender<ClientMsgId>>,
@@ -380,6 +382,9 @@ async fn read_pushes(
         if let Some(e) = failure {
             lock(&ctx.checker).observer_closed(side.observer);
             ctx.live.connection_closed();
+            if side.conn.was_severed() {
+                break;
+            }
             Live::add(&ctx.live.errors);
             let key = format!("push_{}", error_key(&e));
             tally

@@ -237,6 +237,13 @@ fn real_main(args: Args) -> anyhow::Result<ExitCode> {
             let s = overrides.load(&scenario)?;
             let rt = runtime()?;
             let rounds = rounds.clamp(1, 100);
+            if s.reconnect.is_some() {
+                anyhow::bail!(
+                    "{}: the ceiling relay keeps no event stream, so it cannot serve the \
+                     resumes of a reconnect storm with traffic ([reconnect]); use `run`",
+                    s.name
+                );
+            }
             let mut relays: Vec<Report> = Vec::new();
             let mut servers: Vec<Report> = Vec::new();
             for round in 1..=rounds {

@@ -6,26 +6,118 @@
 //!
 //! Each reconnect's latency (`connect`) is measured from the storm's start (or from its slot
 //! when paced), so it includes the time spent queued behind the other reconnects: it is the
-//! time until that user is back. Connections drop without a WebSocket close frame (the socket
-//! is simply closed), as a crash or a network failure would leave them. No messages are sent
-//! in this version, so the checker has nothing to judge but stray pushes.
+//! time until that user is back. Connections are cut without a WebSocket close frame
+//! ([`chat_client::Connection::sever`]), as a crash or a network failure would leave them.
+//!
+//! With a `[reconnect]` table, the first `senders` users do not storm: they stay connected
+//! and send to the storming users (one direct conversation each, round-robin) at
+//! `message_rate`, so that messages arrive while their receivers are away and every resume
+//! has something to catch up on. Each storming user takes every push its connection received
+//! before the cut, resumes from the cursor those pushes left, and its successive connections
+//! are one chain for the checker ([`crate::checker::Checker::observer_resumed`]): every
+//! message sent to the user once and in order across them, none lost. After the window the
+//! run waits for every owed push (each acknowledged message owes its receiver one), then
+//! reads every conversation back.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
+use chat_client::RawEvent;
+use chat_types::{ConversationId, EventSeq, ServerFrame};
 use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
+use crate::checker::ObserverId;
+use crate::common::{self, paced_sender, read_pushes, send_one, Pump, Schedule, Side};
 use crate::metrics::{Live, Tally};
 use crate::report::Connections;
-use crate::run::{lock, sample, spawn_progress, Clock, Outcome, RunConfig};
-use crate::setup::{self, Targets};
+use crate::run::{lock, sample, spawn_progress, Clock, Ctx, Outcome, RunConfig, SharedChecker};
+use crate::setup::{self, Targets, User};
+
+/// How long a cut connection's reader may take to hand over the pushes it holds.
+const HANDOVER: Duration = Duration::from_secs(10);
+
+/// One open connection of a storming user and the task reading its pushes.
+struct Link {
+    side: Arc<Side>,
+    reader: JoinHandle<Tally>,
+}
+
+/// What a link left when it ended.
+struct Ended {
+    tally: Tally,
+    /// Where the next connection resumes: the last event received, or the head a `resync`
+    /// named.
+    cursor: EventSeq,
+    /// The server answered this connection's resume with `resync`.
+    resync: bool,
+}
+
+impl Link {
+    fn start(side: Arc<Side>, ctx: &Arc<Ctx>, stop: &watch::Sender<bool>, end: Instant) -> Link {
+        let reader = tokio::spawn(read_pushes(
+            Arc::clone(&side),
+            Arc::clone(ctx),
+            None,
+            None,
+            stop.subscribe(),
+            end,
+        ));
+        Link { side, reader }
+    }
+
+    /// Waits until the reader took every push the connection received (it ends when the
+    /// connection closed, or when the run told it to stop), then looks for a `resync`.
+    async fn finish(self, ctx: &Ctx) -> Ended {
+        let mut tally = Tally::default();
+        let abort = self.reader.abort_handle();
+        match tokio::time::timeout(HANDOVER, self.reader).await {
+            Ok(Ok(t)) => tally.merge(&t),
+            Ok(Err(_)) | Err(_) => {
+                abort.abort();
+                lock(&ctx.checker).observer_closed(self.side.observer);
+                ctx.live.connection_closed();
+                tally.error("push_reader_stuck");
+            }
+        }
+        let mut cursor = self.side.conn.last_event_seq();
+        let mut resync = false;
+        // Raw events queue unread while the link lives (a storming user sends nothing, so
+        // they are few): only a resync matters here.
+        while let Ok(Some(event)) = self.side.conn.next_raw_frame(Duration::ZERO).await {
+            match event {
+                RawEvent::Frame(ServerFrame::Resync { event_head }) => {
+                    resync = true;
+                    cursor = cursor.max(event_head);
+                }
+                RawEvent::Closed { .. } => break,
+                _ => {}
+            }
+        }
+        Ended {
+            tally,
+            cursor,
+            resync,
+        }
+    }
+}
+
+/// A user that storms: its cursor, its last connection's observer, its open link.
+struct Stormer {
+    user: User,
+    cursor: EventSeq,
+    last: ObserverId,
+    link: Option<Link>,
+}
 
 pub(crate) async fn run_reconnect(
     config: &RunConfig,
     targets: &Targets,
     prefix: &str,
-    checker: crate::run::SharedChecker,
+    checker: SharedChecker,
     live: Arc<Live>,
     progress_stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Outcome> {
@@ -33,7 +125,7 @@ pub(crate) async fn run_reconnect(
     let setup_started = Instant::now();
     let mut tally = Tally::default();
     let mut connections = Connections::default();
-    let (sides, _) = crate::common::set_up_users(
+    let (mut sides, _) = common::set_up_users(
         config,
         targets,
         prefix,
@@ -43,26 +135,70 @@ pub(crate) async fn run_reconnect(
         &mut connections,
     )
     .await?;
+    let traffic = scenario.reconnect.clone();
+    let storming = sides.split_off(traffic.as_ref().map_or(0, |t| t.senders as usize));
+    let senders = sides;
+    let convs =
+        match open_conversations(&senders, &storming, &checker, scenario.setup_concurrency).await {
+            Ok(convs) => convs,
+            Err(e) => {
+                // Nothing may stay open after a failed set-up.
+                common::close_all(senders.iter().chain(&storming).cloned()).await;
+                return Err(e);
+            }
+        };
     let setup = setup_started.elapsed();
-    let users: Vec<setup::User> = sides.iter().map(|s| s.user.clone()).collect();
-    let mut cursors: Vec<chat_types::EventSeq> =
-        sides.iter().map(|s| s.conn.last_event_seq()).collect();
-    let mut observers: Vec<_> = sides.iter().map(|s| s.observer).collect();
-    let mut conns: Vec<Option<chat_client::Connection>> = Vec::with_capacity(users.len());
-    for side in sides {
-        // The only holder: unwrapping lets the storm drop the socket itself.
-        conns.push(
-            Arc::try_unwrap(side)
-                .ok()
-                .and_then(|s| Arc::try_unwrap(s.conn).ok()),
-        );
-    }
 
     let clock = Clock::new(Instant::now() + Duration::from_millis(50), scenario);
-    let hard_end = clock.send_end + Duration::from_secs(120);
+    live.start_timeline(clock.start, common::timeline_secs(scenario));
+    let ctx = Arc::new(Ctx {
+        scenario: scenario.clone(),
+        clock,
+        checker: Arc::clone(&checker),
+        live: Arc::clone(&live),
+    });
+    let hard_end = common::hard_end(&clock, scenario);
     let progress = config
         .progress
         .then(|| spawn_progress(Arc::clone(&live), clock, progress_stop, hard_end));
+
+    // Readers first, so that no push is missed.
+    let (stop, _) = watch::channel(false);
+    let mut stormers: Vec<Stormer> = storming
+        .into_iter()
+        .map(|side| Stormer {
+            user: side.user.clone(),
+            cursor: side.conn.last_event_seq(),
+            last: side.observer,
+            link: Some(Link::start(side, &ctx, &stop, hard_end)),
+        })
+        .collect();
+    let mut pump = Pump::over(&senders, &ctx, None, hard_end);
+    for side in &senders {
+        pump.drop_raw_events(side);
+    }
+    let mut sending = Vec::new();
+    if let Some(t) = &traffic {
+        for (n, (side, convs)) in senders.iter().zip(convs.iter()).enumerate() {
+            let schedule = Schedule::share(t.message_rate, senders.len(), n);
+            let side = Arc::clone(side);
+            let convs = Arc::clone(convs);
+            let c = Arc::clone(&ctx);
+            let next = AtomicUsize::new(0);
+            sending.push(tokio::spawn(paced_sender(
+                Arc::clone(&ctx),
+                'r',
+                n,
+                t.send_window as usize,
+                schedule,
+                move |cmid, intended| {
+                    let conv = convs[next.fetch_add(1, Ordering::Relaxed) % convs.len()];
+                    send_one(Arc::clone(&side), Arc::clone(&c), conv, cmid, intended)
+                },
+            )));
+        }
+    }
+
     let window = scenario.window.unwrap_or(1) as usize;
     let interval = (scenario.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / scenario.rate));
     tokio::time::sleep_until(clock.start.into()).await;
@@ -75,61 +211,78 @@ pub(crate) async fn run_reconnect(
         if record && server_a.is_none() {
             (server_a, self_a) = sample(config);
         }
-        // Drop every connection at once.
-        {
-            let mut c = lock(&checker);
-            for o in &observers {
-                c.observer_closed(*o);
+        // Cut every connection at once, then take what each had received.
+        for s in &stormers {
+            if let Some(link) = &s.link {
+                link.side.conn.sever();
             }
         }
-        for c in conns.iter_mut() {
-            if c.take().is_some() {
-                live.connection_closed();
+        for s in stormers.iter_mut() {
+            if let Some(link) = s.link.take() {
+                let observer = link.side.observer;
+                let ended = link.finish(&ctx).await;
+                tally.merge(&ended.tally);
+                if ended.resync {
+                    tally.error("resync");
+                    lock(&checker).resume_refused(observer);
+                }
+                s.cursor = s.cursor.max(ended.cursor);
+                s.last = observer;
             }
         }
-        let results = futures_util::stream::iter(users.iter().enumerate().map(|(i, user)| {
-            let live = Arc::clone(&live);
-            let resume = cursors[i];
-            async move {
-                let intended = interval.map_or(storm, |iv| storm + iv.mul_f64(i as f64));
-                tokio::time::sleep_until(intended.into()).await;
-                let mut t = Tally::default();
-                let r = setup::connect_user(targets, user, &mut t, false, Some(resume)).await;
-                let done = Instant::now();
-                match r {
-                    Ok((conn, _)) => {
-                        Live::add(&live.setups);
-                        live.connection_opened();
-                        if record {
-                            t.connect.record(done.saturating_duration_since(intended));
+        let plans: Vec<(usize, User, EventSeq, ObserverId)> = stormers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.user.clone(), s.cursor, s.last))
+            .collect();
+        let results =
+            futures_util::stream::iter(plans.into_iter().map(|(i, user, resume, last)| {
+                let ctx = Arc::clone(&ctx);
+                let stop = &stop;
+                async move {
+                    let intended = interval.map_or(storm, |iv| storm + iv.mul_f64(i as f64));
+                    tokio::time::sleep_until(intended.into()).await;
+                    let mut t = Tally::default();
+                    let r = setup::connect_user(targets, &user, &mut t, false, Some(resume)).await;
+                    let done = Instant::now();
+                    match r {
+                        Ok((conn, _)) => {
+                            Live::add(&ctx.live.setups);
+                            ctx.live.connection_opened();
+                            if record {
+                                t.connect.record(done.saturating_duration_since(intended));
+                            }
+                            if clock.in_window(done) {
+                                t.setups_measured += 1;
+                            }
+                            let observer = lock(&ctx.checker).observer_resumed(last);
+                            let side = Arc::new(Side {
+                                user,
+                                conn: Arc::new(conn),
+                                observer,
+                            });
+                            (i, t, Some(Link::start(side, &ctx, stop, hard_end)))
                         }
-                        if clock.in_window(done) {
-                            t.setups_measured += 1;
+                        Err(e) => {
+                            let key = format!("reconnect_{}", crate::metrics::error_key(&e));
+                            t.error_examples.entry(key.clone()).or_insert(e.to_string());
+                            t.error(key);
+                            Live::add(&ctx.live.errors);
+                            (i, t, None)
                         }
-                        (i, t, Some(conn))
-                    }
-                    Err(e) => {
-                        let key = format!("reconnect_{}", crate::metrics::error_key(&e));
-                        t.error_examples.entry(key.clone()).or_insert(e.to_string());
-                        t.error(key);
-                        Live::add(&live.errors);
-                        (i, t, None)
                     }
                 }
-            }
-        }))
-        .buffer_unordered(window)
-        .collect::<Vec<_>>()
-        .await;
+            }))
+            .buffer_unordered(window)
+            .collect::<Vec<_>>()
+            .await;
         storms += 1;
-        for (i, t, conn) in results {
+        for (i, t, link) in results {
             tally.merge(&t);
-            match conn {
-                Some(c) => {
+            match link {
+                Some(link) => {
                     connections.opened += 1;
-                    observers[i] = lock(&checker).observer_opened(users[i].user_id);
-                    cursors[i] = cursors[i].max(c.last_event_seq());
-                    conns[i] = Some(c);
+                    stormers[i].link = Some(link);
                 }
                 None => connections.failed += 1,
             }
@@ -140,27 +293,119 @@ pub(crate) async fn run_reconnect(
     }
     let (server_b, self_b) = sample(config);
     if server_a.is_none() {
-        // Every storm ran in the warm-up: sample the last one instead of nothing.
+        // Every storm ran in the warm-up: nothing was measured.
         tally.error("no_storm_measured");
     }
     let measured = Instant::now().saturating_duration_since(clock.measure_start);
     connections.open_at_end = live.connections();
+    if config.progress {
+        eprintln!(
+            "reconnect-storm: {storms} storms of {} users",
+            stormers.len()
+        );
+    }
+
+    common::join_tasks(sending, hard_end, "sender", &mut tally).await?;
+    let drained = if traffic.is_some() {
+        // Every fresh ack owes its receiver one push, on whichever connection it resumed.
+        common::drain(
+            &live,
+            scenario,
+            || Live::get(&live.deliveries) < Live::get(&live.fresh_acks),
+            &mut tally,
+        )
+        .await
+    } else {
+        Duration::ZERO
+    };
+    let _ = stop.send(true);
+    let mut open = Vec::new();
+    for s in stormers.iter_mut() {
+        if let Some(link) = s.link.take() {
+            let conn = Arc::clone(&link.side.conn);
+            let observer = link.side.observer;
+            let ended = link.finish(&ctx).await;
+            tally.merge(&ended.tally);
+            if ended.resync {
+                tally.error("resync");
+                lock(&checker).resume_refused(observer);
+            }
+            open.push(conn);
+        }
+    }
+    pump.stop(&mut tally).await;
     if let Some(p) = progress {
         p.abort();
     }
-    if config.progress {
-        eprintln!("reconnect-storm: {storms} storms of {} users", users.len());
-    }
-    let remaining: Vec<Arc<chat_client::Connection>> =
-        conns.into_iter().flatten().map(Arc::new).collect();
-    crate::common::close_conns(remaining).await;
+
+    let reads = convs
+        .iter()
+        .zip(&senders)
+        .flat_map(|(convs, side)| {
+            let api = targets.apis[side.user.target].clone();
+            let token = side.user.token.clone();
+            convs
+                .iter()
+                .map(move |conv| (*conv, api.clone(), token.clone()))
+        })
+        .collect();
+    crate::run::read_histories(&checker, reads, common::HISTORY_PAGE).await;
+
+    open.extend(senders.iter().map(|s| Arc::clone(&s.conn)));
+    common::close_conns(open).await;
     Ok(Outcome {
         tally,
         setup,
         measured,
-        drained: Duration::ZERO,
+        drained,
         connections,
         server: server_a.zip(server_b),
         loadgen: self_a.zip(self_b),
     })
+}
+
+/// Opens the direct conversation of each storming user with its sender (storming user `j`
+/// writes with sender `j % senders`) and watches it. Returns each sender's conversations,
+/// in the order of its storming users. No senders: nothing to open.
+async fn open_conversations(
+    senders: &[Arc<Side>],
+    storming: &[Arc<Side>],
+    checker: &SharedChecker,
+    concurrency: u32,
+) -> anyhow::Result<Vec<Arc<Vec<ConversationId>>>> {
+    if senders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let opened = futures_util::stream::iter(storming.iter().enumerate().map(|(j, to)| {
+        let from = Arc::clone(&senders[j % senders.len()]);
+        let to = to.user.user_id;
+        async move { (j, from.conn.open_direct_by_id(to).await, from, to) }
+    }))
+    .buffer_unordered(concurrency as usize)
+    .collect::<Vec<_>>()
+    .await;
+    let mut by_receiver: Vec<Option<ConversationId>> = vec![None; storming.len()];
+    for (j, info, from, to) in opened {
+        let info = info.map_err(|e| {
+            crate::run::setup_error(
+                &format!("{} opening the conversation with {to}", from.user.username),
+                e,
+            )
+        })?;
+        let expected = ConversationId::direct(from.user.user_id, to);
+        if info.conversation != expected {
+            bail!(
+                "open_direct returned {} for users {} and {to}, expected {expected}",
+                info.conversation,
+                from.user.user_id
+            );
+        }
+        lock(checker).watch(expected);
+        by_receiver[j] = Some(expected);
+    }
+    let mut per_sender: Vec<Vec<ConversationId>> = vec![Vec::new(); senders.len()];
+    for (j, conv) in by_receiver.into_iter().enumerate() {
+        per_sender[j % senders.len()].extend(conv);
+    }
+    Ok(per_sender.into_iter().map(Arc::new).collect())
 }

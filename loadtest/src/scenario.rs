@@ -137,6 +137,9 @@ pub struct Scenario {
     /// `login-storm`: what follows each login.
     #[serde(default)]
     pub login: Option<LoginParams>,
+    /// `reconnect-storm`: messages sent to the storming users while they come and go.
+    #[serde(default)]
+    pub reconnect: Option<ReconnectParams>,
 }
 
 /// The `[mixed]` table of a `mixed` scenario.
@@ -220,6 +223,26 @@ pub struct LoginParams {
     /// Open a WebSocket (hello/welcome) with each new token, then close it.
     #[serde(default)]
     pub connect: bool,
+}
+
+/// The `[reconnect]` table of a `reconnect-storm` scenario: traffic during the storms, so
+/// that every reconnect has events to catch up on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectParams {
+    /// How many of the users send instead of storming (the first ones). Each stays
+    /// connected and writes, round-robin, to its share of the storming users (one direct
+    /// conversation each).
+    pub senders: u32,
+    /// Messages sent per second, all senders together, on an open-loop schedule.
+    pub message_rate: f64,
+    /// Sends in flight per sender.
+    #[serde(default = "default_send_window")]
+    pub send_window: u32,
+}
+
+fn default_send_window() -> u32 {
+    16
 }
 
 fn default_size_zipf() -> f64 {
@@ -500,6 +523,11 @@ impl Scenario {
             ("mixed", self.mixed.is_some(), ScenarioKind::Mixed),
             ("search", self.search.is_some(), ScenarioKind::Search),
             ("login", self.login.is_some(), ScenarioKind::LoginStorm),
+            (
+                "reconnect",
+                self.reconnect.is_some(),
+                ScenarioKind::ReconnectStorm,
+            ),
         ] {
             if given && self.kind != owner {
                 return Err(format!(
@@ -639,7 +667,33 @@ impl Scenario {
                     MAX_PHASE_SECS,
                 )?;
             }
-            ScenarioKind::LoginStorm => {}
+            ScenarioKind::ReconnectStorm => {
+                let Some(r) = &self.reconnect else {
+                    return Ok(());
+                };
+                if r.senders == 0 || r.senders > self.users / 2 {
+                    return Err(format!(
+                        "reconnect.senders must be 1 to half the users ({}), so that each \
+                         sender writes to at least one storming user, not {}",
+                        self.users / 2,
+                        r.senders
+                    ));
+                }
+                in_range("reconnect.message_rate", r.message_rate, MIN_RATE, 1e6)?;
+                if r.send_window == 0 || r.send_window > 65_536 {
+                    return Err(format!(
+                        "reconnect.send_window must be 1 to 65536, not {}",
+                        r.send_window
+                    ));
+                }
+                let planned = r.message_rate * (self.warmup_secs + self.duration_secs);
+                if planned > MAX_PLANNED_OPS {
+                    return Err(format!(
+                        "reconnect plans about {planned:.0} messages, more than \
+                         {MAX_PLANNED_OPS:.0}: lower the message rate or the duration"
+                    ));
+                }
+            }
             _ => {}
         }
         Ok(())
@@ -691,6 +745,7 @@ mod tests {
             "mixed",
             "search",
             "login-storm",
+            "reconnect-catch-up",
         ] {
             let s = Scenario::from_file(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(s.name, name);
@@ -712,6 +767,7 @@ mod tests {
                 ScenarioKind::Mixed,
                 ScenarioKind::Search,
                 ScenarioKind::LoginStorm,
+                ScenarioKind::ReconnectStorm,
             ]
         );
         // Every file in the directory parses (the CI suite validates them all too).
@@ -882,6 +938,50 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.to_string().contains("applies to mixed only"), "{err}");
+    }
+
+    #[test]
+    fn reconnect_traffic_is_checked() {
+        let ok = "kind = \"reconnect-storm\"\nusers = 10\nrate = 0\nduration_secs = 1\n\
+                  window = 4\n";
+        assert_eq!(parse(ok).unwrap().reconnect, None);
+        let with = |table: &str| parse(&format!("{ok}[reconnect]\n{table}"));
+        let r = with("senders = 2\nmessage_rate = 50\n")
+            .unwrap()
+            .reconnect
+            .unwrap();
+        assert_eq!((r.senders, r.message_rate, r.send_window), (2, 50.0, 16));
+        for (table, says) in [
+            (
+                "senders = 0\nmessage_rate = 50\n",
+                "reconnect.senders must be",
+            ),
+            (
+                "senders = 6\nmessage_rate = 50\n",
+                "at least one storming user",
+            ),
+            (
+                "senders = 2\nmessage_rate = 0\n",
+                "reconnect.message_rate must be",
+            ),
+            (
+                "senders = 2\nmessage_rate = 5\nsend_window = 0\n",
+                "reconnect.send_window must be",
+            ),
+            ("senders = 2\n", "missing field `message_rate`"),
+        ] {
+            let err = with(table).unwrap_err();
+            assert!(err.to_string().contains(says), "{table}: {err}");
+        }
+        let err = parse(
+            "kind = \"connect-storm\"\nusers = 3\nrate = 0\nduration_secs = 1\nwindow = 2\n\
+             [reconnect]\nsenders = 1\nmessage_rate = 1\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("applies to reconnect-storm only"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -229,6 +229,34 @@ async fn every_kind_runs_against_the_relay() {
     assert!(r.throughput.setups_per_sec > 0.0);
     assert_eq!(r.connections.open_at_end, 20);
 
+    // Without an event stream, what is sent to a user while it is away is never pushed
+    // to it: the catch-up check must see that, on a server that really loses it.
+    let mut u = short(must_load("reconnect-catch-up"));
+    u.users = 16;
+    u.reconnect = Some(chat_loadtest::scenario::ReconnectParams {
+        senders: 4,
+        message_rate: 200.0,
+        send_window: 4,
+    });
+    let r = must_run_on_relay(u).await;
+    assert!(r.check.acked > 0, "nothing was acknowledged");
+    assert!(
+        r.check.counts.undelivered > 0,
+        "the relay cannot catch a resumed connection up: {}",
+        r.check.verdict_line()
+    );
+    assert_eq!(
+        r.check.counts.total(),
+        r.check.counts.undelivered,
+        "{:#?}",
+        &r.check.violations[..r.check.violations.len().min(10)]
+    );
+    assert!(r
+        .check
+        .violations
+        .iter()
+        .any(|v| matches!(v, chat_loadtest::checker::Violation::NotCaughtUp { .. })));
+
     let mut m = short(must_load("mixed"));
     m.users = 30;
     m.rate = 60.0;

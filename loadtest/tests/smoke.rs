@@ -374,3 +374,38 @@ async fn a_login_storm_logs_in_and_connects_pre_registered_users() {
         report.error_examples
     );
 }
+
+/// Users cut off again and again while messages keep coming to them: each resumes from the
+/// pushes it took, and across its successive connections gets every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storms_under_traffic_lose_and_repeat_nothing() {
+    let node = Node::must_start();
+    node.must_be_ready().await;
+
+    let mut storm = must_load("reconnect-catch-up");
+    storm.users = 16;
+    storm.warmup_secs = 0.5;
+    storm.duration_secs = 3.0;
+    storm.setup_concurrency = 8;
+    storm.reconnect = Some(chat_loadtest::scenario::ReconnectParams {
+        senders: 4,
+        message_rate: 100.0,
+        send_window: 4,
+    });
+    let report = must_run(&node, storm).await;
+    must_pass(&report);
+    assert_eq!(
+        report.check.deliveries, report.check.acked,
+        "each message pushed once to its receiver, across its connections"
+    );
+    // 12 storming users: at least two storms came and went.
+    let reconnects = report.latency.get("connect").map_or(0, |l| l.count);
+    assert!(reconnects >= 24, "{reconnects} reconnects recorded");
+    let errors = errors_besides_the_schedule(&report);
+    assert!(
+        errors.is_empty(),
+        "{:?} {:?}",
+        report.errors,
+        report.error_examples
+    );
+}
