@@ -24,6 +24,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One node of the chat cluster. With no flags: a complete single node on ./data, serving
 /// http://127.0.0.1:8080.
 #[derive(Parser, Debug)]
