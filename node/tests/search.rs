@@ -307,3 +307,89 @@ async fn search_finds_what_the_user_may_read_in_any_language_and_survives_a_node
     eprintln!("first hit visible {first_found:?} after the send was acknowledged");
     let _ = carol;
 }
+
+/// A backlog larger than one indexer batch holds (more text than a commit takes) is indexed
+/// in several commits, one right after the other, and every message of it is found once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_large_messages_is_indexed_in_several_batches_and_loses_none() {
+    const MESSAGES: u64 = 1_200;
+    let root = tempfile::tempdir().expect("tempdir");
+    // The indexer sleeps 4 s between passes, so the whole backlog (about 18 MB of text,
+    // more than twice the text one batch takes) waits for one or two passes.
+    let node = harness::must_start_configured(
+        root.path(),
+        "n1",
+        "[rate_limits]\nsends_per_second = 100000\n[search]\ninterval_ms = 4000\n",
+    )
+    .await;
+    let api = node.api();
+    let (alice, alice_token) = must_sign_up(&api, "bulk_alice").await;
+    let (bob, _) = must_sign_up(&api, "bulk_bob").await;
+    let dm = ConversationId::direct(alice, bob);
+    let (a, _) = Connection::connect(&api.ws_url(&alice_token))
+        .await
+        .expect("connect");
+    let filler = "ballast ".repeat(1_850);
+    // A word of its own per message: letters only (digits split words) and all of one length
+    // (a word also finds longer words it starts).
+    let word = |i: u64| -> String {
+        format!("{i:04}")
+            .bytes()
+            .map(|d| char::from(b'k' + (d - b'0')))
+            .collect()
+    };
+    let sends = (1..=MESSAGES).map(|i| {
+        let body = format!("{} {filler}", word(i));
+        let a = &a;
+        async move {
+            a.send(dm, cmid(&format!("bulk{i}")), body)
+                .await
+                .expect("send")
+                .seq
+        }
+    });
+    let stored = futures_util::StreamExt::collect::<Vec<Seq>>(futures_util::StreamExt::buffered(
+        futures_util::stream::iter(sends),
+        64,
+    ))
+    .await;
+    assert_eq!(stored.len() as u64, MESSAGES);
+
+    // Every message, once: page through the word they all hold.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut found: Vec<Seq> = Vec::new();
+        let mut cursor = None;
+        loop {
+            let f = MessageSearch {
+                conversation: Some(dm),
+                cursor: cursor.take(),
+                limit: Some(100),
+                ..Default::default()
+            };
+            let page = search(&api, &alice_token, "ballast", &f).await;
+            found.extend(page.hits.iter().map(|h| h.seq));
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        found.sort();
+        if found.len() as u64 >= MESSAGES {
+            let expected: Vec<Seq> = (1..=MESSAGES).map(Seq).collect();
+            assert_eq!(found, expected, "every message indexed once");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {MESSAGES} messages found",
+            found.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // And each by its own word, first and last.
+    for i in [1, MESSAGES] {
+        let r = search(&api, &alice_token, &word(i), &MessageSearch::default()).await;
+        assert_eq!(seqs(&r), vec![(dm, Seq(i))]);
+    }
+}
