@@ -100,6 +100,27 @@ async fn must_see_members(node: &TestNode, n: usize) {
     .expect("ring watch open");
 }
 
+/// Every ring change stops the conversation actors (a send in flight then fails with a
+/// retryable `Unavailable`): waits until every node of `nodes` has applied the same ring and
+/// it has stayed for a while.
+async fn must_see_a_settled_ring(nodes: &[&TestNode]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rings never settled"
+        );
+        let seen = nodes[0].meta.ring();
+        if nodes.iter().all(|n| *n.meta.ring() == *seen) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if nodes.iter().all(|n| *n.meta.ring() == *seen) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
     let a = must_start(1, None).await;
@@ -107,23 +128,8 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
     must_see_members(&a, 2).await;
     must_see_members(&b, 2).await;
     // The join is several membership changes (learner, then voter through a joint
-    // configuration), each a new ring epoch, and every ring change stops the conversation
-    // actors: wait until both nodes have applied the same ring and it has stayed for a while.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the rings never settled"
-        );
-        let seen = a.meta.ring();
-        if *seen == *b.meta.ring() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            if *a.meta.ring() == *seen && *b.meta.ring() == *seen {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // configuration), each a new ring epoch.
+    must_see_a_settled_ring(&[&a, &b]).await;
     let ring = b.meta.ring();
     assert_eq!(*ring, *a.meta.ring(), "both nodes build the same ring");
 
@@ -307,6 +313,7 @@ async fn requests_reach_the_owner_and_non_owners_answer_not_owner() {
 async fn a_message_in_the_log_but_not_in_the_delivery_queue_still_reaches_every_member() {
     let a = must_start(1, None).await;
     must_see_members(&a, 1).await;
+    must_see_a_settled_ring(&[&a]).await;
     let conv = ConversationId::direct(UserId(1), UserId(2));
     let send = |n: u64, from: u64| {
         a.router.append(
