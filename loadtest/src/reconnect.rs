@@ -113,6 +113,29 @@ struct Stormer {
     link: Option<Link>,
 }
 
+impl Stormer {
+    /// Ends the open link, if any ([`Link::finish`]): records its tally and a refused
+    /// resume, and keeps where the next connection resumes. Returns the link's connection.
+    async fn end_link(
+        &mut self,
+        ctx: &Ctx,
+        tally: &mut Tally,
+    ) -> Option<Arc<chat_client::Connection>> {
+        let link = self.link.take()?;
+        let conn = Arc::clone(&link.side.conn);
+        let observer = link.side.observer;
+        let ended = link.finish(ctx).await;
+        tally.merge(&ended.tally);
+        if ended.resync {
+            tally.error("resync");
+            lock(&ctx.checker).resume_refused(observer);
+        }
+        self.cursor = self.cursor.max(ended.cursor);
+        self.last = observer;
+        Some(conn)
+    }
+}
+
 pub(crate) async fn run_reconnect(
     config: &RunConfig,
     targets: &Targets,
@@ -218,17 +241,7 @@ pub(crate) async fn run_reconnect(
             }
         }
         for s in stormers.iter_mut() {
-            if let Some(link) = s.link.take() {
-                let observer = link.side.observer;
-                let ended = link.finish(&ctx).await;
-                tally.merge(&ended.tally);
-                if ended.resync {
-                    tally.error("resync");
-                    lock(&checker).resume_refused(observer);
-                }
-                s.cursor = s.cursor.max(ended.cursor);
-                s.last = observer;
-            }
+            s.end_link(&ctx, &mut tally).await;
         }
         let plans: Vec<(usize, User, EventSeq, ObserverId)> = stormers
             .iter()
@@ -321,17 +334,7 @@ pub(crate) async fn run_reconnect(
     let _ = stop.send(true);
     let mut open = Vec::new();
     for s in stormers.iter_mut() {
-        if let Some(link) = s.link.take() {
-            let conn = Arc::clone(&link.side.conn);
-            let observer = link.side.observer;
-            let ended = link.finish(&ctx).await;
-            tally.merge(&ended.tally);
-            if ended.resync {
-                tally.error("resync");
-                lock(&checker).resume_refused(observer);
-            }
-            open.push(conn);
-        }
+        open.extend(s.end_link(&ctx, &mut tally).await);
     }
     pump.stop(&mut tally).await;
     if let Some(p) = progress {
