@@ -41,7 +41,7 @@ enum Batch {
 
 /// Messages the indexer takes per commit, at most. Each commit costs a new segment (and its
 /// merges), so under a flood fewer, larger commits index more per second of CPU: 20,000
-/// instead of 2,000 took 11-14% off the CPU per message of a flood (docs/benchmarks.md).
+/// instead of 2,000 took 9-15% off the CPU per message of a flood (docs/benchmarks.md).
 const BATCH: usize = 20_000;
 /// Message text per commit, at most: a batch of large messages is cut here, so that a batch
 /// holds at most this much in memory however large the messages are.
