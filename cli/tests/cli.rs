@@ -14,18 +14,12 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use chat_testkit::free_port;
+
 const PASSWORD: &str = "correct horse";
 
 // ---------------------------------------------------------------------------------------
 // The node (the few lines of node/tests/harness/mod.rs this needs).
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
 
 /// `<target>/debug/chat-node`, built once if missing.
 fn chat_node_bin() -> &'static Path {

@@ -129,10 +129,7 @@ fn calibrate_runs_the_relay_from_the_command_line() {
 
     // `run --ceiling` states a run's figures against it (here: the relay again, started
     // alone by the `relay` command).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = chat_testkit::free_port();
     let mut relay = Command::new(env!("CARGO_BIN_EXE_chat-loadtest"))
         .args([
             "relay",

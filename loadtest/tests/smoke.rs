@@ -9,13 +9,7 @@ use std::time::{Duration, Instant};
 
 use chat_loadtest::{run, Report, RunConfig, Scenario};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
+use chat_testkit::free_port;
 
 /// `<target>/<profile>/chat-node`, built if missing. Integration tests run from
 /// `<target>/<profile>/deps/`, and `CARGO_BIN_EXE_*` only names binaries of this package.

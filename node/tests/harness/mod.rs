@@ -11,13 +11,7 @@ use chat_client::HttpApi;
 /// The operator token every test node is started with.
 pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789";
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
+pub use chat_testkit::free_port;
 
 /// One node process with its own data directory and ports.
 pub struct NodeProc {
