@@ -11,13 +11,15 @@
 //! that fails it closes with a resumable code so that the client resumes on its own. The
 //! client never sees a gap it is not told about.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chat_types::{
-    close, ConversationId, Event, EventSeq, NodeId, PresenceStatus, ServerFrame, UserEvent, UserId,
+    close, ClientMsgId, ConversationId, Event, EventSeq, NodeId, PresenceStatus, Seq, ServerFrame,
+    UserEvent, UserId,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
@@ -176,6 +178,68 @@ impl SharedCursor {
     }
 }
 
+/// How many of its latest writes a connection remembers (see [`OwnWrites`]).
+const OWN_WRITES: usize = 256;
+
+/// One write a connection made itself.
+#[derive(Clone, Copy, Debug)]
+pub enum OwnWrite<'a> {
+    /// A message it sent (or edited, deleted, reacted with, broadcast).
+    Sent(ConversationId, &'a ClientMsgId),
+    /// A read mark it moved.
+    Read(ConversationId, Seq),
+}
+
+impl OwnWrite<'_> {
+    fn key(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        match self {
+            OwnWrite::Sent(c, id) => (0u8, c, id.as_str()).hash(&mut h),
+            OwnWrite::Read(c, seq) => (1u8, c, seq).hash(&mut h),
+        }
+        h.finish()
+    }
+}
+
+/// The connection's latest own writes, noted by the router before it makes them (a hash of
+/// each, at most [`OWN_WRITES`]). The protocol promises a connection only a cursor note for
+/// the event its own write becomes: the session's push skips the writer, but events
+/// replayed from the stream (after a gap) carry no writer, so the connection tells its own
+/// from these notes. Writes older than the notes come back as events, as they would to a
+/// client resuming on a new connection.
+#[derive(Clone, Debug, Default)]
+pub struct OwnWrites(Arc<Mutex<VecDeque<u64>>>);
+
+impl OwnWrites {
+    pub fn note<'a>(&self, writes: impl IntoIterator<Item = OwnWrite<'a>>) {
+        let mut keys = crate::router::lock(&self.0);
+        for w in writes {
+            if keys.len() == OWN_WRITES {
+                keys.pop_front();
+            }
+            keys.push_back(w.key());
+        }
+    }
+
+    fn contains(&self, write: OwnWrite<'_>) -> bool {
+        let key = write.key();
+        crate::router::lock(&self.0).contains(&key)
+    }
+
+    /// Whether `event` of `user`'s stream is one of these writes.
+    fn made(&self, user: UserId, event: &UserEvent) -> bool {
+        match event {
+            UserEvent::Message { message } if message.sender == user => {
+                self.contains(OwnWrite::Sent(message.conversation, &message.client_msg_id))
+            }
+            UserEvent::Read { conversation, seq } => {
+                self.contains(OwnWrite::Read(*conversation, *seq))
+            }
+            _ => false,
+        }
+    }
+}
+
 pub struct ConnectionActor;
 
 pub struct ConnectionArgs {
@@ -185,6 +249,7 @@ pub struct ConnectionArgs {
     pub me: ConnRef,
     pub router: Weak<Router>,
     pub cursor: SharedCursor,
+    pub own: OwnWrites,
     /// How long the socket's queue may have no room before the client counts as not
     /// reading ([`SLOW_CONSUMER_AFTER`] in the node).
     pub slow_after: Duration,
@@ -199,6 +264,7 @@ pub struct ConnectionState {
     /// The last event handed to the client; `None` until the session has the connection.
     cursor: Option<EventSeq>,
     shared: SharedCursor,
+    own: OwnWrites,
     /// Events (and cursor notes) not yet handed over, by position: beyond a gap, or waiting
     /// for room in the socket's queue.
     held: BTreeMap<EventSeq, ServerFrame>,
@@ -319,6 +385,12 @@ impl ConnectionState {
         if self.cursor.is_some_and(|c| pos <= c) {
             return;
         }
+        let frame = match frame {
+            PushFrame::Event(e) if self.own.made(self.user, &e.event) => PushFrame::Cursor {
+                event_seq: e.event_seq,
+            },
+            other => other,
+        };
         let mut frame = frame.into_server_frame();
         // The usual case: the next event, nothing held. It goes out without being held.
         if self.held.is_empty() && self.cursor.is_some_and(|c| pos.0 == c.0 + 1) {
@@ -398,6 +470,7 @@ impl Actor for ConnectionActor {
             closing: false,
             cursor: None,
             shared: args.cursor,
+            own: args.own,
             held: BTreeMap::new(),
             resync_before_start: None,
             gap_check_pending: false,
@@ -516,15 +589,8 @@ mod tests {
         let (out, mut rx) = mpsc::channel(64);
         let cursor = SharedCursor::default();
         let args = ConnectionArgs {
-            user: UserId(1),
-            out,
-            me: ConnRef {
-                node: NodeId(1),
-                conn: 1,
-            },
-            router: Weak::new(),
             cursor: cursor.clone(),
-            slow_after: SLOW_CONSUMER_AFTER,
+            ..spawn_args(out)
         };
         let (actor, _) = Actor::spawn(None, ConnectionActor, args)
             .await
@@ -588,6 +654,7 @@ mod tests {
             },
             router: Weak::new(),
             cursor: SharedCursor::default(),
+            own: OwnWrites::default(),
             slow_after: SLOW_CONSUMER_AFTER,
         }
     }
@@ -666,18 +733,7 @@ mod tests {
     #[tokio::test]
     async fn a_resync_during_the_replay_starts_the_cursor_at_its_head() {
         let (out, mut rx) = mpsc::channel(64);
-        let args = ConnectionArgs {
-            user: UserId(1),
-            out,
-            me: ConnRef {
-                node: NodeId(1),
-                conn: 1,
-            },
-            router: Weak::new(),
-            cursor: SharedCursor::default(),
-            slow_after: SLOW_CONSUMER_AFTER,
-        };
-        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
+        let (actor, _) = Actor::spawn(None, ConnectionActor, spawn_args(out))
             .await
             .expect("spawn");
         let send = |m: ConnectionMsg| actor.send_message(m).expect("send");
@@ -690,5 +746,78 @@ mod tests {
         });
         settle(&actor).await;
         assert_eq!(received(&mut rx), ["resync 2000", "2001"]);
+    }
+
+    fn message(event_seq: u64, sender: u64, client_msg_id: &str) -> PushFrame {
+        PushFrame::Event(Event {
+            event_seq: EventSeq(event_seq),
+            event: UserEvent::Message {
+                message: chat_types::Message {
+                    conversation: ConversationId::direct(UserId(1), UserId(2)),
+                    seq: Seq(event_seq),
+                    sender: UserId(sender),
+                    client_msg_id: ClientMsgId::new(client_msg_id).expect("id"),
+                    ts_ms: 1,
+                    body: "hi".into(),
+                    refers: None,
+                    attachments: Vec::new(),
+                },
+            },
+        })
+    }
+
+    /// Events replayed from the stream carry no writer: the connection tells its own writes
+    /// by its notes and hands them over as cursor notes only; the same user's writes from
+    /// another connection, and writes older than the notes, still come as events.
+    #[tokio::test]
+    async fn a_replayed_event_of_its_own_write_reaches_the_writer_as_a_cursor_note() {
+        let (out, mut rx) = mpsc::channel(64);
+        let args = spawn_args(out);
+        let own = args.own.clone();
+        let conv = ConversationId::direct(UserId(1), UserId(2));
+        let old = ClientMsgId::new("c-old").expect("id");
+        own.note([OwnWrite::Sent(conv, &old)]);
+        for i in 0..OWN_WRITES {
+            let id = ClientMsgId::new(format!("filler-{i}")).expect("id");
+            own.note([OwnWrite::Sent(conv, &id)]);
+        }
+        let mine = ClientMsgId::new("c-1").expect("id");
+        own.note([OwnWrite::Sent(conv, &mine), OwnWrite::Read(conv, Seq(4))]);
+        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
+            .await
+            .expect("spawn");
+        actor
+            .send_message(ConnectionMsg::Start {
+                cursor: EventSeq(0),
+            })
+            .expect("start");
+        let frames = [
+            message(1, 1, "c-1"),
+            // The same user, another device.
+            message(2, 1, "c-2"),
+            // The other member, with the same client id.
+            message(3, 2, "c-1"),
+            read(4),
+            read(5),
+            // Noted, but before the last OWN_WRITES notes.
+            message(6, 1, "c-old"),
+        ];
+        for f in frames {
+            actor.send_message(ConnectionMsg::Push(f)).expect("push");
+        }
+        settle(&actor).await;
+        let got = received(&mut rx);
+        assert_eq!(got.len(), 6, "{got:?}");
+        assert_eq!(got[0], "cursor 1");
+        assert!(
+            got[1].contains("c-2") && got[1].starts_with("Message"),
+            "{got:?}"
+        );
+        assert!(
+            got[2].contains("c-1") && got[2].starts_with("Message"),
+            "{got:?}"
+        );
+        assert_eq!(got[3..5], ["cursor 4", "5"]);
+        assert!(got[5].contains("c-old"), "{got:?}");
     }
 }

@@ -24,7 +24,8 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 
 use crate::connection::{
-    ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound, PushFrame, SharedCursor,
+    ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound, OwnWrite, OwnWrites,
+    PushFrame, SharedCursor,
 };
 use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
 use crate::error::ActorError;
@@ -124,6 +125,7 @@ struct LocalConn {
     user: UserId,
     actor: ActorRef<ConnectionMsg>,
     cursor: SharedCursor,
+    own: OwnWrites,
 }
 
 /// A local connection to attach to its user's session again.
@@ -261,6 +263,12 @@ impl Router {
         origin: Option<ConnRef>,
     ) -> Result<Vec<Appended>, ActorError> {
         let count = drafts.len();
+        self.note_own_writes(
+            origin,
+            drafts
+                .iter()
+                .map(|d| OwnWrite::Sent(conversation, &d.client_msg_id)),
+        );
         // Membership is checked by the conversation's owner, against the log's order: this
         // node's copy of the metadata may not show a change the owner has written yet.
         let body = ActorRequestBody::Append {
@@ -272,6 +280,24 @@ impl Router {
         match self.route(Target::Conversation(conversation), body).await? {
             ActorReply::Appended(outcomes) if outcomes.len() == count => Ok(outcomes),
             _ => Err(ActorError::BadPayload("unexpected reply to append".into())),
+        }
+    }
+
+    /// Notes on `origin`, when it is a connection of this node, the writes it is about to
+    /// make, so that their events reach it as cursor notes whichever way they come back.
+    fn note_own_writes<'a>(
+        &self,
+        origin: Option<ConnRef>,
+        writes: impl IntoIterator<Item = OwnWrite<'a>>,
+    ) {
+        let Some(origin) = origin.filter(|o| o.node == self.node_id) else {
+            return;
+        };
+        let own = lock(&self.connections)
+            .get(&origin.conn)
+            .map(|c| c.own.clone());
+        if let Some(own) = own {
+            own.note(writes);
         }
     }
 
@@ -310,6 +336,7 @@ impl Router {
         if !self.is_member(&conversation, user) {
             return Err(ActorError::Forbidden);
         }
+        self.note_own_writes(origin, [OwnWrite::Read(conversation, seq)]);
         let body = ActorRequestBody::MarkRead {
             user,
             conversation,
@@ -739,12 +766,14 @@ impl Router {
             conn: self.next_conn.fetch_add(1, Ordering::Relaxed),
         };
         let cursor = SharedCursor::default();
+        let own = OwnWrites::default();
         let args = ConnectionArgs {
             user,
             out,
             me: conn,
             router: self.me.clone(),
             cursor: cursor.clone(),
+            own: own.clone(),
             slow_after: crate::connection::SLOW_CONSUMER_AFTER,
         };
         let (actor, _) = Actor::spawn(None, ConnectionActor, args)
@@ -756,6 +785,7 @@ impl Router {
                 user,
                 actor: actor.clone(),
                 cursor,
+                own,
             },
         );
         match self.reattach(user, conn, resume_from).await {
