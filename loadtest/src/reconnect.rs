@@ -18,6 +18,9 @@
 //! message sent to the user once and in order across them, none lost. After the window the
 //! run waits for every owed push (each acknowledged message owes its receiver one), then
 //! reads every conversation back.
+//!
+//! A user whose node cannot be reached (killed during the run: `scripts/bench --kill-after`)
+//! reconnects to the next target that answers, and resumes there from the same cursor.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -256,10 +259,12 @@ pub(crate) async fn run_reconnect(
                     let intended = interval.map_or(storm, |iv| storm + iv.mul_f64(i as f64));
                     tokio::time::sleep_until(intended.into()).await;
                     let mut t = Tally::default();
-                    let r = setup::connect_user(targets, &user, &mut t, false, Some(resume)).await;
+                    let r =
+                        setup::connect_user_anywhere(targets, &user, &mut t, Some(resume)).await;
                     let done = Instant::now();
                     match r {
-                        Ok((conn, _)) => {
+                        Ok((conn, _, target)) => {
+                            let user = User { target, ..user };
                             Live::add(&ctx.live.setups);
                             ctx.live.connection_opened();
                             if record {
@@ -295,6 +300,8 @@ pub(crate) async fn run_reconnect(
             match link {
                 Some(link) => {
                     connections.opened += 1;
+                    // Where it got through: its node may be gone (the next storm starts there).
+                    stormers[i].user.target = link.side.user.target;
                     stormers[i].link = Some(link);
                 }
                 None => connections.failed += 1,
@@ -341,17 +348,14 @@ pub(crate) async fn run_reconnect(
         p.abort();
     }
 
-    let reads = convs
-        .iter()
-        .zip(&senders)
-        .flat_map(|(convs, side)| {
-            let api = targets.apis[side.user.target].clone();
-            let token = side.user.token.clone();
-            convs
-                .iter()
-                .map(move |conv| (*conv, api.clone(), token.clone()))
-        })
-        .collect();
+    // Each sender reads its conversations back through a node that is up (its own may have
+    // been killed during the run).
+    let mut reads = Vec::new();
+    for (convs, side) in convs.iter().zip(&senders) {
+        let api = &targets.apis[setup::reachable_target(targets, &side.user).await];
+        let token = &side.user.token;
+        reads.extend(convs.iter().map(|c| (*c, api.clone(), token.clone())));
+    }
     crate::run::read_histories(&checker, reads, common::HISTORY_PAGE).await;
 
     open.extend(senders.iter().map(|s| Arc::clone(&s.conn)));

@@ -297,6 +297,46 @@ pub async fn connect_user(
     Ok((conn, welcome))
 }
 
+/// Connects `user` as [`connect_user`] does (not recorded), and when its node cannot be
+/// reached at all (the WebSocket transport fails: the node is down), tries the other targets
+/// in turn, as a client behind a load balancer does. Returns the target that answered.
+pub async fn connect_user_anywhere(
+    targets: &Targets,
+    user: &User,
+    tally: &mut Tally,
+    resume_from: Option<chat_types::EventSeq>,
+) -> Result<(Connection, Welcome, usize), ClientError> {
+    let n = targets.apis.len();
+    let mut unreachable = None;
+    for k in 0..n {
+        let target = (user.target + k) % n;
+        let at = User {
+            target,
+            ..user.clone()
+        };
+        match connect_user(targets, &at, tally, false, resume_from).await {
+            Ok((conn, welcome)) => return Ok((conn, welcome, target)),
+            Err(e @ ClientError::Ws(_)) => unreachable = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(unreachable.unwrap_or_else(|| ClientError::Ws("no target".into())))
+}
+
+/// The first target, from `user`'s own on, whose HTTP API answers `user` at all (any reply,
+/// even a refusal, means the node is up); `user`'s own when none does.
+pub async fn reachable_target(targets: &Targets, user: &User) -> usize {
+    let n = targets.apis.len();
+    for k in 0..n {
+        let target = (user.target + k) % n;
+        match targets.apis[target].my_profile(&user.token).await {
+            Err(ClientError::Http(_)) => continue,
+            _ => return target,
+        }
+    }
+    user.target
+}
+
 /// Runs `step` until it succeeds, fails for good, or [`SETUP_ATTEMPTS`] are spent; every
 /// failed attempt is counted in `tally`.
 async fn retry<T, F, Fut>(tally: &mut Tally, mut step: F) -> Result<T, ClientError>

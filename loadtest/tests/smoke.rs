@@ -378,4 +378,26 @@ async fn reconnect_storms_under_traffic_lose_and_repeat_nothing() {
     let reconnects = report.latency.get("connect").map_or(0, |l| l.count);
     assert!(reconnects >= 24, "{reconnects} reconnects recorded");
     must_have_no_errors_besides_the_schedule(&report);
+
+    // A user whose node is gone (nothing listens on the first target) gets through to the
+    // next one, as the storm's reconnects do when a node is killed.
+    use chat_loadtest::metrics::Tally;
+    use chat_loadtest::setup::{self, Targets, User};
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    let targets = Targets::new(&[gone, node.base_url()]).expect("targets");
+    let mut tally = Tally::default();
+    let prefix = setup::run_prefix();
+    // User 1 is the live node's (round-robin): it registers there.
+    let user = setup::register_and_log_in(&targets, &prefix, 1, &mut tally, false)
+        .await
+        .expect("register on the live node");
+    let stranded = User { target: 0, ..user };
+    assert_eq!(setup::reachable_target(&targets, &stranded).await, 1);
+    let (conn, welcome, target) =
+        setup::connect_user_anywhere(&targets, &stranded, &mut tally, None)
+            .await
+            .expect("connected through the live node");
+    assert_eq!(target, 1);
+    assert_eq!(welcome.user_id, stranded.user_id);
+    conn.close().await.expect("close");
 }
