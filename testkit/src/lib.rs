@@ -58,7 +58,11 @@ mod tests {
         let mut unique = picks.clone();
         unique.sort_unstable();
         unique.dedup();
-        assert_eq!(unique.len(), picks.len(), "a port handed out twice: {picks:?}");
+        assert_eq!(
+            unique.len(),
+            picks.len(),
+            "a port handed out twice: {picks:?}"
+        );
         for p in picks {
             assert!((low..high).contains(&p), "{p} outside {low}..{high}");
             TcpListener::bind((Ipv4Addr::LOCALHOST, p)).expect("still free");
