@@ -55,13 +55,19 @@ pub fn decode_u64_v1(cf: &'static str, key: &[u8], value: &[u8]) -> Result<u64, 
     }
 }
 
+/// The buffer [`encode_versioned`] starts with: a 64-byte message body with its record fits.
+const ENCODE_CAPACITY: usize = 256;
+
 /// Encodes a serde value as `[version] ++ MessagePack with field names`.
 pub fn encode_versioned<T: serde::Serialize>(
     cf: &'static str,
     version: u8,
     value: &T,
 ) -> Result<Vec<u8>, StorageError> {
-    let mut out = vec![version];
+    // Grown from one byte, the buffer was reallocated about five times per record: with
+    // the other serialisers' growth, 3.6% of a flood's CPU in `scripts/profile`.
+    let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+    out.push(version);
     rmp_serde::encode::write_named(&mut out, value).map_err(|e| StorageError::Encode {
         cf,
         detail: e.to_string(),
