@@ -6,11 +6,15 @@ say() { echo "== $*" >&2; }
 # Whether anything listens on TCP port $1.
 port_busy() { [ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]; }
 
-# A port nothing listens on (other benchmarks may run on this machine: never share theirs).
+# A port nothing listens on (other benchmarks may run on this machine: never share theirs),
+# below the kernel's ephemeral range: a port from that range may be taken by an outgoing
+# connection (of the load tester, or between nodes) before the node binds it.
 free_port() {
-    local p
+    local p low
+    low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+    [ "$low" -gt 11000 ] 2>/dev/null || low=32768
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (low - 10000)))
         port_busy "$p" || { echo "$p"; return 0; }
     done
     echo "$me: no free port found" >&2
