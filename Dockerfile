@@ -8,14 +8,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# Link Debian's RocksDB (as .cargo/config.toml does) on whatever architecture builds this.
+# Link Debian's RocksDB statically (as .cargo/config.toml does) on whatever architecture
+# builds this; the runtime image keeps only the compression libraries it calls.
 RUN ROCKSDB_LIB_DIR="/usr/lib/$(gcc -print-multiarch)" \
     cargo build --release --locked --bin chat-node \
  && cp target/release/chat-node /usr/local/bin/chat-node
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends librocksdb7.8 ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates \
+        libsnappy1v5 liblz4-1 libzstd1 libbz2-1.0 zlib1g libstdc++6 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 chat \
  && useradd --system --uid 10001 --gid chat --home-dir /data --no-create-home \
