@@ -20,7 +20,8 @@
 //! reads every conversation back.
 //!
 //! A user whose node cannot be reached (killed during the run: `scripts/bench --kill-after`)
-//! reconnects to the next target that answers, and resumes there from the same cursor.
+//! reconnects to the next target that answers, and resumes there from the same cursor; a
+//! sender whose connection is found closed connects elsewhere and goes on sending.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -139,6 +140,92 @@ impl Stormer {
     }
 }
 
+/// How long a sender whose node is gone waits between attempts to connect elsewhere.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+
+/// A sender's connection, replaced when it is found closed (its node was killed): the
+/// sender reconnects to the next node that answers and goes on sending. Sends in flight on
+/// the lost connection keep their unknown outcome.
+struct SenderSlot {
+    current: std::sync::Mutex<Arc<Side>>,
+    /// One reconnect at a time; the sends that find the connection closed meanwhile wait.
+    reconnecting: tokio::sync::Mutex<()>,
+    /// Every connection the sender had, to close at the end.
+    all: std::sync::Mutex<Vec<Arc<chat_client::Connection>>>,
+}
+
+impl SenderSlot {
+    fn new(side: Arc<Side>) -> SenderSlot {
+        SenderSlot {
+            all: std::sync::Mutex::new(vec![Arc::clone(&side.conn)]),
+            current: std::sync::Mutex::new(side),
+            reconnecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn side(&self) -> Arc<Side> {
+        Arc::clone(&lock(&self.current))
+    }
+
+    /// Replaces `lost` (unless another send did already) with a connection to a node that
+    /// answers, whose pushes are read and dropped until `stop` or `deadline`. Whether the
+    /// sender has a connection again.
+    async fn replace(
+        &self,
+        lost: &Arc<Side>,
+        targets: &Targets,
+        ctx: &Ctx,
+        stop: &watch::Sender<bool>,
+        deadline: Instant,
+    ) -> bool {
+        let _one = self.reconnecting.lock().await;
+        let now = self.side();
+        if !Arc::ptr_eq(&now, lost) {
+            return true;
+        }
+        // Until the cluster has marked the node down, the others may refuse the user as
+        // unavailable (its session lived there): try again until the run ends.
+        let (conn, target) = loop {
+            let mut t = Tally::default();
+            match setup::connect_user_anywhere(targets, &lost.user, &mut t, None).await {
+                Ok((conn, _, target)) => break (conn, target),
+                Err(_) if Instant::now() + RECONNECT_PAUSE < deadline && !*stop.borrow() => {
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                Err(_) => return false,
+            }
+        };
+        let conn = Arc::new(conn);
+        let observer = lock(&ctx.checker).observer_opened(lost.user.user_id);
+        let side = Arc::new(Side {
+            user: User {
+                target,
+                ..lost.user.clone()
+            },
+            conn: Arc::clone(&conn),
+            observer,
+        });
+        ctx.live.connection_opened();
+        lock(&self.all).push(Arc::clone(&conn));
+        *lock(&self.current) = side;
+        // The new connection's pushes (its cursor notes) are read, so that it never fills.
+        let mut stop = stop.subscribe();
+        tokio::spawn(async move {
+            while !*stop.borrow() && Instant::now() < deadline {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    r = conn.next_raw_frame(wait) => match r {
+                        Ok(Some(RawEvent::Closed { .. })) | Err(_) => break,
+                        Ok(_) => {}
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        true
+    }
+}
+
 pub(crate) async fn run_reconnect(
     config: &RunConfig,
     targets: &Targets,
@@ -203,13 +290,19 @@ pub(crate) async fn run_reconnect(
     for side in &senders {
         pump.drop_raw_events(side);
     }
+    let slots: Vec<Arc<SenderSlot>> = senders
+        .iter()
+        .map(|side| Arc::new(SenderSlot::new(Arc::clone(side))))
+        .collect();
     let mut sending = Vec::new();
     if let Some(t) = &traffic {
-        for (n, (side, convs)) in senders.iter().zip(convs.iter()).enumerate() {
+        for (n, (slot, convs)) in slots.iter().zip(convs.iter()).enumerate() {
             let schedule = Schedule::share(t.message_rate, senders.len(), n);
-            let side = Arc::clone(side);
+            let slot = Arc::clone(slot);
             let convs = Arc::clone(convs);
             let c = Arc::clone(&ctx);
+            let targets = Arc::new(targets.clone());
+            let stop = stop.clone();
             let next = AtomicUsize::new(0);
             sending.push(tokio::spawn(paced_sender(
                 Arc::clone(&ctx),
@@ -219,7 +312,22 @@ pub(crate) async fn run_reconnect(
                 schedule,
                 move |cmid, intended| {
                     let conv = convs[next.fetch_add(1, Ordering::Relaxed) % convs.len()];
-                    send_one(Arc::clone(&side), Arc::clone(&c), conv, cmid, intended)
+                    let (slot, c, targets, stop) = (
+                        Arc::clone(&slot),
+                        Arc::clone(&c),
+                        Arc::clone(&targets),
+                        stop.clone(),
+                    );
+                    async move {
+                        let side = slot.side();
+                        let mut sent =
+                            send_one(Arc::clone(&side), Arc::clone(&c), conv, cmid, intended).await;
+                        // Its node is gone: the sender goes on through another one.
+                        if sent.closed && slot.replace(&side, &targets, &c, &stop, hard_end).await {
+                            sent.closed = false;
+                        }
+                        sent
+                    }
                 },
             )));
         }
@@ -351,14 +459,17 @@ pub(crate) async fn run_reconnect(
     // Each sender reads its conversations back through a node that is up (its own may have
     // been killed during the run).
     let mut reads = Vec::new();
-    for (convs, side) in convs.iter().zip(&senders) {
+    for (convs, slot) in convs.iter().zip(&slots) {
+        let side = slot.side();
         let api = &targets.apis[setup::reachable_target(targets, &side.user).await];
         let token = &side.user.token;
         reads.extend(convs.iter().map(|c| (*c, api.clone(), token.clone())));
     }
     crate::run::read_histories(&checker, reads, common::HISTORY_PAGE).await;
 
-    open.extend(senders.iter().map(|s| Arc::clone(&s.conn)));
+    for slot in &slots {
+        open.extend(lock(&slot.all).iter().cloned());
+    }
     common::close_conns(open).await;
     Ok(Outcome {
         tally,

@@ -59,10 +59,11 @@ impl RunConfig {
 /// The checker, shared by every task of a run.
 pub(crate) type SharedChecker = Arc<Mutex<Checker>>;
 
-/// Locks the checker; a task that panicked while holding it cannot have left it
-/// half-updated (every method is a few pushes), so poisoning is ignored.
-pub(crate) fn lock(checker: &SharedChecker) -> MutexGuard<'_, Checker> {
-    checker.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks the checker (or other state a run's tasks share); a task that panicked while
+/// holding it cannot have left it half-updated (every update is a few pushes or a swap), so
+/// poisoning is ignored.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The instants every task schedules against.
