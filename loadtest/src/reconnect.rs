@@ -21,7 +21,9 @@
 //!
 //! A user whose node cannot be reached (killed during the run: `scripts/bench --kill-after`)
 //! reconnects to the next target that answers, and resumes there from the same cursor; a
-//! sender whose connection is found closed connects elsewhere and goes on sending.
+//! sender whose connection is found closed connects elsewhere, sends again what the cut
+//! left unacknowledged (same client message id: the server must not store it twice), and
+//! goes on sending.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::checker::ObserverId;
-use crate::common::{self, paced_sender, read_pushes, send_one, Pump, Schedule, Side};
+use crate::common::{self, paced_sender, read_pushes, send_one, Pump, Schedule, Sent, Side};
 use crate::metrics::{Live, Tally};
 use crate::report::Connections;
 use crate::run::{lock, sample, spawn_progress, Clock, Ctx, Outcome, RunConfig, SharedChecker};
@@ -320,13 +322,35 @@ pub(crate) async fn run_reconnect(
                     );
                     async move {
                         let side = slot.side();
-                        let mut sent =
-                            send_one(Arc::clone(&side), Arc::clone(&c), conv, cmid, intended).await;
-                        // Its node is gone: the sender goes on through another one.
-                        if sent.closed && slot.replace(&side, &targets, &c, &stop, hard_end).await {
-                            sent.closed = false;
+                        let sent = send_one(
+                            Arc::clone(&side),
+                            Arc::clone(&c),
+                            conv,
+                            cmid.clone(),
+                            intended,
+                        )
+                        .await;
+                        // Its node is gone: the sender goes on through another one, and sends
+                        // again what was cut off, with the same client message id, as a
+                        // client does: stored once or not at all, never twice.
+                        if !sent.closed || !slot.replace(&side, &targets, &c, &stop, hard_end).await
+                        {
+                            return sent;
                         }
-                        sent
+                        if sent.acked.is_some() {
+                            return Sent {
+                                closed: false,
+                                ..sent
+                            };
+                        }
+                        let mut again = send_one(slot.side(), c, conv, cmid, intended).await;
+                        let mut errors = sent.errors;
+                        errors.append(&mut again.errors);
+                        Sent {
+                            errors,
+                            closed: false,
+                            ..again
+                        }
                     }
                 },
             )));
