@@ -659,10 +659,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_burst_larger_than_the_queue_is_held_and_handed_over_in_order() {
-        let (out, mut rx) = mpsc::channel(2);
-        let (actor, _) = Actor::spawn(None, ConnectionActor, spawn_args(out))
+    /// A connection actor whose session has started it at the stream's beginning.
+    async fn spawn_started(args: ConnectionArgs) -> ActorRef<ConnectionMsg> {
+        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
             .await
             .expect("spawn");
         actor
@@ -670,6 +669,13 @@ mod tests {
                 cursor: EventSeq(0),
             })
             .expect("start");
+        actor
+    }
+
+    #[tokio::test]
+    async fn a_burst_larger_than_the_queue_is_held_and_handed_over_in_order() {
+        let (out, mut rx) = mpsc::channel(2);
+        let actor = spawn_started(spawn_args(out)).await;
         for n in 1..=6 {
             actor
                 .send_message(ConnectionMsg::Push(read(n)))
@@ -694,14 +700,7 @@ mod tests {
             slow_after,
             ..spawn_args(out)
         };
-        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
-            .await
-            .expect("spawn");
-        actor
-            .send_message(ConnectionMsg::Start {
-                cursor: EventSeq(0),
-            })
-            .expect("start");
+        let actor = spawn_started(args).await;
         actor
             .send_message(ConnectionMsg::Push(read(1)))
             .expect("push");
@@ -783,14 +782,7 @@ mod tests {
         }
         let mine = ClientMsgId::new("c-1").expect("id");
         own.note([OwnWrite::Sent(conv, &mine), OwnWrite::Read(conv, Seq(4))]);
-        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
-            .await
-            .expect("spawn");
-        actor
-            .send_message(ConnectionMsg::Start {
-                cursor: EventSeq(0),
-            })
-            .expect("start");
+        let actor = spawn_started(args).await;
         let frames = [
             message(1, 1, "c-1"),
             // The same user, another device.
