@@ -266,20 +266,10 @@ impl Pump {
     /// Also reads and drops `side`'s raw events (read marks, receipts, presence), which
     /// would otherwise queue in the SDK for the whole run.
     pub(crate) fn drop_raw_events(&mut self, side: &Arc<Side>) {
-        let side = Arc::clone(side);
-        let mut stop = self.stop.subscribe();
-        let deadline = self.deadline;
+        let conn = Arc::clone(&side.conn);
+        let (stop, deadline) = (self.stop.subscribe(), self.deadline);
         self.readers.push(tokio::spawn(async move {
-            while !*stop.borrow() && Instant::now() < deadline {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                tokio::select! {
-                    r = side.conn.next_raw_frame(wait) => match r {
-                        Ok(Some(chat_client::RawEvent::Closed { .. })) | Err(_) => break,
-                        Ok(_) => {}
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
+            drop_raw_events(conn, stop, deadline).await;
             Tally::default()
         }));
     }
@@ -297,6 +287,25 @@ impl Pump {
             if let Ok(Ok(t)) = tokio::time::timeout(left, r).await {
                 tally.merge(&t);
             }
+        }
+    }
+}
+
+/// Reads and drops `conn`'s raw events (read marks, receipts, presence, cursor notes) until
+/// it closes, `stop` turns true, or `deadline`.
+pub(crate) async fn drop_raw_events(
+    conn: Arc<Connection>,
+    mut stop: watch::Receiver<bool>,
+    deadline: Instant,
+) {
+    while !*stop.borrow() && Instant::now() < deadline {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            r = conn.next_raw_frame(wait) => match r {
+                Ok(Some(chat_client::RawEvent::Closed { .. })) | Err(_) => break,
+                Ok(_) => {}
+            },
+            _ = stop.changed() => break,
         }
     }
 }

@@ -146,8 +146,8 @@ impl Stormer {
 const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 /// A sender's connection, replaced when it is found closed (its node was killed): the
-/// sender reconnects to the next node that answers and goes on sending. Sends in flight on
-/// the lost connection keep their unknown outcome.
+/// sender reconnects to the next node that answers and goes on sending (a send the loss cut
+/// off before its ack is sent again there, by the sending closure).
 struct SenderSlot {
     current: std::sync::Mutex<Arc<Side>>,
     /// One reconnect at a time; the sends that find the connection closed meanwhile wait.
@@ -211,19 +211,7 @@ impl SenderSlot {
         lock(&self.all).push(Arc::clone(&conn));
         *lock(&self.current) = side;
         // The new connection's pushes (its cursor notes) are read, so that it never fills.
-        let mut stop = stop.subscribe();
-        tokio::spawn(async move {
-            while !*stop.borrow() && Instant::now() < deadline {
-                let wait = deadline.saturating_duration_since(Instant::now());
-                tokio::select! {
-                    r = conn.next_raw_frame(wait) => match r {
-                        Ok(Some(RawEvent::Closed { .. })) | Err(_) => break,
-                        Ok(_) => {}
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
-        });
+        tokio::spawn(common::drop_raw_events(conn, stop.subscribe(), deadline));
         true
     }
 }
@@ -297,13 +285,14 @@ pub(crate) async fn run_reconnect(
         .map(|side| Arc::new(SenderSlot::new(Arc::clone(side))))
         .collect();
     let mut sending = Vec::new();
+    let shared_targets = Arc::new(targets.clone());
     if let Some(t) = &traffic {
         for (n, (slot, convs)) in slots.iter().zip(convs.iter()).enumerate() {
             let schedule = Schedule::share(t.message_rate, senders.len(), n);
             let slot = Arc::clone(slot);
             let convs = Arc::clone(convs);
             let c = Arc::clone(&ctx);
-            let targets = Arc::new(targets.clone());
+            let targets = Arc::clone(&shared_targets);
             let stop = stop.clone();
             let next = AtomicUsize::new(0);
             sending.push(tokio::spawn(paced_sender(
