@@ -1,11 +1,17 @@
 //! Conversation logs: the messages of each conversation in seq order, the head (last seq) and
 //! the client-message-id dedup records.
 //!
-//! One append is one `WriteBatch` holding the messages, their dedup records and the new head,
-//! so a crash leaves either all of them or none: a retry after a crash finds the dedup record
-//! exactly when the message exists, and never gets a second seq for the same client id. An
-//! append may carry several messages of one conversation (a client's sends that queued up
-//! together): they take consecutive seqs in the order given, in one write.
+//! One append is one `WriteBatch` holding the messages and their dedup records, so a crash
+//! leaves either all of them or none: a retry after a crash finds the dedup record exactly
+//! when the message exists, and never gets a second seq for the same client id. An append may
+//! carry several messages of one conversation (a client's sends that queued up together):
+//! they take consecutive seqs in the order given, in one write.
+//!
+//! A conversation's head (its last seq) is not a record of its own: it is the seq of its last
+//! message key, found by one seek when the conversation is first touched and kept in memory
+//! after. Messages are never removed, so the two cannot disagree, and every append writes one
+//! key fewer (`conv_head` is still opened, for databases written before, and no longer
+//! written or read).
 //!
 //! The conversation actor is the single writer of its conversation; the log still serialises
 //! appends per conversation (striped locks) so that a second writer in the same process could
@@ -26,7 +32,7 @@ use chat_types::{
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Durability, Store, CF_DEDUP, CF_DELIVERED, CF_HEAD, CF_INDEX_FEED, CF_MSG};
+use crate::db::{Durability, Store, CF_DEDUP, CF_DELIVERED, CF_INDEX_FEED, CF_MSG};
 use crate::error::StorageError;
 use crate::fence;
 use crate::keys::{
@@ -233,16 +239,20 @@ impl RocksConversationLog {
         Ok(known)
     }
 
+    /// The seq of the conversation's last message as stored (0 when it has none).
     fn stored_head(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
-        let key = conv.to_key();
-        match self
-            .store
-            .db()
-            .get_pinned_cf(self.store.cf(CF_HEAD)?, key)?
-        {
-            Some(v) => Ok(Seq(decode_u64_v1(CF_HEAD, &key, &v)?)),
-            None => Ok(Seq(0)),
-        }
+        let mut it = self.store.db().raw_iterator_cf(self.store.cf(CF_MSG)?);
+        it.seek_for_prev(message_key(conv, Seq(u64::MAX)));
+        let head = match it.key() {
+            Some(k) => match split_message_key(k) {
+                Some((c, seq)) if c == *conv => seq,
+                Some(_) => Seq(0),
+                None => return Err(StorageError::corrupt(CF_MSG, k)),
+            },
+            None => Seq(0),
+        };
+        it.status()?;
+        Ok(head)
     }
 
     /// Refuses `epoch` when the log has seen a newer one (unless fencing is broken on purpose).
@@ -304,7 +314,6 @@ impl ConversationLog for RocksConversationLog {
         let known = self.known(&mut stripe, &conv)?;
         self.check_known_fence(known, epoch)?;
         let (cf_msg, cf_dedup) = (self.store.cf(CF_MSG)?, self.store.cf(CF_DEDUP)?);
-        let cf_feed = self.store.cf(CF_INDEX_FEED)?;
         let mut batch = WriteBatch::default();
         let mut head = known.head;
         let mut outcomes = Vec::with_capacity(reqs.len());
@@ -347,7 +356,6 @@ impl ConversationLog for RocksConversationLog {
                 encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
             );
             batch.put_cf(cf_dedup, &dkey, encode_u64_v1(head.0));
-            batch.put_cf(cf_feed, mkey, []);
             assigned.insert(dkey, outcomes.len());
             outcomes.push(AppendOutcome {
                 message: Message {
@@ -367,17 +375,12 @@ impl ConversationLog for RocksConversationLog {
         if head == known.head {
             return Ok(outcomes);
         }
-        batch.put_cf(
-            self.store.cf(CF_HEAD)?,
-            conv.to_key(),
-            encode_u64_v1(head.0),
-        );
         if epoch != known.fence {
             fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
         }
         db.write_opt(batch, &Store::write_opts(self.durability))?;
         self.feed
-            .written((known.head.0 + 1..=head.0).map(|s| (conv, Seq(s))));
+            .written((known.head.0 + 1..=head.0).map(|s| (conv, Seq(s), false)));
         stripe.insert(conv, Known { head, fence: epoch });
         Ok(outcomes)
     }
@@ -430,22 +433,24 @@ impl ConversationLog for RocksConversationLog {
                 mkey,
                 encode_versioned(CF_MSG, MESSAGE_FORMAT, &record)?,
             );
-            batch.put_cf(self.store.cf(CF_INDEX_FEED)?, mkey, []);
-            stored.push(m.seq);
+            // Beyond every seq written before it, the message is covered by the search
+            // index's watermark; below one (a gap filled, a diverged message replaced) it is
+            // listed on its own (see `index_feed`).
+            let listed = m.seq <= head;
+            if listed {
+                batch.put_cf(self.store.cf(CF_INDEX_FEED)?, mkey, []);
+            }
+            stored.push((m.seq, listed));
             if !self.breakage.dedup_not_replicated {
                 let dkey = dedup_key(&conv, m.sender, m.client_msg_id.as_str());
                 batch.put_cf(self.store.cf(CF_DEDUP)?, &dkey, encode_u64_v1(m.seq.0));
             }
             head = head.max(m.seq);
         }
-        batch.put_cf(
-            self.store.cf(CF_HEAD)?,
-            conv.to_key(),
-            encode_u64_v1(head.0),
-        );
         fence::put(&self.store, &mut batch, &conv.to_key(), epoch)?;
         db.write_opt(batch, &Store::write_opts(self.durability))?;
-        self.feed.written(stored.into_iter().map(|seq| (conv, seq)));
+        self.feed
+            .written(stored.into_iter().map(|(seq, listed)| (conv, seq, listed)));
         stripe.insert(conv, Known { head, fence: epoch });
         Ok(head)
     }
@@ -483,20 +488,12 @@ impl ConversationLog for RocksConversationLog {
 
     fn undelivered(&self) -> Result<Vec<ConversationId>, StorageError> {
         let mut out = Vec::new();
-        let iter = self
-            .store
-            .db()
-            .iterator_cf(self.store.cf(CF_HEAD)?, IteratorMode::Start);
-        for item in iter {
-            let (k, v) = item?;
-            let Some(conv) = ConversationId::from_key(&k) else {
-                return Err(StorageError::corrupt(CF_HEAD, &k));
-            };
-            let head = Seq(decode_u64_v1(CF_HEAD, &k, &v)?);
+        each_conversation_head(&self.store, |conv, head| {
             if self.delivered(&conv)? < head {
                 out.push(conv);
             }
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -618,6 +615,32 @@ impl RocksConversationLog {
         }
         Ok(out)
     }
+}
+
+/// Calls `each(conversation, last seq)` for every conversation with messages here, in key
+/// order, one seek per conversation; stops early when `each` returns false.
+pub(crate) fn each_conversation_head(
+    store: &Store,
+    mut each: impl FnMut(ConversationId, Seq) -> Result<bool, StorageError>,
+) -> Result<(), StorageError> {
+    let mut it = store.db().raw_iterator_cf(store.cf(CF_MSG)?);
+    it.seek_to_first();
+    while let Some(first) = it.key() {
+        let (conv, _) =
+            split_message_key(first).ok_or_else(|| StorageError::corrupt(CF_MSG, first))?;
+        it.seek_for_prev(message_key(&conv, Seq(u64::MAX)));
+        it.status()?;
+        let head = match it.key().and_then(split_message_key) {
+            Some((c, seq)) if c == conv => seq,
+            _ => return Err(StorageError::Io(format!("lost the last message of {conv}"))),
+        };
+        if !each(conv, head)? {
+            return Ok(());
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -931,5 +954,46 @@ mod tests {
             log.append(req(c, 1, "m3", "three")).expect("a").message.seq,
             Seq(3)
         );
+    }
+
+    #[test]
+    fn heads_come_from_each_conversations_last_message_after_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // In key order: a, then b (no messages), then c.
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(1), UserId(3));
+        let c = ConversationId::direct(UserId(1), UserId(4));
+        {
+            let log = must_open(dir.path());
+            for i in 1..=3 {
+                log.append(req(a, 1, &format!("a{i}"), "x"))
+                    .expect("append");
+            }
+            for i in 1..=2 {
+                log.append(req(c, 4, &format!("c{i}"), "x"))
+                    .expect("append");
+            }
+            log.set_delivered(&a, Seq(3)).expect("set");
+        }
+        let log = must_open(dir.path());
+        assert_eq!(log.head(&a).expect("head"), Seq(3));
+        assert_eq!(log.head(&b).expect("head"), Seq(0));
+        assert_eq!(log.head(&c).expect("head"), Seq(2));
+        assert_eq!(log.undelivered().expect("scan"), vec![c]);
+        assert_eq!(
+            log.append(req(b, 3, "b1", "x"))
+                .expect("append")
+                .message
+                .seq,
+            Seq(1)
+        );
+        assert_eq!(
+            log.append(req(c, 4, "c3", "x"))
+                .expect("append")
+                .message
+                .seq,
+            Seq(3)
+        );
+        assert_eq!(log.undelivered().expect("scan"), vec![b, c]);
     }
 }

@@ -11,7 +11,8 @@ use crate::error::StorageError;
 
 /// `conv(17) ++ seq(8)` -> versioned message record.
 pub const CF_MSG: &str = "conv_seq_message";
-/// `conv(17)` -> versioned last seq.
+/// `conv(17)` -> versioned last seq. No longer written or read (a conversation's head is its
+/// last message key); opened so that databases written before still open.
 pub const CF_HEAD: &str = "conv_head";
 /// `conv(17) ++ sender(8) ++ client_msg_id` -> versioned seq.
 pub const CF_DEDUP: &str = "conv_sender_cmid_seq";
@@ -35,8 +36,12 @@ pub const CF_RAFT_META: &str = "raftname_state";
 pub const CF_META: &str = "metakey_value";
 /// name -> node-local facts that are not replicated (this node's id).
 pub const CF_LOCAL: &str = "localname_value";
-/// Messages written here and not yet in the search index: message key -> nothing.
+/// Messages written here below their conversation's head and not yet in the search index:
+/// message key -> nothing (see `index_feed`).
 pub const CF_INDEX_FEED: &str = "convseq_unindexed";
+/// `conv(17)` -> versioned seq: every message of the conversation written in seq order up to
+/// it is in the search index (see `index_feed`).
+pub const CF_INDEXED: &str = "conv_indexedseq";
 
 const ALL_CFS: &[&str] = &[
     CF_MSG,
@@ -53,6 +58,7 @@ const ALL_CFS: &[&str] = &[
     CF_META,
     CF_LOCAL,
     CF_INDEX_FEED,
+    CF_INDEXED,
 ];
 
 /// How hard a write is pushed to disk before it counts as done.
@@ -79,7 +85,8 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating when missing) the database in `dir` with every column family.
+    /// Opens (creating when missing) the database in `dir` with every column family, and
+    /// brings an older layout up to date.
     pub fn open(dir: &Path) -> Result<Store, StorageError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -94,7 +101,9 @@ impl Store {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
-        Ok(Store { db: Arc::new(db) })
+        let store = Store { db: Arc::new(db) };
+        crate::index_feed::migrate(&store)?;
+        Ok(store)
     }
 
     pub(crate) fn db(&self) -> &DB {

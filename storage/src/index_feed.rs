@@ -1,29 +1,43 @@
-//! The search index's to-do list: every message written on this node (appended as owner or
-//! stored as a replica) also leaves its key in `convseq_unindexed`, in the same `WriteBatch`.
-//! The indexer reads the list, indexes those messages and then deletes their keys, so that
-//! a crash in between only indexes a message twice (which replaces it: indexing is
-//! idempotent) and nothing written is ever missed. A rebuild puts every key back.
+//! The search index's to-do list: which messages held on this node (appended as owner or
+//! stored as a replica) the index has not taken yet.
 //!
-//! The list is also kept in memory ([`Feed`]), in the order the messages were written, so
-//! that the indexer does not scan the column family while it runs: the keys it deleted stay
-//! in RocksDB as tombstones until a flush, and a scan from the start walked every one of
-//! them, once per poll (a cost that grew with every message indexed). The column family is
-//! read only after a start, a rebuild, or when more was queued than memory holds.
+//! Most of it is a watermark per conversation (`conv_indexedseq`): every message written in
+//! seq order up to it is in the index. A message written beyond every seq its conversation
+//! had (every append, and replication in order) needs no record of its own: it is above the
+//! watermark until the indexer has taken it and raised the watermark past it. A message
+//! written below a seq already there (a replica filling a gap, or a newer owner's message
+//! replacing an old owner's) could sit below the watermark unindexed, so it leaves its key in
+//! `convseq_unindexed`, in the same `WriteBatch`, and the indexer deletes the key once it has
+//! taken it. A crash in between only indexes messages twice (which replaces them: indexing is
+//! idempotent), and nothing written is ever missed. A rebuild drops the watermarks.
+//!
+//! The list is also kept in memory ([`Feed`]), in the order the messages were written, so that
+//! the indexer does not scan RocksDB while it runs. RocksDB is read only after a start, a
+//! rebuild, or when more was queued than memory holds: the listed keys, then for each
+//! conversation the seqs between its watermark and its last message.
+//!
+//! Before the watermarks, every message left a key in `convseq_unindexed` (a put, and a
+//! delete once indexed: two of the ten keys a direct message wrote). [`migrate`] brings such a
+//! database over when it is opened: each conversation's watermark starts at its last message,
+//! and the keys still listed stay listed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use chat_types::{ConversationId, Message, Seq};
 use rocksdb::{IteratorMode, WriteBatch};
 
-use crate::conversation_log::RocksConversationLog;
-use crate::db::{Durability, Store, CF_INDEX_FEED, CF_MSG};
+use crate::conversation_log::{each_conversation_head, RocksConversationLog};
+use crate::db::{Durability, Store, CF_INDEXED, CF_INDEX_FEED, CF_LOCAL, CF_MSG};
 use crate::error::StorageError;
-use crate::keys::{message_key, split_message_key};
+use crate::keys::{decode_u64_v1, encode_u64_v1, message_key, split_message_key, CONV_LEN};
 
-/// Messages to index kept in memory at most; beyond, the column family is read again once
-/// the indexer has caught up with memory.
+/// Messages to index kept in memory at most; beyond, RocksDB is read again once the indexer
+/// has caught up with memory.
 const FEED_IN_MEMORY: usize = 65_536;
+
+/// The `localname_value` entry that says the watermarks are in use (see [`migrate`]).
+const WATERMARKS_IN_USE: &str = "index_watermarks";
 
 /// The in-memory copy of the to-do list.
 #[derive(Debug)]
@@ -35,8 +49,14 @@ pub(crate) struct Feed {
 #[derive(Debug)]
 struct FeedState {
     queue: VecDeque<(ConversationId, Seq)>,
-    /// The column family may hold keys the queue does not (the queue was full, a rebuild
-    /// queued everything, or nothing was read since the start).
+    /// The queued messages that have a key of their own in `convseq_unindexed`.
+    listed: HashSet<(ConversationId, Seq)>,
+    /// A call of `unindexed` is reading RocksDB: the queue holds only what was written since.
+    refilling: bool,
+    /// Rebuilds so far: a read of RocksDB that a rebuild overtook is thrown away.
+    rebuilds: u64,
+    /// RocksDB may hold to-dos the queue does not (the queue was full, a rebuild dropped the
+    /// watermarks, or nothing was read since the start).
     spilled: bool,
 }
 
@@ -51,6 +71,9 @@ impl Feed {
         Feed {
             state: Mutex::new(FeedState {
                 queue: VecDeque::new(),
+                listed: HashSet::new(),
+                refilling: false,
+                rebuilds: 0,
                 spilled: true,
             }),
             capacity: capacity.max(1),
@@ -61,96 +84,207 @@ impl Feed {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records messages just written to the column family (called after the write, with the
-    /// conversation's lock held, so that one conversation's messages queue in seq order).
-    pub(crate) fn written(&self, written: impl IntoIterator<Item = (ConversationId, Seq)>) {
+    /// Records messages just written (called after the write, with the conversation's lock
+    /// held, so that one conversation's messages queue in the order written); `listed` says
+    /// the write left the message's key in `convseq_unindexed`.
+    pub(crate) fn written(&self, written: impl IntoIterator<Item = (ConversationId, Seq, bool)>) {
         let mut state = self.lock();
-        for pos in written {
+        for (conv, seq, listed) in written {
             if state.spilled || state.queue.len() >= self.capacity {
-                // The column family has it; the next read of it finds it.
+                // RocksDB has it (above the watermark, or listed); the next read finds it.
                 state.spilled = true;
                 return;
             }
-            state.queue.push_back(pos);
+            state.queue.push_back((conv, seq));
+            if listed {
+                state.listed.insert((conv, seq));
+            }
         }
     }
+}
 
-    /// Marks the column family as holding keys the queue does not.
-    fn spill(&self) {
-        self.lock().spilled = true;
+/// The watermark of `conv` (0 when none).
+fn watermark(store: &Store, conv: &ConversationId) -> Result<Seq, StorageError> {
+    let key = conv.to_key();
+    match store.db().get_pinned_cf(store.cf(CF_INDEXED)?, key)? {
+        Some(v) => Ok(Seq(decode_u64_v1(CF_INDEXED, &key, &v)?)),
+        None => Ok(Seq(0)),
     }
+}
+
+/// Brings a database written before the watermarks over (see the module's doc): each
+/// conversation's watermark starts at its last message. Runs when the store is opened,
+/// before anything is written; does nothing the second time.
+pub(crate) fn migrate(store: &Store) -> Result<(), StorageError> {
+    if store.local_get(WATERMARKS_IN_USE)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    let cf = store.cf(CF_INDEXED)?;
+    each_conversation_head(store, |conv, head| {
+        batch.put_cf(cf, conv.to_key(), encode_u64_v1(head.0));
+        Ok(true)
+    })?;
+    batch.put_cf(store.cf(CF_LOCAL)?, WATERMARKS_IN_USE.as_bytes(), [1u8]);
+    store
+        .db()
+        .write_opt(batch, &Store::write_opts(Durability::Fsync))?;
+    Ok(())
 }
 
 impl RocksConversationLog {
     /// Up to `limit` messages written here that the index has not taken yet, oldest first
-    /// (by key order after a start).
+    /// (after a start: the listed ones, then by conversation). Empty while another call reads
+    /// RocksDB.
     pub fn unindexed(&self, limit: usize) -> Result<Vec<(ConversationId, Seq)>, StorageError> {
         let feed = self.feed();
-        let mut state = feed.lock();
-        if state.queue.is_empty() && state.spilled {
-            // Memory has caught up: read what only the column family holds. A message written
-            // meanwhile may come twice (from here and from `written`), and is indexed twice,
-            // harmlessly.
-            let store = self.store();
-            for item in store
-                .db()
-                .iterator_cf(store.cf(CF_INDEX_FEED)?, IteratorMode::Start)
-            {
-                if state.queue.len() >= feed.capacity {
-                    break;
-                }
-                let (k, _) = item?;
-                let pos = split_message_key(&k)
-                    .ok_or_else(|| StorageError::corrupt(CF_INDEX_FEED, &k))?;
-                state.queue.push_back(pos);
+        let rebuilds = {
+            let mut state = feed.lock();
+            if state.refilling {
+                return Ok(Vec::new());
             }
-            state.spilled = state.queue.len() >= feed.capacity;
+            if !(state.queue.is_empty() && state.spilled) {
+                return Ok(state.queue.iter().take(limit).copied().collect());
+            }
+            // Memory has caught up: read what only RocksDB holds, without holding the lock
+            // (one seek per conversation; writes must not wait for that). What is written
+            // meanwhile queues in memory and goes after what is read (it may then come twice,
+            // and is indexed twice, harmlessly).
+            state.refilling = true;
+            state.spilled = false;
+            state.rebuilds
+        };
+        let read = self.read_todo(feed.capacity);
+        let mut state = feed.lock();
+        let state = &mut *state;
+        state.refilling = false;
+        if state.rebuilds != rebuilds {
+            // A rebuild dropped the watermarks meanwhile: what was read is stale, and the
+            // rebuild left the queue empty and marked for a read.
+            return Ok(Vec::new());
+        }
+        match read {
+            Ok((todo, complete)) if complete => {
+                for &(pos, listed) in todo.iter().rev() {
+                    state.queue.push_front(pos);
+                    if listed {
+                        state.listed.insert(pos);
+                    }
+                }
+            }
+            cut => {
+                // What was queued meanwhile cannot go after a list that stops short (the
+                // indexer would raise a watermark past what was left out); it is in RocksDB
+                // and comes with the next read.
+                state.queue.clear();
+                state.listed.clear();
+                state.spilled = true;
+                let (todo, _) = cut?;
+                for (pos, listed) in todo {
+                    state.queue.push_back(pos);
+                    if listed {
+                        state.listed.insert(pos);
+                    }
+                }
+            }
         }
         Ok(state.queue.iter().take(limit).copied().collect())
     }
 
-    /// The index holds these now.
-    pub fn mark_indexed(&self, done: &[(ConversationId, Seq)]) -> Result<(), StorageError> {
+    /// Up to `capacity` to-dos as RocksDB holds them: the listed messages, then each
+    /// conversation's seqs above its watermark. Says whether that is all of them.
+    #[allow(clippy::type_complexity)]
+    fn read_todo(
+        &self,
+        capacity: usize,
+    ) -> Result<(Vec<((ConversationId, Seq), bool)>, bool), StorageError> {
         let store = self.store();
-        let mut batch = WriteBatch::default();
-        for (conv, seq) in done {
-            batch.delete_cf(store.cf(CF_INDEX_FEED)?, message_key(conv, *seq));
-        }
-        store
-            .db()
-            .write_opt(batch, &Store::write_opts(Durability::Wal))?;
-        // What `unindexed` returned is at the front of the queue.
-        let done: HashSet<&(ConversationId, Seq)> = done.iter().collect();
-        let mut state = self.feed().lock();
-        while state.queue.front().is_some_and(|p| done.contains(p)) {
-            state.queue.pop_front();
-        }
-        Ok(())
-    }
-
-    /// Puts every message held here back on the list (for a rebuilt index). Returns how many.
-    pub fn reindex_all(&self) -> Result<u64, StorageError> {
-        let store = self.store();
-        let mut count = 0u64;
-        let mut batch = WriteBatch::default();
+        let mut todo = Vec::new();
         for item in store
             .db()
-            .iterator_cf(store.cf(CF_MSG)?, IteratorMode::Start)
+            .iterator_cf(store.cf(CF_INDEX_FEED)?, IteratorMode::Start)
         {
+            if todo.len() >= capacity {
+                return Ok((todo, false));
+            }
             let (k, _) = item?;
-            batch.put_cf(store.cf(CF_INDEX_FEED)?, &k, []);
-            count += 1;
-            if batch.len() >= 10_000 {
-                let full = std::mem::take(&mut batch);
-                store
-                    .db()
-                    .write_opt(full, &Store::write_opts(Durability::Wal))?;
+            let pos =
+                split_message_key(&k).ok_or_else(|| StorageError::corrupt(CF_INDEX_FEED, &k))?;
+            todo.push((pos, true));
+        }
+        let mut complete = true;
+        each_conversation_head(store, |conv, head| {
+            let room = capacity.saturating_sub(todo.len()) as u64;
+            let from = watermark(store, &conv)?.0;
+            if head.0 > from.saturating_add(room) {
+                complete = false;
+            }
+            let to = head.0.min(from.saturating_add(room));
+            todo.extend((from + 1..=to).map(|s| ((conv, Seq(s)), false)));
+            Ok(complete)
+        })?;
+        Ok((todo, complete))
+    }
+
+    /// The index holds these now (a list [`RocksConversationLog::unindexed`] returned).
+    pub fn mark_indexed(&self, done: &[(ConversationId, Seq)]) -> Result<(), StorageError> {
+        let store = self.store();
+        let done: HashSet<&(ConversationId, Seq)> = done.iter().collect();
+        // The lock is held through the write: what is taken off the queue is what the
+        // watermarks and deletions below cover, and a rebuild cannot come in between.
+        let mut state = self.feed().lock();
+        let mut taken = 0;
+        let mut marks: HashMap<ConversationId, Seq> = HashMap::new();
+        let mut batch = WriteBatch::default();
+        // What `unindexed` returned is at the front of the queue (unless a rebuild emptied
+        // it meanwhile: then nothing is taken and no watermark rises).
+        while let Some(pos) = state.queue.get(taken).filter(|p| done.contains(p)) {
+            let (conv, seq) = *pos;
+            let mark = marks.entry(conv).or_insert(seq);
+            *mark = (*mark).max(seq);
+            if state.listed.remove(&(conv, seq)) {
+                batch.delete_cf(store.cf(CF_INDEX_FEED)?, message_key(&conv, seq));
+            }
+            taken += 1;
+        }
+        for (conv, seq) in marks {
+            // Every seq of `conv` written in order up to `seq` was queued before it, so it was
+            // taken in this batch or an earlier one; a listed one may be below the watermark.
+            if seq > watermark(store, &conv)? {
+                batch.put_cf(store.cf(CF_INDEXED)?, conv.to_key(), encode_u64_v1(seq.0));
             }
         }
         store
             .db()
             .write_opt(batch, &Store::write_opts(Durability::Wal))?;
-        self.feed().spill();
+        state.queue.drain(..taken);
+        Ok(())
+    }
+
+    /// Puts every message held here back on the list (for a rebuilt index): drops every
+    /// watermark. Returns how many messages are held.
+    pub fn reindex_all(&self) -> Result<u64, StorageError> {
+        let store = self.store();
+        let mut state = self.feed().lock();
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(store.cf(CF_INDEXED)?, Vec::new(), vec![0xff; CONV_LEN + 1]);
+        store
+            .db()
+            .write_opt(batch, &Store::write_opts(Durability::Wal))?;
+        // What memory held is read again, in order, from RocksDB.
+        state.rebuilds += 1;
+        state.queue.clear();
+        state.listed.clear();
+        state.spilled = true;
+        drop(state);
+        let mut count = 0u64;
+        for item in store
+            .db()
+            .iterator_cf(store.cf(CF_MSG)?, IteratorMode::Start)
+        {
+            item?;
+            count += 1;
+        }
         Ok(count)
     }
 
@@ -285,5 +419,174 @@ mod tests {
         let log =
             RocksConversationLog::new(Store::open(dir.path()).expect("reopen"), Durability::Wal);
         assert_eq!(log.unindexed(10).expect("feed"), vec![(low, Seq(6))]);
+    }
+
+    fn replicate(log: &RocksConversationLog, m: &Message, seq: u64, epoch: u64) {
+        let mut copy = m.clone();
+        copy.seq = Seq(seq);
+        copy.client_msg_id = ClientMsgId::new(format!("r{seq}e{epoch}")).expect("valid");
+        log.apply_replicated(
+            RingEpoch(epoch),
+            &[Written {
+                message: copy,
+                epoch: RingEpoch(epoch),
+            }],
+        )
+        .expect("replicate");
+    }
+
+    fn drain(log: &RocksConversationLog) -> Vec<(ConversationId, Seq)> {
+        let todo = log.unindexed(100).expect("feed");
+        log.mark_indexed(&todo).expect("mark");
+        todo
+    }
+
+    fn reopen(dir: &std::path::Path) -> RocksConversationLog {
+        RocksConversationLog::new(Store::open(dir).expect("reopen"), Durability::Wal)
+    }
+
+    #[test]
+    fn a_message_written_below_the_head_is_listed_and_survives_a_restart_above_the_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = reopen(dir.path());
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(1), UserId(3));
+        // Caught up with RocksDB (nothing there): from now on, memory has the list.
+        assert!(log.unindexed(10).expect("feed").is_empty());
+        let m = append(&log, a, "x1");
+        // A replica of b gets 1, 2 and 4 in order (3 is still on its way) and indexes them:
+        // the watermark passes 3.
+        for seq in [1, 2, 4] {
+            replicate(
+                &log,
+                &Message {
+                    conversation: b,
+                    ..m.clone()
+                },
+                seq,
+                1,
+            );
+        }
+        assert_eq!(
+            drain(&log),
+            vec![(a, Seq(1)), (b, Seq(1)), (b, Seq(2)), (b, Seq(4))]
+        );
+        // 3 arrives, and a newer owner's message replaces the old owner's 4; the node stops
+        // before indexing either. Both are found after the restart, the watermark
+        // notwithstanding, and once indexed they are gone from the list for good.
+        replicate(
+            &log,
+            &Message {
+                conversation: b,
+                ..m.clone()
+            },
+            3,
+            1,
+        );
+        replicate(
+            &log,
+            &Message {
+                conversation: b,
+                ..m.clone()
+            },
+            4,
+            2,
+        );
+        drop(log);
+        let log = reopen(dir.path());
+        assert_eq!(
+            log.unindexed(10).expect("feed"),
+            vec![(b, Seq(3)), (b, Seq(4))]
+        );
+        assert_eq!(drain(&log).len(), 2);
+        drop(log);
+        let log = reopen(dir.path());
+        assert!(log.unindexed(10).expect("feed").is_empty());
+        // In order again: no key of its own, found above the watermark after a restart.
+        replicate(
+            &log,
+            &Message {
+                conversation: b,
+                ..m.clone()
+            },
+            5,
+            2,
+        );
+        append(&log, a, "x2");
+        drop(log);
+        let log = reopen(dir.path());
+        assert_eq!(
+            log.unindexed(10).expect("feed"),
+            vec![(a, Seq(2)), (b, Seq(5))]
+        );
+    }
+
+    #[test]
+    fn a_rebuild_during_a_batch_keeps_that_batch_from_raising_the_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = reopen(dir.path());
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        for i in 1..=3 {
+            append(&log, a, &format!("x{i}"));
+        }
+        assert_eq!(drain(&log).len(), 3);
+        append(&log, a, "x4");
+        let in_flight = log.unindexed(10).expect("feed");
+        assert_eq!(in_flight, vec![(a, Seq(4))]);
+        assert_eq!(log.reindex_all().expect("rebuild"), 4);
+        log.mark_indexed(&in_flight).expect("mark");
+        let all: Vec<_> = (1..=4).map(|s| (a, Seq(s))).collect();
+        assert_eq!(log.unindexed(10).expect("feed"), all);
+        drop(log);
+        assert_eq!(reopen(dir.path()).unindexed(10).expect("feed"), all);
+    }
+
+    #[test]
+    fn a_database_from_before_the_watermarks_keeps_its_list_and_nothing_more() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = ConversationId::direct(UserId(1), UserId(2));
+        let b = ConversationId::direct(UserId(1), UserId(3));
+        {
+            let store = Store::open(dir.path()).expect("open");
+            let log = RocksConversationLog::new(store.clone(), Durability::Wal);
+            for i in 1..=3 {
+                append(&log, a, &format!("a{i}"));
+            }
+            for i in 1..=2 {
+                append(&log, b, &format!("b{i}"));
+            }
+            // The old layout: no watermarks; a key per message not indexed yet (a's third and
+            // both of b's).
+            let db = store.db();
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(
+                store.cf(CF_INDEXED).expect("cf"),
+                Vec::new(),
+                vec![0xff; CONV_LEN + 1],
+            );
+            batch.delete_cf(
+                store.cf(CF_LOCAL).expect("cf"),
+                WATERMARKS_IN_USE.as_bytes(),
+            );
+            for (conv, seq) in [(a, 3), (b, 1), (b, 2)] {
+                batch.put_cf(
+                    store.cf(CF_INDEX_FEED).expect("cf"),
+                    message_key(&conv, Seq(seq)),
+                    [],
+                );
+            }
+            db.write(batch).expect("write the old layout");
+        }
+        let log = reopen(dir.path());
+        let mut listed = log.unindexed(10).expect("feed");
+        listed.sort_by_key(|(c, s)| message_key(c, *s));
+        let mut expected = vec![(a, Seq(3)), (b, Seq(1)), (b, Seq(2))];
+        expected.sort_by_key(|(c, s)| message_key(c, *s));
+        assert_eq!(listed, expected);
+        drain(&log);
+        append(&log, b, "b3");
+        assert_eq!(drain(&log), vec![(b, Seq(3))]);
+        drop(log);
+        assert!(reopen(dir.path()).unindexed(10).expect("feed").is_empty());
     }
 }

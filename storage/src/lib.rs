@@ -1,9 +1,9 @@
 //! chat-storage: everything this node keeps on disk, in one embedded RocksDB.
 //!
 //! Owns the column families and their key codecs (fixed-width big-endian keys, values that
-//! start with a format version), the conversation logs (messages, heads and client-message-id
-//! dedup, written in one `WriteBatch` per append), the list of messages the search index has
-//! not taken yet (`index_feed`), and the raw key-value space that the
+//! start with a format version), the conversation logs (messages and client-message-id dedup,
+//! written in one `WriteBatch` per append), the users' event streams, the list of messages the
+//! search index has not taken yet (`index_feed`), and the raw key-value space that the
 //! cluster crate builds its Raft log and state machine on.
 //!
 //! This is the only crate that knows RocksDB. It must not depend on the cluster, actor or
