@@ -41,7 +41,24 @@ use crate::keys::{
 };
 
 pub(crate) const MESSAGE_FORMAT: u8 = 1;
-const LOCK_STRIPES: usize = 64;
+/// A stripe's lock is held through the write, so in fsync mode two conversations of one
+/// stripe cannot share a sync: with many more stripes than conversations writing at once,
+/// few share one.
+const LOCK_STRIPES: usize = 1024;
+
+/// The stripe of a conversation key. The key's bytes are mixed a word at a time: with the
+/// byte-wise `h * 31 + b` used before, 128 direct conversations of consecutive users fell
+/// into 17 of 64 stripes, up to 8 in one.
+fn stripe_of(key: &[u8]) -> usize {
+    let mut h = 0u64;
+    for chunk in key.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 32;
+    }
+    (h % LOCK_STRIPES as u64) as usize
+}
 
 /// One message to append.
 #[derive(Clone, Debug)]
@@ -217,11 +234,7 @@ impl RocksConversationLog {
     /// The conversation's stripe, locked. A poisoned stripe only means another write
     /// panicked; what it guards is re-read from RocksDB when missing.
     fn lock(&self, conv: &ConversationId) -> std::sync::MutexGuard<'_, Stripe> {
-        let key = conv.to_key();
-        let h = key
-            .iter()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
-        self.stripes[h % LOCK_STRIPES]
+        self.stripes[stripe_of(&conv.to_key())]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -995,5 +1008,16 @@ mod tests {
             Seq(3)
         );
         assert_eq!(log.undelivered().expect("scan"), vec![b, c]);
+    }
+
+    #[test]
+    fn conversations_of_consecutive_users_spread_over_the_stripes() {
+        let stripes: std::collections::HashSet<usize> = (0..128u64)
+            .map(|t| {
+                stripe_of(&ConversationId::direct(UserId(2 * t + 1), UserId(2 * t + 2)).to_key())
+            })
+            .collect();
+        // Random placement would use ~120 of 1024; the byte-wise hash used 17 of 64.
+        assert!(stripes.len() >= 100, "{} stripes", stripes.len());
     }
 }

@@ -54,7 +54,9 @@ fn decode_event(key: &[u8], value: &[u8]) -> Result<(UserEvent, RingEpoch), Stor
         }
     }
 }
-const LOCK_STRIPES: usize = 64;
+/// As in the conversation log: a stripe's lock is held through the write, so in fsync mode
+/// the users of one stripe cannot share a sync.
+const LOCK_STRIPES: usize = 1024;
 
 /// The event streams of the users this node holds.
 pub trait UserEventLog: Send + Sync {
