@@ -492,8 +492,11 @@ impl Checker {
         let mut acked = 0u64;
         let mut failed = 0u64;
         let mut duplicate_acks = 0u64;
+        let mut resends = 0u64;
+        let mut keys_sent = HashSet::new();
         for op in &self.ops {
             sends += 1;
+            resends += u64::from(!keys_sent.insert(op.key));
             let (seq, duplicate) = match op.outcome {
                 Outcome::Acked { seq, duplicate, .. } => (seq, duplicate),
                 Outcome::Failed => {
@@ -741,6 +744,7 @@ impl Checker {
             conversations: self.conversations.len() as u64,
             history_messages,
             sends,
+            resends,
             acked,
             failed,
             duplicate_acks,
@@ -1144,6 +1148,10 @@ pub struct CheckReport {
     pub conversations: u64,
     pub history_messages: u64,
     pub sends: u64,
+    /// Of `sends`, those that repeated an earlier send's client message id (a send cut off
+    /// by a lost connection and sent again): one message, stored once or not at all.
+    #[serde(default)]
+    pub resends: u64,
     pub acked: u64,
     pub failed: u64,
     pub duplicate_acks: u64,
@@ -1265,6 +1273,27 @@ mod tests {
             let r = c.check();
             assert!(r.ok(), "stored={stored}: {:#?}", r.violations);
             assert_eq!(r.failed, 1);
+        }
+    }
+
+    #[test]
+    fn a_send_cut_off_and_sent_again_is_one_message_and_counts_as_a_resend() {
+        for stored_before_the_cut in [false, true] {
+            let (mut c, oa, ob) = good_run();
+            let cut = c.send_invoked(Some(oa), A, conv(), cmid("m4"), "body of m4");
+            c.send_failed(cut);
+            let again = c.send_invoked(Some(oa), A, conv(), cmid("m4"), "body of m4");
+            c.send_acked(again, Seq(4), stored_before_the_cut);
+            c.delivered(ob, &msg(4, A, "m4"));
+            let mut h = good_history();
+            h.push(msg(4, A, "m4"));
+            c.history_read(conv(), Seq(4), &h);
+            let r = c.check();
+            assert!(r.ok(), "{:#?}", r.violations);
+            assert_eq!(
+                (r.sends, r.resends, r.acked, r.failed, r.duplicate_acks),
+                (5, 1, 4, 1, u64::from(stored_before_the_cut))
+            );
         }
     }
 

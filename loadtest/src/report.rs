@@ -453,9 +453,13 @@ impl Report {
         }
         let _ = writeln!(out);
         let ck = &self.check;
+        let resent = match ck.resends {
+            0 => String::new(),
+            n => format!(" ({n} of them sent again with the client id of a send cut off)"),
+        };
         let _ = writeln!(
             out,
-            "checker: {} sends, {} acked, {} failed, {} pushes, {} stored messages read back",
+            "checker: {} sends{resent}, {} acked, {} failed, {} pushes, {} stored messages read back",
             ck.sends, ck.acked, ck.failed, ck.deliveries, ck.history_messages
         );
         for v in ck.violations.iter().take(VIOLATIONS_SHOWN) {
