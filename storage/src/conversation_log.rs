@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use chat_types::{
     Attachment, ClientMsgId, ConversationId, Message, MessageRef, RingEpoch, Seq, UserId,
 };
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{DBRawIterator, Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{Durability, Store, CF_DEDUP, CF_DELIVERED, CF_INDEX_FEED, CF_MSG};
@@ -255,17 +255,7 @@ impl RocksConversationLog {
     /// The seq of the conversation's last message as stored (0 when it has none).
     fn stored_head(&self, conv: &ConversationId) -> Result<Seq, StorageError> {
         let mut it = self.store.db().raw_iterator_cf(self.store.cf(CF_MSG)?);
-        it.seek_for_prev(message_key(conv, Seq(u64::MAX)));
-        let head = match it.key() {
-            Some(k) => match split_message_key(k) {
-                Some((c, seq)) if c == *conv => seq,
-                Some(_) => Seq(0),
-                None => return Err(StorageError::corrupt(CF_MSG, k)),
-            },
-            None => Seq(0),
-        };
-        it.status()?;
-        Ok(head)
+        seek_last(&mut it, conv)
     }
 
     /// Refuses `epoch` when the log has seen a newer one (unless fencing is broken on purpose).
@@ -630,6 +620,21 @@ impl RocksConversationLog {
     }
 }
 
+/// Moves `it` to the last message key of `conv` and returns that message's seq (0 when the
+/// conversation has no message here).
+fn seek_last(it: &mut DBRawIterator<'_>, conv: &ConversationId) -> Result<Seq, StorageError> {
+    it.seek_for_prev(message_key(conv, Seq(u64::MAX)));
+    it.status()?;
+    match it.key() {
+        Some(k) => match split_message_key(k) {
+            Some((c, seq)) if c == *conv => Ok(seq),
+            Some(_) => Ok(Seq(0)),
+            None => Err(StorageError::corrupt(CF_MSG, k)),
+        },
+        None => Ok(Seq(0)),
+    }
+}
+
 /// Calls `each(conversation, last seq)` for every conversation with messages here, in key
 /// order, one seek per conversation; stops early when `each` returns false.
 pub(crate) fn each_conversation_head(
@@ -641,12 +646,10 @@ pub(crate) fn each_conversation_head(
     while let Some(first) = it.key() {
         let (conv, _) =
             split_message_key(first).ok_or_else(|| StorageError::corrupt(CF_MSG, first))?;
-        it.seek_for_prev(message_key(&conv, Seq(u64::MAX)));
-        it.status()?;
-        let head = match it.key().and_then(split_message_key) {
-            Some((c, seq)) if c == conv => seq,
-            _ => return Err(StorageError::Io(format!("lost the last message of {conv}"))),
-        };
+        let head = seek_last(&mut it, &conv)?;
+        if head == Seq(0) {
+            return Err(StorageError::Io(format!("lost the last message of {conv}")));
+        }
         if !each(conv, head)? {
             return Ok(());
         }

@@ -87,18 +87,27 @@ impl Feed {
     /// Records messages just written (called after the write, with the conversation's lock
     /// held, so that one conversation's messages queue in the order written); `listed` says
     /// the write left the message's key in `convseq_unindexed`.
-    pub(crate) fn written(&self, written: impl IntoIterator<Item = (ConversationId, Seq, bool)>) {
+    pub(crate) fn written(&self, written: impl IntoIterator<Item = ToDo>) {
         let mut state = self.lock();
-        for (conv, seq, listed) in written {
+        for todo in written {
             if state.spilled || state.queue.len() >= self.capacity {
                 // RocksDB has it (above the watermark, or listed); the next read finds it.
                 state.spilled = true;
                 return;
             }
-            state.queue.push_back((conv, seq));
-            if listed {
-                state.listed.insert((conv, seq));
-            }
+            state.push(todo);
+        }
+    }
+}
+
+/// A message to index, and whether its key is in `convseq_unindexed`.
+type ToDo = (ConversationId, Seq, bool);
+
+impl FeedState {
+    fn push(&mut self, (conv, seq, listed): ToDo) {
+        self.queue.push_back((conv, seq));
+        if listed {
+            self.listed.insert((conv, seq));
         }
     }
 }
@@ -163,29 +172,20 @@ impl RocksConversationLog {
             // rebuild left the queue empty and marked for a read.
             return Ok(Vec::new());
         }
+        let meanwhile = std::mem::take(&mut state.queue);
         match read {
             Ok((todo, complete)) if complete => {
-                for &(pos, listed) in todo.iter().rev() {
-                    state.queue.push_front(pos);
-                    if listed {
-                        state.listed.insert(pos);
-                    }
-                }
+                todo.into_iter().for_each(|t| state.push(t));
+                state.queue.extend(meanwhile);
             }
             cut => {
                 // What was queued meanwhile cannot go after a list that stops short (the
                 // indexer would raise a watermark past what was left out); it is in RocksDB
                 // and comes with the next read.
-                state.queue.clear();
                 state.listed.clear();
                 state.spilled = true;
                 let (todo, _) = cut?;
-                for (pos, listed) in todo {
-                    state.queue.push_back(pos);
-                    if listed {
-                        state.listed.insert(pos);
-                    }
-                }
+                todo.into_iter().for_each(|t| state.push(t));
             }
         }
         Ok(state.queue.iter().take(limit).copied().collect())
@@ -193,11 +193,7 @@ impl RocksConversationLog {
 
     /// Up to `capacity` to-dos as RocksDB holds them: the listed messages, then each
     /// conversation's seqs above its watermark. Says whether that is all of them.
-    #[allow(clippy::type_complexity)]
-    fn read_todo(
-        &self,
-        capacity: usize,
-    ) -> Result<(Vec<((ConversationId, Seq), bool)>, bool), StorageError> {
+    fn read_todo(&self, capacity: usize) -> Result<(Vec<ToDo>, bool), StorageError> {
         let store = self.store();
         let mut todo = Vec::new();
         for item in store
@@ -208,19 +204,17 @@ impl RocksConversationLog {
                 return Ok((todo, false));
             }
             let (k, _) = item?;
-            let pos =
+            let (conv, seq) =
                 split_message_key(&k).ok_or_else(|| StorageError::corrupt(CF_INDEX_FEED, &k))?;
-            todo.push((pos, true));
+            todo.push((conv, seq, true));
         }
         let mut complete = true;
         each_conversation_head(store, |conv, head| {
             let room = capacity.saturating_sub(todo.len()) as u64;
             let from = watermark(store, &conv)?.0;
-            if head.0 > from.saturating_add(room) {
-                complete = false;
-            }
-            let to = head.0.min(from.saturating_add(room));
-            todo.extend((from + 1..=to).map(|s| ((conv, Seq(s)), false)));
+            let fits = from.saturating_add(room);
+            complete = head.0 <= fits;
+            todo.extend((from + 1..=head.0.min(fits)).map(|s| (conv, Seq(s), false)));
             Ok(complete)
         })?;
         Ok((todo, complete))
