@@ -659,11 +659,12 @@ pub(crate) fn each_conversation_head(
     Ok(())
 }
 
+/// What the crate's tests of the log (here and in `index_feed`) open and append.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn req(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> AppendRequest {
+    pub(crate) fn req(conv: ConversationId, sender: u64, cmid: &str, body: &str) -> AppendRequest {
         AppendRequest {
             conversation: conv,
             sender: UserId(sender),
@@ -676,9 +677,16 @@ mod tests {
         }
     }
 
-    fn must_open(dir: &std::path::Path) -> RocksConversationLog {
+    /// The log of the database in `dir`, opened (and created when missing).
+    pub(crate) fn must_open(dir: &std::path::Path) -> RocksConversationLog {
         RocksConversationLog::new(Store::open(dir).expect("open"), Durability::Wal)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{must_open, req};
+    use super::*;
 
     #[test]
     fn appends_get_consecutive_seqs_per_conversation() {

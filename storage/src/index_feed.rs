@@ -301,31 +301,22 @@ impl RocksConversationLog {
 mod tests {
     use chat_types::{ClientMsgId, RingEpoch, UserId};
 
-    use crate::conversation_log::{AppendRequest, ConversationLog, Written};
+    use crate::conversation_log::test_support::{must_open, req};
+    use crate::conversation_log::{ConversationLog, Written};
     use crate::db::Store;
 
     use super::*;
 
     fn append(log: &RocksConversationLog, conv: ConversationId, cmid: &str) -> Message {
-        log.append(AppendRequest {
-            conversation: conv,
-            sender: UserId(1),
-            client_msg_id: ClientMsgId::new(cmid).expect("valid"),
-            body: format!("body {cmid}"),
-            ts_ms: 7,
-            refers: None,
-            attachments: Vec::new(),
-            epoch: RingEpoch(1),
-        })
-        .expect("append")
-        .message
+        log.append(req(conv, 1, cmid, &format!("body {cmid}")))
+            .expect("append")
+            .message
     }
 
     #[test]
     fn appends_and_replicated_writes_wait_for_the_index_until_marked() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log =
-            RocksConversationLog::new(Store::open(dir.path()).expect("open"), Durability::Wal);
+        let log = must_open(dir.path());
         let a = ConversationId::direct(UserId(1), UserId(2));
         let b = ConversationId::direct(UserId(1), UserId(3));
         let m1 = append(&log, a, "x1");
@@ -366,17 +357,14 @@ mod tests {
         // A rebuild puts everything back; the list survives a reopen.
         assert_eq!(log.reindex_all().expect("reindex"), 3);
         drop(log);
-        let log =
-            RocksConversationLog::new(Store::open(dir.path()).expect("reopen"), Durability::Wal);
+        let log = must_open(dir.path());
         assert_eq!(log.unindexed(10).expect("feed").len(), 3);
     }
 
     #[test]
     fn the_list_comes_from_memory_in_written_order_and_from_disk_when_memory_was_full() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log =
-            RocksConversationLog::new(Store::open(dir.path()).expect("open"), Durability::Wal)
-                .with_feed_capacity(2);
+        let log = must_open(dir.path()).with_feed_capacity(2);
         let a = ConversationId::direct(UserId(1), UserId(2));
         let b = ConversationId::direct(UserId(1), UserId(3));
         let (low, high) = if message_key(&a, Seq(1)) < message_key(&b, Seq(1)) {
@@ -410,8 +398,7 @@ mod tests {
         assert_eq!(log.unindexed(10).expect("feed"), vec![(low, Seq(6))]);
         // A fresh instance finds what is left on disk.
         drop(log);
-        let log =
-            RocksConversationLog::new(Store::open(dir.path()).expect("reopen"), Durability::Wal);
+        let log = must_open(dir.path());
         assert_eq!(log.unindexed(10).expect("feed"), vec![(low, Seq(6))]);
     }
 
@@ -435,14 +422,10 @@ mod tests {
         todo
     }
 
-    fn reopen(dir: &std::path::Path) -> RocksConversationLog {
-        RocksConversationLog::new(Store::open(dir).expect("reopen"), Durability::Wal)
-    }
-
     #[test]
     fn a_message_written_below_the_head_is_listed_and_survives_a_restart_above_the_watermark() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = reopen(dir.path());
+        let log = must_open(dir.path());
         let a = ConversationId::direct(UserId(1), UserId(2));
         let b = ConversationId::direct(UserId(1), UserId(3));
         // Caught up with RocksDB (nothing there): from now on, memory has the list.
@@ -487,14 +470,14 @@ mod tests {
             2,
         );
         drop(log);
-        let log = reopen(dir.path());
+        let log = must_open(dir.path());
         assert_eq!(
             log.unindexed(10).expect("feed"),
             vec![(b, Seq(3)), (b, Seq(4))]
         );
         assert_eq!(drain(&log).len(), 2);
         drop(log);
-        let log = reopen(dir.path());
+        let log = must_open(dir.path());
         assert!(log.unindexed(10).expect("feed").is_empty());
         // In order again: no key of its own, found above the watermark after a restart.
         replicate(
@@ -508,7 +491,7 @@ mod tests {
         );
         append(&log, a, "x2");
         drop(log);
-        let log = reopen(dir.path());
+        let log = must_open(dir.path());
         assert_eq!(
             log.unindexed(10).expect("feed"),
             vec![(a, Seq(2)), (b, Seq(5))]
@@ -518,7 +501,7 @@ mod tests {
     #[test]
     fn a_rebuild_during_a_batch_keeps_that_batch_from_raising_the_watermark() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = reopen(dir.path());
+        let log = must_open(dir.path());
         let a = ConversationId::direct(UserId(1), UserId(2));
         for i in 1..=3 {
             append(&log, a, &format!("x{i}"));
@@ -532,7 +515,7 @@ mod tests {
         let all: Vec<_> = (1..=4).map(|s| (a, Seq(s))).collect();
         assert_eq!(log.unindexed(10).expect("feed"), all);
         drop(log);
-        assert_eq!(reopen(dir.path()).unindexed(10).expect("feed"), all);
+        assert_eq!(must_open(dir.path()).unindexed(10).expect("feed"), all);
     }
 
     #[test]
@@ -571,7 +554,7 @@ mod tests {
             }
             db.write(batch).expect("write the old layout");
         }
-        let log = reopen(dir.path());
+        let log = must_open(dir.path());
         let mut listed = log.unindexed(10).expect("feed");
         listed.sort_by_key(|(c, s)| message_key(c, *s));
         let mut expected = vec![(a, Seq(3)), (b, Seq(1)), (b, Seq(2))];
@@ -581,6 +564,9 @@ mod tests {
         append(&log, b, "b3");
         assert_eq!(drain(&log), vec![(b, Seq(3))]);
         drop(log);
-        assert!(reopen(dir.path()).unindexed(10).expect("feed").is_empty());
+        assert!(must_open(dir.path())
+            .unindexed(10)
+            .expect("feed")
+            .is_empty());
     }
 }
