@@ -17,8 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_storage::{AppendRequest, ConversationLog, Durability, RocksConversationLog, Store};
-use chat_types::{ClientMsgId, ConversationId, RingEpoch, UserId};
+use chat_storage::{ConversationLog, Durability, RocksConversationLog, Store};
+
+mod common;
+use common::{args_or_exit, request, BODY};
 
 struct Args {
     threads: Vec<usize>,
@@ -56,10 +58,6 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(args)
 }
-
-/// A message body of a typical chat length.
-const BODY: &str =
-    "Are we still on for the release review at three? I moved the notes into the doc.";
 
 /// Runs `threads` writers for `secs`, each calling `write(thread, i)`; writes per second.
 fn run(threads: usize, secs: u64, write: Arc<dyn Fn(usize, u64) + Send + Sync>) -> f64 {
@@ -113,18 +111,7 @@ fn ours(dir: &Path, threads: usize, secs: u64) -> f64 {
     let log = Arc::new(RocksConversationLog::new(store, Durability::Fsync));
     assert!(log.syncs());
     let write = Arc::new(move |t: usize, i: u64| {
-        let a = UserId(2 * t as u64 + 1);
-        let req = AppendRequest {
-            conversation: ConversationId::direct(a, UserId(a.0 + 1)),
-            sender: a,
-            client_msg_id: ClientMsgId::new(format!("m{i}")).expect("client message id"),
-            body: BODY.to_owned(),
-            ts_ms: 1_795_000_000_000 + i,
-            refers: None,
-            attachments: Vec::new(),
-            epoch: RingEpoch(1),
-        };
-        log.append(req).expect("append");
+        log.append(request(t as u64, i)).expect("append");
     });
     run(threads, secs, write)
 }
@@ -135,13 +122,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bench_fsync: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = args_or_exit("bench_fsync", parse_args());
     println!(
         "fsynced writes, {} s per run, {} alternating rounds, in {}",
         args.seconds,

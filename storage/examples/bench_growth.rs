@@ -14,8 +14,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use chat_storage::{AppendRequest, ConversationLog, Durability, RocksConversationLog, Store};
-use chat_types::{ClientMsgId, ConversationId, RingEpoch, UserId};
+use chat_storage::{ConversationLog, Durability, RocksConversationLog, Store};
+
+mod common;
+use common::{args_or_exit, request};
 
 struct Args {
     messages: u64,
@@ -52,18 +54,8 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// A message body of a typical chat length.
-const BODY: &str =
-    "Are we still on for the release review at three? I moved the notes into the doc.";
-
 fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bench_growth: {e}");
-            std::process::exit(2);
-        }
-    };
+    let args = args_or_exit("bench_growth", parse_args());
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir).expect("create the scratch directory");
     let store = Store::open(&args.dir).expect("open the store");
@@ -75,19 +67,8 @@ fn main() {
         let started = Instant::now();
         let end = (written + args.slice).min(args.messages);
         for i in written..end {
-            let c = i % args.conversations;
-            let sender = UserId(2 * c + 1);
-            log.append(AppendRequest {
-                conversation: ConversationId::direct(sender, UserId(2 * c + 2)),
-                sender,
-                client_msg_id: ClientMsgId::new(format!("m{i}")).expect("client message id"),
-                body: BODY.to_owned(),
-                ts_ms: 1_795_000_000_000 + i,
-                refers: None,
-                attachments: Vec::new(),
-                epoch: RingEpoch(1),
-            })
-            .expect("append");
+            log.append(request(i % args.conversations, i))
+                .expect("append");
         }
         let rate = (end - written) as f64 / started.elapsed().as_secs_f64();
         written = end;
