@@ -2,6 +2,10 @@
 //! socket's bounded outbound queue; a client that does not read fills it and is closed with
 //! a resumable close code instead of slowing anyone else down.
 //!
+//! It is a task with one mailbox ([`spawn`], [`ConnectionHandle`]), not a ractor actor: it
+//! has no children to supervise and is never addressed by name, and a ractor actor's ports
+//! cost ~6.5 KiB per idle connection against ~1.7 KiB for this (docs/decisions.md).
+//!
 //! It also keeps the connection's place in its user's event stream (the cursor) and hands
 //! events to the client strictly in stream order, each once, whatever order the pushes
 //! arrive in: pushes of one user come from several delivery paths (one per conversation,
@@ -21,7 +25,6 @@ use chat_types::{
     close, ClientMsgId, ConversationId, Event, EventSeq, NodeId, PresenceStatus, Seq, ServerFrame,
     UserEvent, UserId,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -150,14 +153,15 @@ pub enum ConnectionMsg {
     /// The session has the connection: events after `cursor` are the client's to receive
     /// (until now they were held back).
     Start { cursor: EventSeq },
-    /// A gap may have stayed open for [`GAP_WAIT`].
-    GapCheck,
-    /// The socket's queue may have room again for held events.
-    Flush,
     /// The replay asked for after a gap ended (`false`: it could not be made).
     Resumed(bool),
     /// Close the socket with this code.
     Close { code: u16, reason: String },
+    /// The connection is gone: the task ends.
+    Stop,
+    /// Answers once everything sent before it was handled.
+    #[cfg(test)]
+    Settled(tokio::sync::oneshot::Sender<()>),
 }
 
 /// The connection's cursor as the router sees it (for re-attaching after a ring change):
@@ -240,7 +244,30 @@ impl OwnWrites {
     }
 }
 
-pub struct ConnectionActor;
+/// A connection actor's mailbox. Messages are boxed: the mailbox allocates its first slots
+/// up front, so an idle connection pays for 32 pointers rather than 32 messages.
+#[derive(Clone)]
+pub struct ConnectionHandle(mpsc::UnboundedSender<Box<ConnectionMsg>>);
+
+impl ConnectionHandle {
+    /// Queues `msg`; a connection that has stopped drops it.
+    pub fn send(&self, msg: ConnectionMsg) {
+        let _ = self.0.send(Box::new(msg));
+    }
+
+    /// Ends the connection's task once what was queued before is handled.
+    pub fn stop(&self) {
+        self.send(ConnectionMsg::Stop);
+    }
+}
+
+/// Starts a connection actor on the current runtime.
+pub fn spawn(args: ConnectionArgs) -> ConnectionHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let state = ConnectionState::new(args, tx.downgrade());
+    tokio::spawn(state.run(rx));
+    ConnectionHandle(tx)
+}
 
 pub struct ConnectionArgs {
     pub user: UserId,
@@ -255,12 +282,17 @@ pub struct ConnectionArgs {
     pub slow_after: Duration,
 }
 
-pub struct ConnectionState {
+struct ConnectionState {
     user: UserId,
     out: mpsc::Sender<Outbound>,
     me: ConnRef,
     router: Weak<Router>,
+    /// Its own mailbox, for the answer to a replay it asked for; weak, so that the task
+    /// ends when every handle is gone.
+    mailbox: mpsc::WeakUnboundedSender<Box<ConnectionMsg>>,
     closing: bool,
+    /// The socket's queue is closed: the task ends.
+    stopped: bool,
     /// The last event handed to the client; `None` until the session has the connection.
     cursor: Option<EventSeq>,
     shared: SharedCursor,
@@ -270,12 +302,14 @@ pub struct ConnectionState {
     held: BTreeMap<EventSeq, ServerFrame>,
     /// A resync notice that arrived before the start: the cursor starts at its head.
     resync_before_start: Option<EventSeq>,
-    gap_check_pending: bool,
+    /// When to look whether a gap is still open (see [`GAP_WAIT`]).
+    gap_check_at: Option<Instant>,
     resuming: bool,
     /// Since when the socket's queue has had no room for the next event (the client is not
     /// reading, or a burst outran the writer).
     blocked_since: Option<Instant>,
-    flush_pending: bool,
+    /// When to try the held frames again (the socket's queue was full).
+    flush_at: Option<Instant>,
     slow_after: Duration,
 }
 
@@ -289,8 +323,114 @@ enum Emitted {
 }
 
 impl ConnectionState {
+    fn new(args: ConnectionArgs, mailbox: mpsc::WeakUnboundedSender<Box<ConnectionMsg>>) -> Self {
+        ConnectionState {
+            user: args.user,
+            out: args.out,
+            me: args.me,
+            router: args.router,
+            mailbox,
+            closing: false,
+            stopped: false,
+            cursor: None,
+            shared: args.cursor,
+            own: args.own,
+            held: BTreeMap::new(),
+            resync_before_start: None,
+            gap_check_at: None,
+            resuming: false,
+            blocked_since: None,
+            flush_at: None,
+            slow_after: args.slow_after,
+        }
+    }
+
+    /// Handles messages in order, and the gap and flush checks when they are due, until
+    /// stopped or every handle is gone.
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Box<ConnectionMsg>>) {
+        while !self.stopped {
+            let due = match (self.flush_at, self.gap_check_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                msg = inbox.recv() => match msg {
+                    Some(msg) => self.handle(*msg),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    let now = Instant::now();
+                    if self.flush_at.is_some_and(|t| t <= now) {
+                        self.flush_at = None;
+                        self.flush();
+                    }
+                    if self.gap_check_at.is_some_and(|t| t <= now) {
+                        self.gap_check_at = None;
+                        self.gap_check();
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: ConnectionMsg) {
+        match msg {
+            ConnectionMsg::Stop => self.stopped = true,
+            #[cfg(test)]
+            ConnectionMsg::Settled(done) => {
+                let _ = done.send(());
+            }
+            _ if self.closing => {}
+            ConnectionMsg::Push(frame) => self.push(frame),
+            ConnectionMsg::Start { cursor } => {
+                let cursor = self.resync_before_start.take().unwrap_or(cursor);
+                self.advance(cursor);
+                self.drain();
+                if self.has_gap() {
+                    self.watch_gap();
+                }
+            }
+            ConnectionMsg::Resumed(ok) => {
+                self.resuming = false;
+                if !ok {
+                    tracing::info!(user = %self.user, "replay after a gap failed; closing so that the client resumes");
+                    self.close(close::GOING_AWAY, "missed events; reconnect and resume");
+                } else if self.has_gap() {
+                    self.watch_gap();
+                }
+            }
+            ConnectionMsg::Close { code, reason } => {
+                self.closing = true;
+                let _ = self.out.try_send(Outbound::Close { code, reason });
+            }
+        }
+    }
+
+    /// The socket's queue may have room again for held events.
+    fn flush(&mut self) {
+        if self.closing {
+            return;
+        }
+        self.drain();
+        if self
+            .blocked_since
+            .is_some_and(|since| since.elapsed() >= self.slow_after)
+        {
+            self.slow_consumer();
+        } else if self.blocked_since.is_some() {
+            self.flush_later();
+        }
+    }
+
+    /// A gap may have stayed open for [`GAP_WAIT`].
+    fn gap_check(&mut self) {
+        if !self.closing && self.has_gap() && !self.resuming {
+            self.resume();
+        }
+    }
+
     /// Queues a frame for the socket.
-    fn emit(&mut self, myself: &ActorRef<ConnectionMsg>, frame: ServerFrame) -> Emitted {
+    fn emit(&mut self, frame: ServerFrame) -> Emitted {
         if self.closing {
             return Emitted::Gone;
         }
@@ -300,7 +440,7 @@ impl ConnectionState {
             Err(mpsc::error::TrySendError::Full(_)) => Emitted::Gone,
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.closing = true;
-                myself.stop(None);
+                self.stopped = true;
                 Emitted::Gone
             }
         }
@@ -322,7 +462,7 @@ impl ConnectionState {
 
     /// Hands over every held frame that is next in the stream, while the socket's queue has
     /// room; drops those already handed.
-    fn drain(&mut self, myself: &ActorRef<ConnectionMsg>) {
+    fn drain(&mut self) {
         let Some(mut cursor) = self.cursor else {
             return;
         };
@@ -336,7 +476,7 @@ impl ConnectionState {
                 break;
             }
             let frame = entry.remove();
-            match self.emit(myself, frame) {
+            match self.emit(frame) {
                 Emitted::Yes => {
                     cursor = pos;
                     self.advance(pos);
@@ -345,7 +485,7 @@ impl ConnectionState {
                 Emitted::Full(frame) => {
                     self.held.insert(pos, frame);
                     self.blocked_since.get_or_insert_with(Instant::now);
-                    self.flush_later(myself);
+                    self.flush_later();
                     return;
                 }
                 Emitted::Gone => return,
@@ -354,14 +494,12 @@ impl ConnectionState {
     }
 
     /// Tries the held frames again shortly, when the socket's queue was full.
-    fn flush_later(&mut self, myself: &ActorRef<ConnectionMsg>) {
-        if !self.flush_pending {
-            self.flush_pending = true;
-            myself.send_after(FLUSH_RETRY, || ConnectionMsg::Flush);
-        }
+    fn flush_later(&mut self) {
+        self.flush_at
+            .get_or_insert_with(|| Instant::now() + FLUSH_RETRY);
     }
 
-    fn push(&mut self, myself: &ActorRef<ConnectionMsg>, frame: PushFrame) {
+    fn push(&mut self, frame: PushFrame) {
         if let PushFrame::Resync { event_head } = frame {
             // The stream cannot be replayed from the cursor: the client reloads, and the
             // cursor starts again at the head.
@@ -370,8 +508,8 @@ impl ConnectionState {
             } else {
                 self.advance(event_head);
             }
-            match self.emit(myself, frame.into_server_frame()) {
-                Emitted::Yes => self.drain(myself),
+            match self.emit(frame.into_server_frame()) {
+                Emitted::Yes => self.drain(),
                 Emitted::Full(_) => self.slow_consumer(),
                 Emitted::Gone => {}
             }
@@ -379,7 +517,7 @@ impl ConnectionState {
         }
         let Some(pos) = frame.position() else {
             // Typing and presence: ephemeral and unordered; dropped when there is no room.
-            let _ = self.emit(myself, frame.into_server_frame());
+            let _ = self.emit(frame.into_server_frame());
             return;
         };
         if self.cursor.is_some_and(|c| pos <= c) {
@@ -394,7 +532,7 @@ impl ConnectionState {
         let mut frame = frame.into_server_frame();
         // The usual case: the next event, nothing held. It goes out without being held.
         if self.held.is_empty() && self.cursor.is_some_and(|c| pos.0 == c.0 + 1) {
-            match self.emit(myself, frame) {
+            match self.emit(frame) {
                 Emitted::Yes => {
                     self.advance(pos);
                     self.blocked_since = None;
@@ -408,9 +546,9 @@ impl ConnectionState {
         if self.held.len() < MAX_HELD {
             self.held.insert(pos, frame);
         }
-        self.drain(myself);
+        self.drain();
         if self.has_gap() {
-            self.watch_gap(myself);
+            self.watch_gap();
         }
     }
 
@@ -422,24 +560,26 @@ impl ConnectionState {
         }
     }
 
-    fn watch_gap(&mut self, myself: &ActorRef<ConnectionMsg>) {
-        if !self.gap_check_pending && !self.resuming {
-            self.gap_check_pending = true;
-            myself.send_after(GAP_WAIT, || ConnectionMsg::GapCheck);
+    fn watch_gap(&mut self) {
+        if !self.resuming {
+            self.gap_check_at
+                .get_or_insert_with(|| Instant::now() + GAP_WAIT);
         }
     }
 
     /// Asks the user's session to replay everything after the cursor.
-    fn resume(&mut self, myself: &ActorRef<ConnectionMsg>) {
+    fn resume(&mut self) {
         let (Some(cursor), Some(router)) = (self.cursor, self.router.upgrade()) else {
             return;
         };
         self.resuming = true;
-        let (user, me, reply) = (self.user, self.me, myself.clone());
+        let (user, me, reply) = (self.user, self.me, self.mailbox.clone());
         tracing::debug!(%user, %cursor, "gap in pushed events; asking for a replay");
         tokio::spawn(async move {
             let ok = router.reattach(user, me, Some(cursor)).await.is_ok();
-            let _ = reply.send_message(ConnectionMsg::Resumed(ok));
+            if let Some(reply) = reply.upgrade() {
+                let _ = reply.send(Box::new(ConnectionMsg::Resumed(ok)));
+            }
         });
     }
 
@@ -449,90 +589,6 @@ impl ConnectionState {
             close::SLOW_CONSUMER,
             "outbound queue full; reconnect and resume",
         );
-    }
-}
-
-impl Actor for ConnectionActor {
-    type Msg = ConnectionMsg;
-    type State = ConnectionState;
-    type Arguments = ConnectionArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: ConnectionArgs,
-    ) -> Result<ConnectionState, ActorProcessingErr> {
-        Ok(ConnectionState {
-            user: args.user,
-            out: args.out,
-            me: args.me,
-            router: args.router,
-            closing: false,
-            cursor: None,
-            shared: args.cursor,
-            own: args.own,
-            held: BTreeMap::new(),
-            resync_before_start: None,
-            gap_check_pending: false,
-            resuming: false,
-            blocked_since: None,
-            flush_pending: false,
-            slow_after: args.slow_after,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: ConnectionMsg,
-        state: &mut ConnectionState,
-    ) -> Result<(), ActorProcessingErr> {
-        if state.closing {
-            return Ok(());
-        }
-        match msg {
-            ConnectionMsg::Push(frame) => state.push(&myself, frame),
-            ConnectionMsg::Flush => {
-                state.flush_pending = false;
-                state.drain(&myself);
-                if state
-                    .blocked_since
-                    .is_some_and(|since| since.elapsed() >= state.slow_after)
-                {
-                    state.slow_consumer();
-                } else if state.blocked_since.is_some() {
-                    state.flush_later(&myself);
-                }
-            }
-            ConnectionMsg::Start { cursor } => {
-                let cursor = state.resync_before_start.take().unwrap_or(cursor);
-                state.advance(cursor);
-                state.drain(&myself);
-                if state.has_gap() {
-                    state.watch_gap(&myself);
-                }
-            }
-            ConnectionMsg::GapCheck => {
-                state.gap_check_pending = false;
-                if state.has_gap() && !state.resuming {
-                    state.resume(&myself);
-                }
-            }
-            ConnectionMsg::Resumed(ok) => {
-                state.resuming = false;
-                if !ok {
-                    tracing::info!(user = %state.user, "replay after a gap failed; closing so that the client resumes");
-                    state.close(close::GOING_AWAY, "missed events; reconnect and resume");
-                } else if state.has_gap() {
-                    state.watch_gap(&myself);
-                }
-            }
-            ConnectionMsg::Close { code, reason } => {
-                state.closing = true;
-                let _ = state.out.try_send(Outbound::Close { code, reason });
-            }
-        }
-        Ok(())
     }
 }
 
@@ -571,17 +627,13 @@ mod tests {
     }
 
     /// Lets the actor handle what was sent to it (messages are handled in order).
-    async fn settle(actor: &ActorRef<ConnectionMsg>) {
-        let _ = actor
-            .call(
-                |reply| {
-                    let _ = reply.send(());
-                    ConnectionMsg::GapCheck
-                },
-                Some(Duration::from_secs(5)),
-            )
-            .await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn settle(actor: &ConnectionHandle) {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        actor.send(ConnectionMsg::Settled(done));
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("the actor answers")
+            .expect("the actor runs");
     }
 
     #[tokio::test]
@@ -592,10 +644,8 @@ mod tests {
             cursor: cursor.clone(),
             ..spawn_args(out)
         };
-        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
-            .await
-            .expect("spawn");
-        let push = |f: PushFrame| actor.send_message(ConnectionMsg::Push(f)).expect("send");
+        let actor = spawn(args);
+        let push = |f: PushFrame| actor.send(ConnectionMsg::Push(f));
 
         // A replay that arrives before the session's answer is held until the start.
         push(read(3));
@@ -603,11 +653,9 @@ mod tests {
         settle(&actor).await;
         assert!(received(&mut rx).is_empty(), "nothing before the start");
         assert_eq!(cursor.get(), None);
-        actor
-            .send_message(ConnectionMsg::Start {
-                cursor: EventSeq(1),
-            })
-            .expect("start");
+        actor.send(ConnectionMsg::Start {
+            cursor: EventSeq(1),
+        });
         settle(&actor).await;
         assert_eq!(received(&mut rx), ["2", "3"]);
         assert_eq!(cursor.get(), Some(EventSeq(3)));
@@ -660,26 +708,20 @@ mod tests {
     }
 
     /// A connection actor whose session has started it at the stream's beginning.
-    async fn spawn_started(args: ConnectionArgs) -> ActorRef<ConnectionMsg> {
-        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
-            .await
-            .expect("spawn");
-        actor
-            .send_message(ConnectionMsg::Start {
-                cursor: EventSeq(0),
-            })
-            .expect("start");
+    fn spawn_started(args: ConnectionArgs) -> ConnectionHandle {
+        let actor = spawn(args);
+        actor.send(ConnectionMsg::Start {
+            cursor: EventSeq(0),
+        });
         actor
     }
 
     #[tokio::test]
     async fn a_burst_larger_than_the_queue_is_held_and_handed_over_in_order() {
         let (out, mut rx) = mpsc::channel(2);
-        let actor = spawn_started(spawn_args(out)).await;
+        let actor = spawn_started(spawn_args(out));
         for n in 1..=6 {
-            actor
-                .send_message(ConnectionMsg::Push(read(n)))
-                .expect("push");
+            actor.send(ConnectionMsg::Push(read(n)));
         }
         settle(&actor).await;
         assert_eq!(received(&mut rx), ["1", "2"], "the queue holds two");
@@ -692,6 +734,38 @@ mod tests {
         assert_eq!(got, ["3", "4", "5", "6"]);
     }
 
+    /// The task holds the socket's queue: its end shows when the task has ended.
+    async fn ends(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(Outbound::Frame(frame))) => got.push(format!("{frame:?}")),
+                Ok(Some(close)) => got.push(format!("{close:?}")),
+                Ok(None) => return got,
+                Err(_) => panic!("the connection's task did not end; got {got:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_task_ends_when_stopped_or_when_every_handle_is_gone() {
+        let (out, mut rx) = mpsc::channel(64);
+        let actor = spawn_started(spawn_args(out));
+        actor.send(ConnectionMsg::Push(read(1)));
+        actor.stop();
+        actor.send(ConnectionMsg::Push(read(2)));
+        let got = ends(&mut rx).await;
+        assert_eq!(got.len(), 1, "what came before the stop, only: {got:?}");
+
+        let (out, mut rx) = mpsc::channel(64);
+        let actor = spawn_started(spawn_args(out));
+        let other = actor.clone();
+        drop(actor);
+        other.send(ConnectionMsg::Push(read(1)));
+        drop(other);
+        assert_eq!(ends(&mut rx).await.len(), 1);
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
         let (out, mut rx) = mpsc::channel(1);
@@ -700,13 +774,9 @@ mod tests {
             slow_after,
             ..spawn_args(out)
         };
-        let actor = spawn_started(args).await;
-        actor
-            .send_message(ConnectionMsg::Push(read(1)))
-            .expect("push");
-        actor
-            .send_message(ConnectionMsg::Push(read(2)))
-            .expect("push");
+        let actor = spawn_started(args);
+        actor.send(ConnectionMsg::Push(read(1)));
+        actor.send(ConnectionMsg::Push(read(2)));
         tokio::time::sleep(slow_after / 2).await;
         assert!(
             matches!(rx.try_recv(), Ok(Outbound::Frame(_))),
@@ -717,9 +787,7 @@ mod tests {
         assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
         // Now the client stops reading for good.
         for n in 3..=4 {
-            actor
-                .send_message(ConnectionMsg::Push(read(n)))
-                .expect("push");
+            actor.send(ConnectionMsg::Push(read(n)));
         }
         tokio::time::sleep(slow_after * 3).await;
         assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))), "event 3");
@@ -732,10 +800,8 @@ mod tests {
     #[tokio::test]
     async fn a_resync_during_the_replay_starts_the_cursor_at_its_head() {
         let (out, mut rx) = mpsc::channel(64);
-        let (actor, _) = Actor::spawn(None, ConnectionActor, spawn_args(out))
-            .await
-            .expect("spawn");
-        let send = |m: ConnectionMsg| actor.send_message(m).expect("send");
+        let actor = spawn(spawn_args(out));
+        let send = |m: ConnectionMsg| actor.send(m);
         send(ConnectionMsg::Push(PushFrame::Resync {
             event_head: EventSeq(2000),
         }));
@@ -782,7 +848,7 @@ mod tests {
         }
         let mine = ClientMsgId::new("c-1").expect("id");
         own.note([OwnWrite::Sent(conv, &mine), OwnWrite::Read(conv, Seq(4))]);
-        let actor = spawn_started(args).await;
+        let actor = spawn_started(args);
         let frames = [
             message(1, 1, "c-1"),
             // The same user, another device.
@@ -795,7 +861,7 @@ mod tests {
             message(6, 1, "c-old"),
         ];
         for f in frames {
-            actor.send_message(ConnectionMsg::Push(f)).expect("push");
+            actor.send(ConnectionMsg::Push(f));
         }
         settle(&actor).await;
         let got = received(&mut rx);

@@ -24,7 +24,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc;
 
 use crate::connection::{
-    ConnRef, ConnectionActor, ConnectionArgs, ConnectionMsg, Outbound, OwnWrite, OwnWrites,
+    ConnRef, ConnectionArgs, ConnectionHandle, ConnectionMsg, Outbound, OwnWrite, OwnWrites,
     PushFrame, SharedCursor,
 };
 use crate::conversation::{ConversationActor, ConversationArgs, ConversationMsg};
@@ -123,7 +123,7 @@ fn transport_error(e: TransportError) -> ActorError {
 /// A connection held by this node.
 struct LocalConn {
     user: UserId,
-    actor: ActorRef<ConnectionMsg>,
+    actor: ConnectionHandle,
     cursor: SharedCursor,
     own: OwnWrites,
 }
@@ -133,7 +133,7 @@ struct Reattach {
     conn: ConnRef,
     user: UserId,
     cursor: SharedCursor,
-    actor: ActorRef<ConnectionMsg>,
+    actor: ConnectionHandle,
 }
 
 /// What a routed request is addressed to.
@@ -776,9 +776,7 @@ impl Router {
             own: own.clone(),
             slow_after: crate::connection::SLOW_CONSUMER_AFTER,
         };
-        let (actor, _) = Actor::spawn(None, ConnectionActor, args)
-            .await
-            .map_err(|e| ActorError::Unavailable(e.to_string()))?;
+        let actor = crate::connection::spawn(args);
         lock(&self.connections).insert(
             conn.conn,
             LocalConn {
@@ -810,7 +808,7 @@ impl Router {
     /// notice among what the session replayed moves the start to the head.
     pub fn start(&self, conn: ConnRef, cursor: EventSeq) {
         if let Some(local) = lock(&self.connections).get(&conn.conn) {
-            let _ = local.actor.send_message(ConnectionMsg::Start { cursor });
+            local.actor.send(ConnectionMsg::Start { cursor });
         }
     }
 
@@ -847,7 +845,7 @@ impl Router {
     /// Closes every local connection with `code` (graceful shutdown).
     pub fn close_all(&self, code: u16, reason: &str) {
         for c in lock(&self.connections).values() {
-            let _ = c.actor.send_message(ConnectionMsg::Close {
+            c.actor.send(ConnectionMsg::Close {
                 code,
                 reason: reason.to_owned(),
             });
@@ -856,7 +854,7 @@ impl Router {
 
     fn forget_connection(&self, conn: u64) {
         if let Some(c) = lock(&self.connections).remove(&conn) {
-            c.actor.stop(None);
+            c.actor.stop();
         }
     }
 
@@ -916,7 +914,7 @@ impl Router {
         let map = lock(&self.connections);
         for c in conns {
             if let Some(local) = map.get(c) {
-                let _ = local.actor.send_message(ConnectionMsg::Push(frame.clone()));
+                local.actor.send(ConnectionMsg::Push(frame.clone()));
             }
         }
     }
@@ -1453,7 +1451,7 @@ impl Router {
                 if started.elapsed() >= REATTACH_FOR {
                     for c in failed {
                         tracing::info!(user = %c.user, "cannot re-attach after a ring change; closing the connection");
-                        let _ = c.actor.send_message(ConnectionMsg::Close {
+                        c.actor.send(ConnectionMsg::Close {
                             code: chat_types::close::GOING_AWAY,
                             reason: "the cluster changed; reconnect and resume".into(),
                         });
