@@ -222,3 +222,55 @@ fn answer_id(frame: &ServerFrame) -> Option<&str> {
         _ => None,
     }
 }
+
+/// Frames a client sent before its close are handled before the close is answered: sends it
+/// pipelined and then closed on are all stored, in the order sent, though their acks can no
+/// longer reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_pipelined_before_a_close_are_stored_in_order() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let node = must_start_configured(
+        root.path(),
+        "n1",
+        "[rate_limits]\nsends_per_second = 100000\n",
+    )
+    .await;
+    let api = node.api();
+    let (alice, at) = must_sign_up(&api, "closing_alice").await;
+    let (bob, _) = must_sign_up(&api, "closing_bob").await;
+    let conv = ConversationId::direct(alice, bob);
+    let (a, _) = Connection::connect(&api.ws_url(&at)).await.expect("alice");
+
+    const SENDS: usize = 200;
+    for i in 0..SENDS {
+        let frame = ClientFrame::Send {
+            id: format!("r{i}"),
+            conversation: conv,
+            client_msg_id: ClientMsgId::new(format!("m{i}")).expect("id"),
+            body: format!("m{i}"),
+            refers: None,
+            attachments: Vec::new(),
+        };
+        a.send_frame(&frame).await.expect("send a frame");
+    }
+    a.close().await.expect("the close is answered");
+
+    let (again, _) = Connection::connect(&api.ws_url(&at))
+        .await
+        .expect("alice again");
+    let mut stored = Vec::new();
+    let mut after = Seq(0);
+    loop {
+        let page = again
+            .history(conv, Some(after), None, Some(100))
+            .await
+            .expect("history");
+        let Some(last) = page.messages.last() else {
+            break;
+        };
+        after = last.seq;
+        stored.extend(page.messages.into_iter().map(|m| m.body));
+    }
+    let expected: Vec<String> = (0..SENDS).map(|i| format!("m{i}")).collect();
+    assert_eq!(stored, expected);
+}

@@ -1,16 +1,17 @@
 //! The WebSocket endpoint: protocol v1 (see `docs/protocol.md`).
 //!
 //! The token is checked before the upgrade (401 with a JSON error otherwise). The socket's
-//! read half stays on the actix worker that accepted it; everything else runs on the node's
-//! main runtime: per connection, a writer that owns the socket (it writes replies and pushes
-//! as they come) and a request worker that handles requests one at a time, so that one
+//! read half stays on the actix worker that accepted it and hands the client's frames
+//! straight to the connection's request worker; everything else runs on the node's main
+//! runtime: per connection, a writer that owns the socket (it writes replies and pushes as
+//! they come) and the request worker, which handles requests one at a time, so that one
 //! client's sends are stored in the order it sent them, while a slow request never holds up
 //! the pushes. Sends to one conversation that queued up behind each other go to its owner as
 //! one request and are stored in one write, still in order.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{
@@ -37,15 +38,6 @@ const DEFAULT_PAGE: u32 = 50;
 /// `revoke_session` from another device). Every request checks too.
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 
-enum Inbound {
-    Text(String),
-    Binary,
-    Activity,
-    TooBig,
-    Protocol(String),
-    Closed,
-}
-
 pub async fn upgrade(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -57,43 +49,89 @@ pub async fn upgrade(
     };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(state.config.limits.max_frame_bytes as usize);
-    let (in_tx, in_rx) = mpsc::channel::<Inbound>(64);
-    actix_web::rt::spawn(read_loop(stream, in_tx, session.clone()));
+    let (req_tx, req_rx) = mpsc::channel::<Request>(REQUEST_QUEUE);
+    let live = Arc::new(Liveness::default());
+    actix_web::rt::spawn(read_loop(
+        stream,
+        req_tx,
+        session.clone(),
+        live.clone(),
+        state.metrics.clone(),
+    ));
     let state = state.into_inner();
     state
         .runtime
         .clone()
-        .spawn(run_connection(state, principal, session, in_rx));
+        .spawn(run_connection(state, principal, session, req_rx, live));
     Ok(response)
 }
 
-/// Reads frames off the socket and forwards them; runs on the actix worker.
-async fn read_loop(mut stream: MessageStream, tx: mpsc::Sender<Inbound>, mut session: Session) {
+/// What the socket's reader and writer share about the client.
+#[derive(Default)]
+struct Liveness {
+    /// Whether `hello` was answered (the writer's idle timeout depends on it).
+    greeted: AtomicBool,
+    /// When the last frame arrived, in milliseconds after [`EPOCH`] plus one; 0 for none.
+    last_frame: AtomicU64,
+}
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Liveness {
+    fn frame_arrived(&self) {
+        let ms = EPOCH.elapsed().as_millis() as u64;
+        self.last_frame.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn last_frame(&self) -> Option<tokio::time::Instant> {
+        match self.last_frame.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some((*EPOCH + Duration::from_millis(ms - 1)).into()),
+        }
+    }
+}
+
+/// Reads frames off the socket and queues them for the request worker, in order; runs on
+/// the actix worker. While the worker's queue is full it stops reading, and TCP pushes
+/// back on the client. Pings are answered here; a close, a frame too large or a protocol
+/// error is queued as the last request.
+async fn read_loop(
+    mut stream: MessageStream,
+    requests: mpsc::Sender<Request>,
+    mut session: Session,
+    live: Arc<Liveness>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(item) = stream.next().await {
-        let event = match item {
-            Ok(WsMessage::Text(t)) => Inbound::Text(t.to_string()),
-            Ok(WsMessage::Binary(_)) => Inbound::Binary,
+        live.frame_arrived();
+        let request = match item {
+            Ok(WsMessage::Text(t)) => {
+                Metrics::inc(&metrics.ws_frames_in_total);
+                Request::Text(t.to_string())
+            }
+            Ok(WsMessage::Binary(_)) => Request::Binary,
             Ok(WsMessage::Ping(p)) => {
                 let _ = session.pong(&p).await;
-                Inbound::Activity
+                continue;
             }
-            Ok(WsMessage::Pong(_)) | Ok(WsMessage::Nop) => Inbound::Activity,
-            Ok(WsMessage::Close(_)) => Inbound::Closed,
+            Ok(WsMessage::Pong(_)) | Ok(WsMessage::Nop) => continue,
+            Ok(WsMessage::Close(_)) => Request::End(close::NORMAL, String::new()),
             Ok(WsMessage::Continuation(_)) => {
-                Inbound::Protocol("fragmented messages are not supported".into())
+                Request::End(1002, "fragmented messages are not supported".into())
             }
-            Err(ProtocolError::Overflow) => Inbound::TooBig,
-            Err(e) => Inbound::Protocol(e.to_string()),
+            Err(ProtocolError::Overflow) => {
+                Request::End(close::TOO_BIG, "frame exceeds max_frame_bytes".into())
+            }
+            Err(e) => Request::End(1002, e.to_string()),
         };
-        let last = matches!(
-            event,
-            Inbound::Closed | Inbound::TooBig | Inbound::Protocol(_)
-        );
-        if tx.send(event).await.is_err() || last {
+        let last = matches!(request, Request::End(..));
+        if requests.send(request).await.is_err() || last {
             return;
         }
     }
-    let _ = tx.send(Inbound::Closed).await;
+    let _ = requests
+        .send(Request::End(close::NORMAL, String::new()))
+        .await;
 }
 
 struct Conn {
@@ -104,10 +142,9 @@ struct Conn {
     /// The socket's outbound queue: replies go here, and so do the connection actor's
     /// pushes (handed to the router at `hello`).
     out: mpsc::Sender<Outbound>,
-    /// Whether `hello` was answered (the writer's idle timeout depends on it).
-    greeted: Arc<AtomicBool>,
+    live: Arc<Liveness>,
     bad_frames: u32,
-    /// The requests the writer hands over, in the order the client sent them.
+    /// The requests the reader hands over, in the order the client sent them.
     requests: mpsc::Receiver<Request>,
     /// A request taken off the queue while gathering sends, handled next.
     held: Option<Request>,
@@ -127,69 +164,41 @@ const WRITE_RUN: usize = 64;
 /// (one request, one log write), at most.
 const SEND_BATCH: usize = 64;
 
-/// One connection, as two tasks: the writer owns the socket (it reads the client's frames
-/// off the read loop, hands requests to the worker and writes whatever the outbound queue
-/// holds), and the worker handles requests one at a time, in order, and queues its replies.
-/// A request that takes a while (a send waits for its replicas) never stops pushes from
-/// reaching the socket, so only a client that does not read fills the queue.
+/// One connection, as two tasks besides the reader: the writer owns the socket (it writes
+/// whatever the outbound queue holds, and closes the socket when the client has gone quiet
+/// or its session was revoked), and the worker handles the reader's requests one at a
+/// time, in order, and queues its replies. A request that takes a while (a send waits for
+/// its replicas) never stops pushes from reaching the socket, so only a client that does not
+/// read fills the queue.
 async fn run_connection(
     state: Arc<AppState>,
     principal: Principal,
     mut session: Session,
-    mut inbound: mpsc::Receiver<Inbound>,
+    requests: mpsc::Receiver<Request>,
+    live: Arc<Liveness>,
 ) {
     // The connection joins its user's session when `hello` arrives (it may carry a resume
     // cursor); until then nothing is pushed to it.
     let (out_tx, mut out_rx) = mpsc::channel::<Outbound>(state.config.limits.outbound_queue);
-    let (req_tx, req_rx) = mpsc::channel::<Request>(REQUEST_QUEUE);
     Metrics::inc(&state.metrics.ws_connections_total);
-    let idle = Duration::from_millis(state.config.limits.heartbeat_ms * 2);
-    let greeted = Arc::new(AtomicBool::new(false));
+    let idle = Duration::from_millis(state.config.limits.heartbeat_ms * 2).max(HANDSHAKE_TIMEOUT);
     let worker = Conn {
         state: state.clone(),
         principal: principal.clone(),
         conn: None,
-        out: out_tx.clone(),
-        greeted: greeted.clone(),
+        out: out_tx,
+        live: live.clone(),
         bad_frames: 0,
-        requests: req_rx,
+        requests,
         held: None,
     };
     let mut worker = tokio::spawn(worker.run());
     let mut worker_done = false;
-    // A request read while the worker's queue is full waits here, and reading stops until it
-    // is taken (TCP then pushes back on the client); the writer keeps writing meanwhile.
-    let mut pending: Option<Request> = None;
     let mut deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut revocation = tokio::time::interval(REVOCATION_CHECK);
     revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
         tokio::select! {
-            ev = inbound.recv(), if pending.is_none() => {
-                deadline = tokio::time::Instant::now() + idle.max(HANDSHAKE_TIMEOUT);
-                let request = match ev {
-                    None | Some(Inbound::Closed) => break Next::Close(close::NORMAL, String::new()),
-                    Some(Inbound::TooBig) => break Next::Close(close::TOO_BIG, "frame exceeds max_frame_bytes".into()),
-                    Some(Inbound::Protocol(m)) => break Next::Close(1002, m),
-                    Some(Inbound::Activity) => continue,
-                    Some(Inbound::Binary) => Request::Binary,
-                    Some(Inbound::Text(text)) => {
-                        Metrics::inc(&state.metrics.ws_frames_in_total);
-                        Request::Text(text)
-                    }
-                };
-                match req_tx.try_send(request) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(r)) => pending = Some(r),
-                    // The worker has stopped (its close is on the way): nothing to answer.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-            }
-            permit = req_tx.reserve(), if pending.is_some() => {
-                if let (Ok(permit), Some(r)) = (permit, pending.take()) {
-                    permit.send(r);
-                }
-            }
             out = out_rx.recv() => match out {
                 Some(Outbound::Frame(frame)) => {
                     // What queued up behind it goes out in the same turn.
@@ -225,7 +234,14 @@ async fn run_connection(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                let g = greeted.load(Ordering::Acquire);
+                // A frame since the deadline was set moves it on.
+                if let Some(last) = live.last_frame() {
+                    if last + idle > tokio::time::Instant::now() {
+                        deadline = last + idle;
+                        continue;
+                    }
+                }
+                let g = live.greeted.load(Ordering::Acquire);
                 let why = if g { "no frame within two heartbeats" } else { "no hello in time" };
                 break Next::Close(if g { close::GOING_AWAY } else { close::HANDSHAKE }, why.into());
             }
@@ -234,8 +250,7 @@ async fn run_connection(
     if let Next::Close(code, why) = outcome {
         let _ = Box::pin(session.close(Some(reason(code, &why)))).await;
     }
-    // The worker detaches the connection from its user's session once its queue is closed.
-    drop(req_tx);
+    // The worker detaches the connection from its user's session once the queue is closed.
     drop(out_rx);
     if !worker_done {
         let _ = worker.await;
@@ -249,6 +264,8 @@ enum Request {
     Frame(Box<ClientFrame>),
     /// Refused: the protocol is JSON text.
     Binary,
+    /// The client closed, or broke the protocol: close with this code and reason.
+    End(u16, String),
 }
 
 /// What a send got: the stored message and whether it was a retry, or why not; `None` while
@@ -355,9 +372,13 @@ impl Conn {
         loop {
             let request = match self.held.take() {
                 Some(r) => r,
-                None => match self.requests.recv().await {
-                    Some(r) => r,
-                    None => break,
+                None => tokio::select! {
+                    r = self.requests.recv() => match r {
+                        Some(r) => r,
+                        None => break,
+                    },
+                    // The writer has closed the socket.
+                    _ = self.out.closed() => break,
                 },
             };
             if self.out.is_closed() {
@@ -382,6 +403,7 @@ impl Conn {
                     )
                     .await
                 }
+                Request::End(code, reason) => Next::Close(code, reason),
             };
             if let Next::Close(code, reason) = next {
                 let _ = self.out.send(Outbound::Close { code, reason }).await;
@@ -441,7 +463,7 @@ impl Conn {
             resume_from,
         } = frame
         {
-            if self.greeted.load(Ordering::Acquire) {
+            if self.live.greeted.load(Ordering::Acquire) {
                 return self
                     .bad_frame(
                         id,
@@ -473,7 +495,7 @@ impl Conn {
                 }
             };
             self.conn = Some(conn);
-            self.greeted.store(true, Ordering::Release);
+            self.live.greeted.store(true, Ordering::Release);
             let welcome = ServerFrame::Welcome {
                 id,
                 version: PROTOCOL_VERSION,
@@ -493,7 +515,7 @@ impl Conn {
                 .start(conn, resume_from.unwrap_or(event_head));
             return next;
         }
-        if !self.greeted.load(Ordering::Acquire) {
+        if !self.live.greeted.load(Ordering::Acquire) {
             let id = frame.id().map(str::to_owned);
             return self
                 .bad_frame(
