@@ -814,10 +814,15 @@ impl Connection {
     /// returns one already received, if any). Once the connection has closed and every
     /// received push was read: [`ClientError::Closed`].
     pub async fn next_message(&self, timeout: Duration) -> Result<Option<Message>, ClientError> {
-        let next =
-            tokio::time::timeout(timeout, async { self.pushes.lock().await.recv().await }).await;
+        let next = if timeout.is_zero() {
+            received(self.pushes.lock().await.try_recv())
+        } else {
+            tokio::time::timeout(timeout, async { self.pushes.lock().await.recv().await })
+                .await
+                .map_err(drop)
+        };
         match next {
-            Err(_) => Ok(None),
+            Err(()) => Ok(None),
             Ok(Some(message)) => Ok(Some(message)),
             Ok(None) => Err(self.inner.closed_error(None)),
         }
@@ -826,10 +831,15 @@ impl Connection {
     /// The next [`RawEvent`], or `None` if none arrives within `timeout`. The last event is
     /// [`RawEvent::Closed`]; after it: [`ClientError::Closed`].
     pub async fn next_raw_frame(&self, timeout: Duration) -> Result<Option<RawEvent>, ClientError> {
-        let next =
-            tokio::time::timeout(timeout, async { self.raw.lock().await.recv().await }).await;
+        let next = if timeout.is_zero() {
+            received(self.raw.lock().await.try_recv())
+        } else {
+            tokio::time::timeout(timeout, async { self.raw.lock().await.recv().await })
+                .await
+                .map_err(drop)
+        };
         match next {
-            Err(_) => Ok(None),
+            Err(()) => Ok(None),
             Ok(Some(event)) => Ok(Some(event)),
             Ok(None) => Err(self.inner.closed_error(None)),
         }
@@ -1040,6 +1050,25 @@ impl PushRx {
             PushRx::Unbounded(rx) => rx.recv().await,
             PushRx::Bounded(rx) => rx.recv().await,
         }
+    }
+
+    fn try_recv(&mut self) -> Result<Message, mpsc::error::TryRecvError> {
+        match self {
+            PushRx::Unbounded(rx) => rx.try_recv(),
+            PushRx::Bounded(rx) => rx.try_recv(),
+        }
+    }
+}
+
+/// What a queue holds right now, shaped as a timed receive: `Err` when it is empty (as a
+/// timeout), `Ok(None)` when it is closed. A zero timeout never waits: tokio's timer rounds a
+/// deadline up to its next millisecond tick, so a timed receive of zero took up to a
+/// millisecond to find the queue empty (and a reader draining a batch paid it every time).
+fn received<T>(now: Result<T, mpsc::error::TryRecvError>) -> Result<Option<T>, ()> {
+    match now {
+        Ok(item) => Ok(Some(item)),
+        Err(mpsc::error::TryRecvError::Empty) => Err(()),
+        Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
     }
 }
 
@@ -1286,6 +1315,7 @@ mod tests {
     use std::future::Future;
 
     use chat_types::{close, ErrorCode, WireError};
+    use futures_util::FutureExt;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio_tungstenite::accept_async;
@@ -1430,9 +1460,24 @@ mod tests {
             (ack.seq, ack.client_msg_id, ack.duplicate),
             (Seq(1), cmid, false)
         );
-        assert_eq!(conn.next_message(WAIT).await.unwrap(), Some(message(1)));
-        assert_eq!(conn.next_message(Duration::ZERO).await.unwrap(), None);
-        assert_eq!(conn.next_raw_frame(Duration::ZERO).await.unwrap(), None);
+        // The push came before the ack: it is queued, and a zero timeout hands it over on the
+        // first poll; on an empty queue it answers on the first poll too, never waiting for a
+        // timer tick.
+        fn first_poll<T>(next: Option<Result<T, ClientError>>) -> Option<T> {
+            next.map(|r| r.expect("the connection is open"))
+        }
+        assert_eq!(
+            first_poll(conn.next_message(Duration::ZERO).now_or_never()),
+            Some(Some(message(1)))
+        );
+        assert_eq!(
+            first_poll(conn.next_message(Duration::ZERO).now_or_never()),
+            Some(None)
+        );
+        assert_eq!(
+            first_poll(conn.next_raw_frame(Duration::ZERO).now_or_never()),
+            Some(None)
+        );
     }
 
     #[tokio::test]
