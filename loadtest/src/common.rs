@@ -646,7 +646,7 @@ pub(crate) async fn run_schedule<T, F, Fut, D>(
         if inflight.is_empty() {
             match next_due {
                 Some(t) => {
-                    tokio::time::sleep_until(t.into()).await;
+                    crate::pace::sleep_until(t).await;
                     continue;
                 }
                 None => break,
@@ -656,7 +656,7 @@ pub(crate) async fn run_schedule<T, F, Fut, D>(
             Some(t) => {
                 tokio::select! {
                     Some(r) = inflight.next() => Some(r),
-                    _ = tokio::time::sleep_until(t.into()) => None,
+                    _ = crate::pace::sleep_until(t) => None,
                 }
             }
             None => inflight.next().await,

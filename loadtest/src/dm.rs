@@ -256,7 +256,7 @@ async fn pingpong_pair(
             tally.errors.insert("unsent_behind_schedule".into(), n - k);
             break;
         }
-        tokio::time::sleep_until(intended.into()).await;
+        crate::pace::sleep_until(intended).await;
         let from = (k % 2) as usize;
         let Ok(cmid) = ClientMsgId::new(format!("p{}-{k}", pair.index)) else {
             tally.error("bad_client_msg_id");

@@ -50,7 +50,7 @@ pub(crate) async fn run_idle(
         async move {
             let intended =
                 interval.map_or_else(Instant::now, |iv| connect_started + iv.mul_f64(i as f64));
-            tokio::time::sleep_until(intended.into()).await;
+            crate::pace::sleep_until(intended).await;
             let mut t = Tally::default();
             let r = setup::connect_user(targets, user, &mut t, false, None).await;
             let done = Instant::now();

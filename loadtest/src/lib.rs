@@ -31,6 +31,7 @@ mod idle;
 mod login;
 pub mod metrics;
 mod mixed;
+pub mod pace;
 mod reconnect;
 pub mod relay;
 pub mod report;

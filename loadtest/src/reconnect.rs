@@ -378,7 +378,7 @@ pub(crate) async fn run_reconnect(
                 let stop = &stop;
                 async move {
                     let intended = interval.map_or(storm, |iv| storm + iv.mul_f64(i as f64));
-                    tokio::time::sleep_until(intended.into()).await;
+                    crate::pace::sleep_until(intended).await;
                     let mut t = Tally::default();
                     let r =
                         setup::connect_user_anywhere(targets, &user, &mut t, Some(resume)).await;

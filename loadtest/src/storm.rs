@@ -50,7 +50,7 @@ pub(crate) async fn run_storm(
             if t >= clock.send_end {
                 break;
             }
-            tokio::time::sleep_until(t.into()).await;
+            crate::pace::sleep_until(t).await;
         }
         let acquire = Arc::clone(&slots).acquire_owned();
         let Ok(Ok(permit)) = tokio::time::timeout_at(clock.send_end.into(), acquire).await else {

@@ -990,7 +990,7 @@ async fn pingpong(
             tally.errors.insert("unsent_behind_schedule".into(), n - k);
             break;
         }
-        tokio::time::sleep_until(intended.into()).await;
+        chat_loadtest::pace::sleep_until(intended).await;
         let from = (k % 2) as usize;
         let body = clock.body(intended, ctx.scenario.body_bytes);
         let stanza = message_stanza(&pair.jids[1 - from], pair.index, from, k, &body);
@@ -1067,7 +1067,7 @@ impl Paced<'_> {
         }
         let due = slot(clock.start, self.phase, self.interval, *k);
         if due > now {
-            tokio::time::sleep_until(due.into()).await;
+            chat_loadtest::pace::sleep_until(due).await;
             return Step::Again;
         }
         match tokio::time::timeout_at(clock.send_end.into(), self.sem.acquire()).await {
