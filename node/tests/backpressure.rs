@@ -87,14 +87,6 @@ async fn sends_queued_behind_each_other_are_stored_and_answered_in_the_order_sen
     let (a, _) = Connection::connect(&api.ws_url(&at)).await.expect("alice");
 
     const FRAMES: usize = 300;
-    let send = |id: String, conversation, cmid: String, body: String| ClientFrame::Send {
-        id,
-        conversation,
-        client_msg_id: ClientMsgId::new(cmid).expect("id"),
-        body,
-        refers: None,
-        attachments: Vec::new(),
-    };
     // What each request is, and so what its answer must be.
     let mut expected_bob_bodies = Vec::new();
     let mut frames = Vec::new();
@@ -102,12 +94,12 @@ async fn sends_queued_behind_each_other_are_stored_and_answered_in_the_order_sen
         let id = format!("r{i}");
         let frame = match i {
             50 => ClientFrame::Ping { id },
-            100 => send(id, with_bob, "empty".into(), String::new()),
-            120 => send(id, with_bob, "m10".into(), "m10 again".into()),
-            150 => send(id, with_carol, "c150".into(), "to carol".into()),
+            100 => send_frame(id, with_bob, "empty".into(), String::new()),
+            120 => send_frame(id, with_bob, "m10".into(), "m10 again".into()),
+            150 => send_frame(id, with_carol, "c150".into(), "to carol".into()),
             _ => {
                 expected_bob_bodies.push(format!("m{i}"));
-                send(id, with_bob, format!("m{i}"), format!("m{i}"))
+                send_frame(id, with_bob, format!("m{i}"), format!("m{i}"))
             }
         };
         frames.push(frame);
@@ -176,20 +168,7 @@ async fn sends_queued_behind_each_other_are_stored_and_answered_in_the_order_sen
         }
     }
     // Stored in the order sent.
-    let mut stored = Vec::new();
-    let mut after = Seq(0);
-    loop {
-        let page = a
-            .history(with_bob, Some(after), None, Some(100))
-            .await
-            .expect("history");
-        let Some(last) = page.messages.last() else {
-            break;
-        };
-        after = last.seq;
-        stored.extend(page.messages.into_iter().map(|m| m.body));
-    }
-    assert_eq!(stored, expected_bob_bodies);
+    assert_eq!(all_bodies(&a, with_bob).await, expected_bob_bodies);
 
     // They did go together: fewer requests to the owner than sends.
     let (_, metrics) = harness::reqwest_lite::Client
@@ -243,14 +222,7 @@ async fn sends_pipelined_before_a_close_are_stored_in_order() {
 
     const SENDS: usize = 200;
     for i in 0..SENDS {
-        let frame = ClientFrame::Send {
-            id: format!("r{i}"),
-            conversation: conv,
-            client_msg_id: ClientMsgId::new(format!("m{i}")).expect("id"),
-            body: format!("m{i}"),
-            refers: None,
-            attachments: Vec::new(),
-        };
+        let frame = send_frame(format!("r{i}"), conv, format!("m{i}"), format!("m{i}"));
         a.send_frame(&frame).await.expect("send a frame");
     }
     a.close().await.expect("the close is answered");
@@ -258,19 +230,35 @@ async fn sends_pipelined_before_a_close_are_stored_in_order() {
     let (again, _) = Connection::connect(&api.ws_url(&at))
         .await
         .expect("alice again");
+    let expected: Vec<String> = (0..SENDS).map(|i| format!("m{i}")).collect();
+    assert_eq!(all_bodies(&again, conv).await, expected);
+}
+
+/// Every message body of `conv`, in seq order, paged through `history`.
+async fn all_bodies(conn: &Connection, conv: ConversationId) -> Vec<String> {
     let mut stored = Vec::new();
     let mut after = Seq(0);
     loop {
-        let page = again
+        let page = conn
             .history(conv, Some(after), None, Some(100))
             .await
             .expect("history");
         let Some(last) = page.messages.last() else {
-            break;
+            return stored;
         };
         after = last.seq;
         stored.extend(page.messages.into_iter().map(|m| m.body));
     }
-    let expected: Vec<String> = (0..SENDS).map(|i| format!("m{i}")).collect();
-    assert_eq!(stored, expected);
+}
+
+/// A `send` frame with request id `id`.
+fn send_frame(id: String, conversation: ConversationId, cmid: String, body: String) -> ClientFrame {
+    ClientFrame::Send {
+        id,
+        conversation,
+        client_msg_id: ClientMsgId::new(cmid).expect("id"),
+        body,
+        refers: None,
+        attachments: Vec::new(),
+    }
 }
