@@ -4,7 +4,7 @@
 //!
 //! It is a task with one mailbox ([`spawn`], [`ConnectionHandle`]), not a ractor actor: it
 //! has no children to supervise and is never addressed by name, and a ractor actor's ports
-//! cost ~6.5 KiB per idle connection against ~1.7 KiB for this (docs/decisions.md).
+//! cost ~6.5 KiB per idle connection against ~1.5 KiB for this (docs/decisions.md).
 //!
 //! It also keeps the connection's place in its user's event stream (the cursor) and hands
 //! events to the client strictly in stream order, each once, whatever order the pushes
