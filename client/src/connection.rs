@@ -10,6 +10,7 @@
 //! All methods take `&self`, so one connection can be shared (`Arc<Connection>`) between a
 //! task that sends and a task that reads pushes.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
@@ -814,35 +815,23 @@ impl Connection {
     /// returns one already received, if any). Once the connection has closed and every
     /// received push was read: [`ClientError::Closed`].
     pub async fn next_message(&self, timeout: Duration) -> Result<Option<Message>, ClientError> {
-        let next = if timeout.is_zero() {
-            received(self.pushes.lock().await.try_recv())
-        } else {
-            tokio::time::timeout(timeout, async { self.pushes.lock().await.recv().await })
-                .await
-                .map_err(drop)
-        };
-        match next {
-            Err(()) => Ok(None),
-            Ok(Some(message)) => Ok(Some(message)),
-            Ok(None) => Err(self.inner.closed_error(None)),
-        }
+        next_within(
+            timeout,
+            async { self.pushes.lock().await.try_recv() },
+            async { self.pushes.lock().await.recv().await },
+        )
+        .await
+        .ok_or_else(|| self.inner.closed_error(None))
     }
 
     /// The next [`RawEvent`], or `None` if none arrives within `timeout`. The last event is
     /// [`RawEvent::Closed`]; after it: [`ClientError::Closed`].
     pub async fn next_raw_frame(&self, timeout: Duration) -> Result<Option<RawEvent>, ClientError> {
-        let next = if timeout.is_zero() {
-            received(self.raw.lock().await.try_recv())
-        } else {
-            tokio::time::timeout(timeout, async { self.raw.lock().await.recv().await })
-                .await
-                .map_err(drop)
-        };
-        match next {
-            Err(()) => Ok(None),
-            Ok(Some(event)) => Ok(Some(event)),
-            Ok(None) => Err(self.inner.closed_error(None)),
-        }
+        next_within(timeout, async { self.raw.lock().await.try_recv() }, async {
+            self.raw.lock().await.recv().await
+        })
+        .await
+        .ok_or_else(|| self.inner.closed_error(None))
     }
 
     /// Sends `text` as one text frame, as is: for tests of malformed and oversized frames.
@@ -1060,15 +1049,26 @@ impl PushRx {
     }
 }
 
-/// What a queue holds right now, shaped as a timed receive: `Err` when it is empty (as a
-/// timeout), `Ok(None)` when it is closed. A zero timeout never waits: tokio's timer rounds a
-/// deadline up to its next millisecond tick, so a timed receive of zero took up to a
-/// millisecond to find the queue empty (and a reader draining a batch paid it every time).
-fn received<T>(now: Result<T, mpsc::error::TryRecvError>) -> Result<Option<T>, ()> {
-    match now {
-        Ok(item) => Ok(Some(item)),
-        Err(mpsc::error::TryRecvError::Empty) => Err(()),
-        Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+/// The next item of a queue within `timeout`: `Some(None)` when none came in time, `None`
+/// when the queue is closed and empty. A zero timeout takes what the queue holds right now
+/// (`now`) and never waits: tokio's timer rounds a deadline up to its next millisecond tick,
+/// so a timed receive of zero took up to a millisecond to find the queue empty (and a reader
+/// draining a batch paid it every time). Otherwise it waits (`wait`) at most `timeout`.
+async fn next_within<T>(
+    timeout: Duration,
+    now: impl Future<Output = Result<T, mpsc::error::TryRecvError>>,
+    wait: impl Future<Output = Option<T>>,
+) -> Option<Option<T>> {
+    if timeout.is_zero() {
+        return match now.await {
+            Ok(item) => Some(Some(item)),
+            Err(mpsc::error::TryRecvError::Empty) => Some(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+        };
+    }
+    match tokio::time::timeout(timeout, wait).await {
+        Err(_) => Some(None),
+        Ok(item) => item.map(Some),
     }
 }
 
