@@ -349,10 +349,7 @@ impl ConnectionState {
     /// stopped or every handle is gone.
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Box<ConnectionMsg>>) {
         while !self.stopped {
-            let due = match (self.flush_at, self.gap_check_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let due = self.flush_at.into_iter().chain(self.gap_check_at).min();
             tokio::select! {
                 msg = inbox.recv() => match msg {
                     Some(msg) => self.handle(*msg),
@@ -578,7 +575,7 @@ impl ConnectionState {
         tokio::spawn(async move {
             let ok = router.reattach(user, me, Some(cursor)).await.is_ok();
             if let Some(reply) = reply.upgrade() {
-                let _ = reply.send(Box::new(ConnectionMsg::Resumed(ok)));
+                ConnectionHandle(reply).send(ConnectionMsg::Resumed(ok));
             }
         });
     }
