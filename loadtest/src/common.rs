@@ -10,6 +10,7 @@
 //! ([`crate::run::read_histories`]).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -607,6 +608,9 @@ pub(crate) async fn run_schedule<T, F, Fut, D>(
     let mut inflight = FuturesUnordered::new();
     let mut k: u64 = 0;
     let mut stopped = false;
+    // The wait for the next slot, kept across turns of the loop until it ends: an operation
+    // that ends first does not start the (precise, so not free) wait again.
+    let mut slot_wait: Option<(Instant, SlotWait)> = None;
     tokio::time::sleep_until(clock.start.into()).await;
     loop {
         let now = Instant::now();
@@ -643,22 +647,31 @@ pub(crate) async fn run_schedule<T, F, Fut, D>(
             }
             k += 1;
         }
-        if inflight.is_empty() {
-            match next_due {
-                Some(t) => {
-                    crate::pace::sleep_until(t).await;
-                    continue;
-                }
-                None => break,
-            }
-        }
-        let result = match next_due {
+        let slot = match next_due {
             Some(t) => {
+                if slot_wait.as_ref().is_none_or(|(at, _)| *at != t) {
+                    slot_wait = Some((t, Box::pin(crate::pace::sleep_until(t))));
+                }
+                slot_wait.as_mut().map(|(_, wait)| wait)
+            }
+            None => None,
+        };
+        let result = match slot {
+            Some(wait) if inflight.is_empty() => {
+                wait.await;
+                slot_wait = None;
+                continue;
+            }
+            Some(wait) => {
                 tokio::select! {
                     Some(r) = inflight.next() => Some(r),
-                    _ = crate::pace::sleep_until(t) => None,
+                    _ = wait => {
+                        slot_wait = None;
+                        None
+                    }
                 }
             }
+            None if inflight.is_empty() => break,
             None => inflight.next().await,
         };
         if let Some(r) = result {
@@ -676,6 +689,9 @@ pub(crate) async fn run_schedule<T, F, Fut, D>(
         }
     }
 }
+
+/// A wait for a slot of the schedule ([`crate::pace::sleep_until`]).
+type SlotWait = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One sender keeping up to `window` sends in flight on `schedule`, with client message ids
 /// `<letter><sender>-<k>`: `send(cmid, intended)` makes each send.
